@@ -1,0 +1,137 @@
+"""Convolution layers that train fast on XLA:CPU.
+
+XLA:CPU's native convolutions are slow, above all their backward passes (the gradients with
+respect to the input and the kernel). A stride-1 convolution can instead be written as im2col:
+the ``kh * kw`` shifted copies of the padded input are concatenated on the channel axis and
+multiplied by the kernel reshaped to ``[kh * kw * in, out]``. That is one large matmul forward,
+and its automatic derivative is two matmuls plus slices and pads, all of which XLA:CPU runs
+well. ``benchmarks/conv.py`` measures the difference at the layer shapes our models use.
+
+``Conv`` has the same parameters (names, shapes, layout, default initialisers) as
+``nnx.Conv`` with 2-d ``kernel_size``, so checkpoints and code that read ``kernel``/``bias``
+work with either, and ``impl`` changes only how the output is computed, never its value.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+Impl = Literal["auto", "xla", "matmul"]
+Padding = Literal["SAME", "VALID"]
+
+IMPLS: tuple[str, ...] = ("auto", "xla", "matmul")
+PADDINGS: tuple[str, ...] = ("SAME", "VALID")
+
+# nnx.Conv's defaults, so both layers initialise identically from the same seed.
+DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
+DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_impl(impl: Impl, backend: str | None = None) -> Literal["xla", "matmul"]:
+    """Return the concrete implementation for `impl` on `backend` (default: JAX's default).
+
+    'auto' is 'matmul' on CPU, where it is measured faster (benchmarks/conv.py), and 'xla' on
+    GPU/TPU, whose native convolutions are fast (cuDNN, TPU MXU).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"Unknown conv impl {impl!r}; expected one of {IMPLS}.")
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    return "matmul" if backend == "cpu" else "xla"
+
+
+def _pads(kernel_size: tuple[int, int], padding: Padding) -> tuple[tuple[int, int], ...]:
+    if padding not in PADDINGS:
+        raise ValueError(f"Unknown padding {padding!r}; expected one of {PADDINGS}.")
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    # XLA's 'SAME' for stride 1: the extra row/column of an even kernel goes at the end.
+    return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size)
+
+
+def conv2d(
+    x: jax.Array, kernel: jax.Array, padding: Padding = "SAME", impl: Impl = "auto"
+) -> jax.Array:
+    """Stride-1 2-d convolution of NHWC `x` with an HWIO `kernel`, computed by `impl`.
+
+    Numerically the same function (up to float rounding) for every impl.
+    """
+    kh, kw, cin, cout = kernel.shape
+    pads = _pads((kh, kw), padding)
+    if resolve_impl(impl) == "xla":
+        return lax.conv_general_dilated(
+            x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS
+        )
+    if (kh, kw) == (1, 1):
+        return jnp.dot(x, kernel.reshape(cin, cout))
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    h = x.shape[1] - kh + 1
+    w = x.shape[2] - kw + 1
+    # Patch channel index (i * kw + j) * cin + c matches the row-major reshape of the kernel.
+    patches = jnp.concatenate(
+        [x[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
+    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+class Conv(nnx.Module):
+    """A stride-1 2-d convolution over NHWC inputs, parameter-compatible with ``nnx.Conv``.
+
+    Attributes: ``kernel`` [kh, kw, in_features, out_features] and, if ``use_bias``, ``bias``
+    [out_features]. ``impl`` selects the computation: 'xla' (``lax.conv_general_dilated``),
+    'matmul' (im2col: shifted copies concatenated on channels, then one matmul) or 'auto'
+    (see ``resolve_impl``; decided when the module is called, so a model built on one backend
+    runs well on another). ``dtype`` is the computation dtype (default: inputs and params
+    promoted together, as in ``nnx.Conv``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int] = 3,
+        *,
+        padding: Padding = "SAME",
+        use_bias: bool = False,
+        impl: Impl = "auto",
+        kernel_init: nnx.Initializer = DEFAULT_KERNEL_INIT,
+        bias_init: nnx.Initializer = DEFAULT_BIAS_INIT,
+        dtype: jnp.dtype | None = None,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if isinstance(kernel_size, int):
+            kernel_size = (kernel_size, kernel_size)
+        kernel_size = tuple(kernel_size)
+        if len(kernel_size) != 2:
+            raise ValueError(f"kernel_size must be an int or a pair, got {kernel_size!r}.")
+        _pads(kernel_size, padding)
+        resolve_impl(impl)
+        shape = (*kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
+        self.bias = (
+            nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+            if use_bias
+            else nnx.data(None)
+        )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.padding = padding
+        self.impl = impl
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Convolve `x` [N, H, W, in_features] -> [N, H', W', out_features]."""
+        dtype = self.dtype or jnp.promote_types(x.dtype, self.kernel.dtype)
+        y = conv2d(x.astype(dtype), self.kernel[...].astype(dtype), self.padding, self.impl)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y

@@ -1,0 +1,106 @@
+"""research.layers.Conv computes what nnx.Conv computes, with either implementation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from research.layers import Conv, resolve_impl
+
+# (kernel_size, padding, in_features, out_features, height, width)
+CASES = [
+    (3, "SAME", 4, 6, 8, 8),
+    (3, "VALID", 4, 6, 7, 9),
+    (1, "SAME", 5, 3, 6, 6),
+    (2, "VALID", 3, 8, 9, 9),
+    (2, "SAME", 3, 8, 6, 7),
+    ((3, 1), "SAME", 2, 4, 5, 6),
+    (5, "SAME", 3, 4, 8, 8),
+]
+IMPLS = ["xla", "matmul"]
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _make_pair(kernel_size, padding, cin, cout, impl, use_bias=True):
+    ours = Conv(
+        cin, cout, kernel_size, padding=padding, use_bias=use_bias, impl=impl, rngs=nnx.Rngs(0)
+    )
+    size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    ref = nnx.Conv(cin, cout, size, padding=padding, use_bias=use_bias, rngs=nnx.Rngs(1))
+    ref.kernel[...] = ours.kernel[...]
+    if use_bias:
+        ours.bias[...] = jnp.linspace(-1.0, 1.0, cout)
+        ref.bias[...] = ours.bias[...]
+    return ours, ref
+
+
+def _input(cin, h, w, batch=2):
+    return jax.random.normal(jax.random.key(42), (batch, h, w, cin), jnp.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("kernel_size", "padding", "cin", "cout", "h", "w"), CASES)
+def test_forward_equals_nnx_conv(kernel_size, padding, cin, cout, h, w, impl):
+    """Outputs match nnx.Conv with the same kernel and bias."""
+    ours, ref = _make_pair(kernel_size, padding, cin, cout, impl)
+    x = _input(cin, h, w)
+    y = ours(x)
+    expected = ref(x)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, **TOL)
+
+
+@nnx.jit
+def _grads(model, x):
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x)))
+
+    return nnx.grad(loss, argnums=(0, 1))(model, x)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(("kernel_size", "padding", "cin", "cout", "h", "w"), CASES)
+def test_gradients_equal_nnx_conv(kernel_size, padding, cin, cout, h, w, impl):
+    """Jitted gradients w.r.t. the input, kernel and bias match nnx.Conv's."""
+    ours, ref = _make_pair(kernel_size, padding, cin, cout, impl)
+    x = _input(cin, h, w)
+    got_params, got_x = _grads(ours, x)
+    ref_params, ref_x = _grads(ref, x)
+    np.testing.assert_allclose(got_x, ref_x, **TOL)
+    np.testing.assert_allclose(got_params["kernel"][...], ref_params["kernel"][...], **TOL)
+    np.testing.assert_allclose(got_params["bias"][...], ref_params["bias"][...], **TOL)
+
+
+def test_params_have_nnx_conv_shapes_and_names():
+    """kernel is [kh, kw, in, out]; bias is [out] and present only with use_bias."""
+    plain = Conv(24, 64, rngs=nnx.Rngs(0))
+    assert plain.kernel.shape == (3, 3, 24, 64)
+    assert plain.bias is None
+    biased = Conv(3, 24, 2, padding="VALID", use_bias=True, rngs=nnx.Rngs(0))
+    assert biased.kernel.shape == (2, 2, 3, 24)
+    assert biased.bias.shape == (24,)
+    assert [path for path, _ in nnx.to_flat_state(nnx.state(plain, nnx.Param))] == [("kernel",)]
+
+
+def test_default_init_matches_nnx_conv():
+    """With equal seeds the default kernel equals nnx.Conv's (lecun_normal)."""
+    ours = Conv(8, 16, 3, rngs=nnx.Rngs(3))
+    ref = nnx.Conv(8, 16, (3, 3), use_bias=False, rngs=nnx.Rngs(3))
+    np.testing.assert_array_equal(ours.kernel[...], ref.kernel[...])
+
+
+def test_auto_picks_matmul_on_cpu_and_xla_elsewhere():
+    """'auto' resolves to 'matmul' on CPU and 'xla' on GPU and TPU."""
+    assert resolve_impl("auto", "cpu") == "matmul"
+    assert resolve_impl("auto", "gpu") == "xla"
+    assert resolve_impl("auto", "tpu") == "xla"
+    assert resolve_impl("xla", "cpu") == "xla"
+
+
+def test_unknown_options_are_rejected():
+    """An unknown impl or padding fails at construction, naming the valid choices."""
+    with pytest.raises(ValueError, match="matmul"):
+        Conv(3, 4, impl="fast", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="VALID"):
+        Conv(3, 4, padding="FULL", rngs=nnx.Rngs(0))
