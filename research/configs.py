@@ -1,0 +1,127 @@
+"""The one configuration object for training, with defaults per dataset.
+
+    config = get_config("cifar10", epochs=2)       # dataset defaults, then overrides
+    config = get_config("tiny")                     # the tiny variant the tests train
+
+`python -m research.train` builds the same object from flags: every field below is a flag
+(`--epochs=2 --widths=32,64,64`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+MODELS = ("baseline", "airbench")
+OPTIMIZERS = ("sgd", "adamw")
+
+# Per-channel mean and std of the training split, in uint8 units (0..255). The model
+# normalizes on the device with these, so evaluation and serving share one definition.
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
+    "cifar100": ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
+    "mnist": ((33.32,), (78.57,)),
+    "fashion_mnist": ((72.94,), (90.02,)),
+}
+
+# Horizontal flips suit natural images and clothes, not digits or text.
+FLIP_OK = {"cifar10": True, "cifar100": True, "mnist": False, "fashion_mnist": True}
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything a training run depends on; saved beside every checkpoint."""
+
+    # Data.
+    dataset: str = "cifar10"  # a tfds name, or a dataset imported with `research.data`
+    data_dir: str | None = None  # tfds data_dir; None means tfds's default (~/tensorflow_datasets)
+    train_split: str = "train"
+    eval_split: str | None = None  # None: 'validation' if the dataset has it, else 'test'
+    mean: tuple[float, ...] | None = None  # None: DATASET_STATS, else measured on train
+    std: tuple[float, ...] | None = None
+    # Augmentation, training split only.
+    crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)
+    flip: bool | None = None  # None: FLIP_OK for the dataset (True for unknown datasets)
+    cutout: int = 0  # side of a random square set to the mean; 0 disables it
+    # Model.
+    model: str = "airbench"  # one of MODELS
+    widths: tuple[int, ...] = (64, 256, 256)  # channels of the three conv blocks
+    stem_width: int = 24  # channels of the 2x2 stem convolution
+    conv_impl: str = "auto"  # research.layers.Conv: 'auto', 'xla' or 'matmul'
+    # Optimization.
+    optimizer: str = "sgd"  # one of OPTIMIZERS; sgd is Nesterov momentum
+    batch_size: int = 512
+    epochs: float = 10.0
+    learning_rate: float = 0.4  # peak, reached after warm-up
+    warmup_epochs: float = 1.0
+    end_lr_fraction: float = 0.0  # linear decay ends at learning_rate * this
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # decoupled; applied to kernels only, not to norms or biases
+    label_smoothing: float = 0.2
+    flip_tta: bool = True  # evaluate (and serve) on the image and its mirror, when flips are on
+    # Bookkeeping.
+    seed: int = 0
+    eval_every_epochs: float = 1.0
+    checkpoint_every_steps: int = 200
+    keep_checkpoints: int = 3  # latest ones kept, besides the best by eval accuracy
+    log_every_steps: int = 20
+    max_steps: int | None = None  # stop early (tests, smoke runs); the schedule still uses epochs
+
+    def replace(self, **overrides: Any) -> Config:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise ValueError(f"Unknown config field(s) {sorted(unknown)}; valid fields: {valid}")
+        return dataclasses.replace(self, **overrides)
+
+    def validate(self) -> Config:
+        if self.model not in MODELS:
+            raise ValueError(f"Unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"Unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.batch_size <= 0 or self.epochs <= 0:
+            raise ValueError("batch_size and epochs must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+        return cls(**kept)
+
+
+# Defaults per dataset: the recipes whose results the README reports.
+_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # airbench94-shaped net; see README for the command, wall time and validation accuracy.
+    "cifar10": dict(epochs=10.0, batch_size=512, learning_rate=0.4, crop_padding=4),
+    "cifar100": dict(epochs=15.0, batch_size=512, learning_rate=0.4, crop_padding=4),
+    "mnist": dict(widths=(32, 64, 128), epochs=5.0, crop_padding=2, label_smoothing=0.1),
+    "fashion_mnist": dict(widths=(64, 128, 256), epochs=12.0, crop_padding=2, label_smoothing=0.1),
+    # A few-second config for tests and smoke runs on tiny generated data.
+    "tiny": dict(
+        widths=(8, 16, 16),
+        stem_width=8,
+        batch_size=16,
+        epochs=2.0,
+        learning_rate=0.05,
+        warmup_epochs=0.0,
+        eval_every_epochs=1.0,
+        checkpoint_every_steps=5,
+        log_every_steps=1,
+        label_smoothing=0.0,
+    ),
+}
+
+
+def get_config(name: str = "cifar10", **overrides: Any) -> Config:
+    """The defaults for dataset (or variant) `name`, with `overrides` applied and checked.
+
+    `get_config("tiny", dataset="my_images")` trains the tiny variant on another dataset.
+    """
+    config = Config(dataset=name, **_DATASET_DEFAULTS.get(name, {}))
+    return config.replace(**overrides).validate()

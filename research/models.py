@@ -1,0 +1,163 @@
+"""The CNN family, in Flax NNX. Pick one by name with `Config.model`.
+
+- `airbench`: the net of airbench94 (Keller Jordan's CIFAR-10 speedrun): a 2x2 stem, then three
+  blocks of conv-pool-norm-act-conv-norm-act, global max pooling and a linear head.
+- `baseline`: a small classic CNN (two conv-conv-pool stages, dense head with dropout).
+
+Every model takes uint8 (or float) NHWC images in 0..255 and normalizes them itself, with the
+dataset's mean and std, so training, evaluation and serving share one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.configs import MODELS, Config
+from research.layers import Conv
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """uint8 or float images in 0..255 -> float32, zero mean and unit variance per channel."""
+    images = images.astype(jnp.float32)
+    return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _max_pool(x: jax.Array, size: int = 2) -> jax.Array:
+    """Non-overlapping max pooling (floor), as a reshape: cheaper than reduce_window on CPU."""
+    n, h, w, c = x.shape
+    h2, w2 = h // size, w // size
+    x = x[:, : h2 * size, : w2 * size]
+    return x.reshape(n, h2, size, w2, size, c).max(axis=(2, 4))
+
+
+class ConvBlock(nnx.Module):
+    """conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU (airbench's ConvGroup)."""
+
+    def __init__(self, in_features: int, out_features: int, *, impl: str, rngs: nnx.Rngs):
+        self.conv1 = Conv(in_features, out_features, 3, impl=impl, rngs=rngs)
+        self.norm1 = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        self.conv2 = Conv(out_features, out_features, 3, impl=impl, rngs=rngs)
+        self.norm2 = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _max_pool(self.conv1(x))
+        x = nnx.gelu(self.norm1(x), approximate=True)
+        return nnx.gelu(self.norm2(self.conv2(x)), approximate=True)
+
+
+class AirbenchNet(nnx.Module):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int],
+        stem_width: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        conv_impl: str = "auto",
+        rngs: nnx.Rngs,
+    ):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.stem = Conv(in_channels, stem_width, 2, padding="VALID", impl=conv_impl, rngs=rngs)
+        self.stem_norm = nnx.BatchNorm(stem_width, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        blocks, previous = [], stem_width
+        for width in widths:
+            blocks.append(ConvBlock(previous, width, impl=conv_impl, rngs=rngs))
+            previous = width
+        self.blocks = nnx.List(blocks)
+        self.head = nnx.Linear(previous, num_classes, use_bias=False, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = normalize(images, self.mean, self.std)
+        x = nnx.gelu(self.stem_norm(self.stem(x)), approximate=True)
+        for block in self.blocks:
+            x = block(x)
+        x = x.max(axis=(1, 2))  # global max pooling
+        return self.head(x)
+
+
+class BaselineNet(nnx.Module):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        widths: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        conv_impl: str = "auto",
+        rngs: nnx.Rngs,
+        **_: object,
+    ):
+        self.mean, self.std = tuple(mean), tuple(std)
+        w1, w2, hidden = (tuple(widths) + (32, 64, 128))[:3]
+        self.convs = nnx.List(
+            [
+                Conv(in_channels, w1, 3, impl=conv_impl, rngs=rngs),
+                Conv(w1, w1, 3, impl=conv_impl, rngs=rngs),
+                Conv(w1, w2, 3, impl=conv_impl, rngs=rngs),
+                Conv(w2, w2, 3, impl=conv_impl, rngs=rngs),
+            ]
+        )
+        self.norms = nnx.List([nnx.BatchNorm(w, rngs=rngs) for w in (w1, w1, w2, w2)])
+        self.dense = nnx.Linear(w2, hidden, rngs=rngs)
+        self.dropout = nnx.Dropout(0.3, rngs=rngs)
+        self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = normalize(images, self.mean, self.std)
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = nnx.relu(norm(conv(x)))
+            if i % 2 == 1:
+                x = _max_pool(x)
+        x = x.mean(axis=(1, 2))
+        x = self.dropout(nnx.relu(self.dense(x)))
+        return self.head(x)
+
+
+def create_model(
+    config: Config,
+    *,
+    num_classes: int,
+    image_shape: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """Builds the model named by `config.model` for images of `image_shape` (H, W, C)."""
+    kwargs = dict(
+        in_channels=image_shape[-1],
+        num_classes=num_classes,
+        widths=config.widths,
+        mean=mean,
+        std=std,
+        conv_impl=config.conv_impl,
+        rngs=rngs,
+    )
+    if config.model == "airbench":
+        return AirbenchNet(stem_width=config.stem_width, **kwargs)
+    if config.model == "baseline":
+        return BaselineNet(**kwargs)
+    raise ValueError(f"Unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+
+
+def predict_logits(model: nnx.Module, images: jax.Array, *, flip_tta: bool) -> jax.Array:
+    """Logits for evaluation and serving: optionally averaged with the mirrored image's."""
+    logits = model(images)
+    if flip_tta:
+        logits = 0.5 * (logits + model(images[:, :, ::-1, :]))
+    return logits
+
+
+def inference_state(model: nnx.Module) -> nnx.State:
+    """What inference needs, and all an exported model holds: parameters and batch stats."""
+    return nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

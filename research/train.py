@@ -1,0 +1,542 @@
+"""Training and evaluation library: `train_and_evaluate(config, workdir)`.
+
+    python -m research.train --dataset=cifar10 --workdir=workdirs/cifar10
+
+Running the same command again resumes from the latest checkpoint in the workdir. Ctrl-C or
+SIGTERM saves a checkpoint and exits; the next run continues at that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import functools
+import json
+import logging
+import signal
+import sys
+import time
+import types
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research import configs, models
+from research.configs import Config
+
+log = logging.getLogger("research.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], label_smoothing: float):
+    logits = model(batch["image"])
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, logits
+
+
+@functools.partial(nnx.jit, static_argnames="label_smoothing", donate_argnames=("model", "opt"))
+def train_step(
+    model: nnx.Module,
+    opt: nnx.Optimizer,
+    metrics: nnx.MultiMetric,
+    batch: dict[str, jax.Array],
+    label_smoothing: float,
+) -> jax.Array:
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    (loss, logits), grads = grad_fn(model, batch, label_smoothing)
+    opt.update(model, grads)
+    metrics.update(loss=loss, logits=logits, labels=batch["label"])
+    return loss
+
+
+@functools.partial(nnx.jit, static_argnames="flip_tta")
+def eval_step(model: nnx.Module, images: jax.Array, flip_tta: bool) -> jax.Array:
+    return models.predict_logits(model, images, flip_tta=flip_tta)
+
+
+def evaluate_model(
+    model: nnx.Module,
+    batches: Iterable[dict[str, np.ndarray]],
+    *,
+    num_classes: int,
+    flip_tta: bool,
+    sharding: NamedSharding | None = None,
+) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and confusion matrix over padded batches."""
+    model.eval()
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    loss_sum, count = 0.0, 0
+    for batch in batches:
+        images = batch["image"] if sharding is None else jax.device_put(batch["image"], sharding)
+        logits = np.asarray(eval_step(model, images, flip_tta), np.float64)
+        mask, labels = batch["mask"], batch["label"]
+        logits, labels = logits[mask], labels[mask]
+        log_probs = logits - _logsumexp(logits)
+        loss_sum += float(-log_probs[np.arange(len(labels)), labels].sum())
+        count += len(labels)
+        np.add.at(confusion, (labels, logits.argmax(-1)), 1)
+    model.train()
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    return {
+        "loss": loss_sum / max(count, 1),
+        "accuracy": float(confusion.trace() / max(count, 1)),
+        "per_class_accuracy": per_class.tolist(),
+        "confusion": confusion.tolist(),
+        "count": count,
+    }
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def _is_kernel(path: tuple, _: Any) -> bool:
+    return any(getattr(k, "key", None) == "kernel" for k in path)
+
+
+def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Optax optimizer with linear warm-up, linear decay, and weight decay on kernels only."""
+    total = max(int(config.epochs * steps_per_epoch), 1)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    peak, end = config.learning_rate, config.learning_rate * config.end_lr_fraction
+    schedule = (
+        optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, max(warmup, 1)),
+                optax.linear_schedule(peak, end, total - warmup),
+            ],
+            [warmup],
+        )
+        if warmup > 0
+        else optax.linear_schedule(peak, end, total)
+    )
+    decay_mask = functools.partial(jax.tree_util.tree_map_with_path, _is_kernel)
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+    )
+
+
+def _key_data(tree: Any) -> Any:
+    """PRNG key arrays -> raw uint32 data, which Orbax can store."""
+    return jax.tree.map(
+        lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
+        tree,
+    )
+
+
+def _wrap_keys(like: Any, tree: Any) -> Any:
+    return jax.tree.map(
+        lambda ref, x: (
+            jax.random.wrap_key_data(x) if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x
+        ),
+        like,
+        tree,
+    )
+
+
+def checkpoint_manager(directory: Path, config: Config, *, read_only: bool = False):
+    policy = ocp.checkpoint_managers.preservation_policy
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy.AnyPreservationPolicy(
+            [
+                policy.LatestN(config.keep_checkpoints),
+                policy.BestN(
+                    get_metric_fn=lambda m: m["eval_accuracy"],
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        ),
+        cleanup_tmp_directories=True,
+        read_only=read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(
+        directory.absolute(), item_names=("model", "train", "meta"), options=options
+    )
+
+
+def build_meta(
+    config: Config,
+    *,
+    info: Any,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    step: int,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything inference needs besides the weights, stored in every checkpoint."""
+    created = dt.datetime.now(dt.UTC)
+    return {
+        "name": f"{config.dataset}-{config.model}",
+        "dataset": config.dataset,
+        "version": f"{created:%Y%m%d}-step{step}",
+        "step": step,
+        "class_names": list(info.class_names),
+        "image_shape": list(info.image_shape),
+        "mean": list(mean),
+        "std": list(std),
+        "flip_tta": bool(config.flip_tta and _uses_flip(config)),  # serve as evaluated
+        "model": config.to_dict(),
+        "metrics": metrics or {},
+        "created": created.isoformat(timespec="seconds"),
+    }
+
+
+def _uses_flip(config: Config) -> bool:
+    return configs.FLIP_OK.get(config.dataset, True) if config.flip is None else config.flip
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("Received %s: saving a checkpoint, then exiting.", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_finite(losses: list[tuple[int, jax.Array]]) -> float:
+    values = jax.device_get([loss for _, loss in losses])
+    for (step, _), value in zip(losses, values, strict=True):
+        if not np.isfinite(value):
+            raise NonFiniteLossError(
+                f"Training loss became {float(value)} at step {step}. Lower --learning_rate "
+                "or check the data; the last good checkpoint is kept in the workdir."
+            )
+    return float(values[-1])
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the metrics."""
+    import tensorflow as tf
+
+    from research import datasets, input_pipeline  # TensorFlow only on the training path
+
+    config.validate()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    info = datasets.get_info(config.dataset, config.data_dir)
+    eval_split = config.eval_split or datasets.default_eval_split(info)
+    if config.mean is not None and config.std is not None:
+        mean, std = tuple(config.mean), tuple(config.std)
+    elif config.dataset in configs.DATASET_STATS:
+        mean, std = configs.DATASET_STATS[config.dataset]
+    else:
+        mean, std = input_pipeline.measure_mean_std(config)
+    num_classes = len(info.class_names)
+
+    devices = jax.local_devices()
+    if config.batch_size % len(devices):
+        raise ValueError(f"batch_size {config.batch_size} must divide over {len(devices)} devices")
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    data_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+
+    model = models.create_model(
+        config,
+        num_classes=num_classes,
+        image_shape=info.image_shape,
+        mean=mean,
+        std=std,
+        rngs=nnx.Rngs(config.seed),
+    )
+    train_examples = info.splits.get(config.train_split)
+    if train_examples is None:  # a slice such as 'train[:90%]'
+        train_examples = int(
+            datasets.load_split(config.dataset, config.train_split, config.data_dir).cardinality()
+        )
+    steps_per_epoch = train_examples // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {train_examples} examples")
+    total_steps = max(int(config.epochs * steps_per_epoch), 1)
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    eval_every = max(int(config.eval_every_epochs * steps_per_epoch), 1)
+    opt = nnx.Optimizer(model, create_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+
+    mngr = checkpoint_manager(workdir / "checkpoints", config)
+    start_step = 0
+    if mngr.latest_step() is not None:
+        start_step = _restore(mngr, config, model, opt)
+        log.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
+    nnx.update(model, jax.device_put(nnx.state(model), replicated))
+    nnx.update(opt, jax.device_put(nnx.state(opt), replicated))
+
+    def save(step: int, eval_metrics: dict[str, Any] | None = None) -> None:
+        meta = build_meta(config, info=info, mean=mean, std=std, step=step, metrics=eval_metrics)
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave(models.inference_state(model)),
+                train=ocp.args.StandardSave(
+                    {
+                        "opt": _key_data(nnx.state(opt)),
+                        "rngs": _key_data(nnx.state(model, nnx.RngState)),
+                    }
+                ),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            metrics={"eval_accuracy": eval_metrics["accuracy"]} if eval_metrics else None,
+            force=True,
+        )
+
+    flip_tta = bool(config.flip_tta and _uses_flip(config))
+    eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
+    summary = tf.summary.create_file_writer(str(workdir / "tensorboard"))
+    train_iter = input_pipeline.create_train_iterator(config, mean=mean, start_step=start_step)
+    print(
+        f"{config.dataset}: {train_examples} train / {info.splits.get(eval_split, '?')} "
+        f"{eval_split} examples, {num_classes} classes, {config.model} "
+        f"({models.count_params(model):,} params) on {len(devices)}x {devices[0].platform}, "
+        f"{steps_per_epoch} steps/epoch, {total_steps} steps",
+        flush=True,
+    )
+    result: dict[str, Any] = {"step": start_step}
+    pending: list[tuple[int, jax.Array]] = []
+    eval_metrics: dict[str, Any] | None = None
+    started = time.time()
+    with _StopRequest() as stop, _progress(start_step, total_steps) as bar:
+        for step in range(start_step, total_steps):
+            batch = jax.device_put(next(train_iter), data_sharding)
+            if step == start_step:
+                bar.set_description("compiling")
+            loss = train_step(model, opt, metrics, batch, config.label_smoothing)
+            pending.append((step + 1, loss))
+            bar.update(1)
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == total_steps or stop.signal:
+                bar.set_description(f"epoch {done / steps_per_epoch:.2f}")
+                bar.set_postfix(loss=f"{_check_finite(pending):.3f}")
+                pending.clear()
+            if done % eval_every == 0 or done == total_steps:
+                train_metrics = {k: float(v) for k, v in metrics.compute().items()}
+                metrics.reset()
+                eval_metrics = evaluate_model(
+                    model,
+                    input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
+                    num_classes=num_classes,
+                    flip_tta=flip_tta,
+                    sharding=data_sharding,
+                )
+                eval_metrics["split"] = eval_split
+                elapsed = time.time() - started
+                bar.write(
+                    f"epoch {done / steps_per_epoch:5.2f}  step {done:6d}  "
+                    f"train loss {train_metrics['loss']:.4f} acc {train_metrics['accuracy']:.4f}  "
+                    f"{eval_split} loss {eval_metrics['loss']:.4f} acc {eval_metrics['accuracy']:.4f}"
+                    f"  [{elapsed:.0f}s]"
+                )
+                with summary.as_default(step=done):
+                    for name, value in train_metrics.items():
+                        tf.summary.scalar(f"train/{name}", value)
+                    tf.summary.scalar(f"{eval_split}/loss", eval_metrics["loss"])
+                    tf.summary.scalar(f"{eval_split}/accuracy", eval_metrics["accuracy"])
+                summary.flush()
+                save(done, _scalar_metrics(eval_metrics, train_metrics, elapsed))
+            elif done % config.checkpoint_every_steps == 0 or stop.signal:
+                save(done)
+            result["step"] = done
+            if stop.signal:
+                break
+    if eval_metrics is None and not stop.signal:  # resumed a finished run: report it again
+        eval_metrics = evaluate_model(
+            model,
+            input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
+            num_classes=num_classes,
+            flip_tta=flip_tta,
+            sharding=data_sharding,
+        )
+        eval_metrics["split"] = eval_split
+    mngr.wait_until_finished()
+    mngr.close()
+    result.update(
+        interrupted=bool(stop.signal),
+        total_steps=total_steps,
+        wall_seconds=time.time() - started,
+        eval=eval_metrics,
+    )
+    if stop.signal:
+        print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
+    else:
+        (workdir / "results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _scalar_metrics(eval_metrics, train_metrics, elapsed) -> dict[str, Any]:
+    return {
+        "eval_accuracy": eval_metrics["accuracy"],
+        "eval_loss": eval_metrics["loss"],
+        "eval_split": eval_metrics["split"],
+        "eval_count": eval_metrics["count"],
+        "train_accuracy": train_metrics["accuracy"],
+        "train_loss": train_metrics["loss"],
+        "train_seconds": round(elapsed, 1),
+    }
+
+
+def _restore(mngr, config: Config, model: nnx.Module, opt: nnx.Optimizer) -> int:
+    step = mngr.latest_step()
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    saved = meta["model"]
+    for field in ("dataset", "model", "widths", "stem_width", "batch_size"):
+        if Config.from_dict(saved).to_dict()[field] != config.to_dict()[field]:
+            raise ValueError(
+                f"The workdir holds a run with {field}={saved[field]!r}, not "
+                f"{config.to_dict()[field]!r}: use another --workdir, or the same config."
+            )
+    abstract_train = {
+        "opt": _key_data(nnx.state(opt)),
+        "rngs": _key_data(nnx.state(model, nnx.RngState)),
+    }
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(_abstract(models.inference_state(model))),
+            train=ocp.args.StandardRestore(_abstract(abstract_train)),
+        ),
+    )
+    nnx.update(model, restored["model"])
+    nnx.update(opt, _wrap_keys(nnx.state(opt), restored["train"]["opt"]))
+    nnx.update(model, _wrap_keys(nnx.state(model, nnx.RngState), restored["train"]["rngs"]))
+    return int(step)
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class _progress:
+    """A tqdm bar on a terminal; plain periodic lines when output is a file."""
+
+    def __init__(self, start: int, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            initial=start,
+            total=total,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            file=sys.stderr,
+        )
+
+    def __enter__(self):
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_value(text: str, annotation: str) -> Any:
+    if text.lower() in ("none", "") and "None" in annotation:
+        return None
+    if annotation.startswith("tuple"):
+        kind = float if "float" in annotation else int
+        return tuple(kind(v) for v in text.split(",") if v)
+    if annotation.startswith("bool"):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if annotation.startswith("int"):
+        return int(text)
+    if annotation.startswith("float"):
+        return float(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m research.train", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--workdir", help="checkpoints, TensorBoard logs and results (default: workdirs/<dataset>)"
+    )
+    for field in dataclasses.fields(Config):
+        annotation = str(field.type)
+        parser.add_argument(
+            f"--{field.name}",
+            type=functools.partial(_parse_value, annotation=annotation),
+            default=argparse.SUPPRESS,
+            help=f"{annotation}",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from research.datasets import DataNotFoundError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("absl", "orbax", "jax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = vars(build_parser().parse_args(argv))
+    workdir = args.pop("workdir", None)
+    dataset = args.pop("dataset", "cifar10")
+    try:
+        config = configs.get_config(dataset, **args)
+        result = train_and_evaluate(config, workdir or Path("workdirs") / dataset)
+    except (DataNotFoundError, ValueError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result["interrupted"]:
+        return 130
+    accuracy = result["eval"]["accuracy"] if result["eval"] else float("nan")
+    print(
+        f"done: {result['eval']['split'] if result['eval'] else 'eval'} accuracy "
+        f"{accuracy:.4f} after {result['step']} steps ({result['wall_seconds']:.0f}s)",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
