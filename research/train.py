@@ -9,6 +9,7 @@ SIGTERM saves a checkpoint and exits; the next run continues at that step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -224,10 +225,8 @@ class _StopRequest:
 
     def __enter__(self) -> _StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
@@ -370,7 +369,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 bar.write(
                     f"epoch {done / steps_per_epoch:5.2f}  step {done:6d}  "
                     f"train loss {train_metrics['loss']:.4f} acc {train_metrics['accuracy']:.4f}  "
-                    f"{eval_split} loss {eval_metrics['loss']:.4f} acc {eval_metrics['accuracy']:.4f}"
+                    f"{eval_split} loss {eval_metrics['loss']:.4f} "
+                    f"acc {eval_metrics['accuracy']:.4f}"
                     f"  [{elapsed:.0f}s]"
                 )
                 with summary.as_default(step=done):
