@@ -1,0 +1,68 @@
+"""Model family: output shapes, pinned parameter counts, normalization."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from research import configs, models
+
+
+def _model(name: str, shape=(32, 32, 3), num_classes=10, **overrides):
+    config = configs.get_config(name, **overrides)
+    channels = shape[-1]
+    return models.create_model(
+        config,
+        num_classes=num_classes,
+        image_shape=shape,
+        mean=(127.5,) * channels,
+        std=(64.0,) * channels,
+        rngs=nnx.Rngs(0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "overrides", "expected"),
+    [
+        ("cifar10", (32, 32, 3), {}, 1_972_816),  # airbench94 widths 64/256/256
+        ("fashion_mnist", (28, 28, 1), {}, 1_161_104),
+        ("tiny", (32, 32, 3), {}, 9_648),
+        ("cifar10", (32, 32, 3), {"model": "baseline"}, 845_514),
+    ],
+)
+def test_parameter_count_is_pinned(name, shape, overrides, expected):
+    """Each named config builds the network it documents, to the parameter."""
+    assert models.count_params(_model(name, shape, **overrides)) == expected
+
+
+@pytest.mark.parametrize("model_name", configs.MODELS)
+@pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1)])
+def test_output_is_one_logit_per_class(model_name, shape):
+    """uint8 NHWC images in, float32 [N, num_classes] logits out, for both image sizes."""
+    model = _model("tiny", shape, num_classes=7, model=model_name)
+    logits = model(jnp.zeros((3, *shape), jnp.uint8))
+    assert logits.shape == (3, 7)
+    assert logits.dtype == jnp.float32
+
+
+def test_normalize_uses_mean_and_std():
+    """normalize maps mean to 0 and mean+std to 1, per channel."""
+    images = jnp.array([[[[10, 20], [13, 28]]]], jnp.uint8)
+    out = models.normalize(images, mean=(10, 20), std=(3, 8))
+    np.testing.assert_allclose(np.asarray(out), [[[[0, 0], [1, 1]]]])
+
+
+def test_flip_tta_averages_image_and_mirror():
+    """predict_logits with flip_tta is the mean of the logits of the image and its mirror."""
+    model = _model("tiny")
+    model.eval()
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)), jnp.uint8)
+    expected = 0.5 * (model(images) + model(images[:, :, ::-1]))
+    got = models.predict_logits(model, images, flip_tta=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_model_name_lists_the_valid_ones():
+    """A typo in the model name fails with the list of valid names."""
+    with pytest.raises(ValueError, match="airbench"):
+        configs.get_config("cifar10", model="resnet9000")
