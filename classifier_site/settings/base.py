@@ -1,0 +1,188 @@
+"""Settings shared by every environment, read from DJANGO_* environment variables.
+
+Environment variables (all optional here; production.py makes the secret mandatory):
+    DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS (comma-separated),
+    DJANGO_CSRF_TRUSTED_ORIGINS (comma-separated), DATABASE_URL (default: SQLite db.sqlite3),
+    DJANGO_MEDIA_ROOT, DJANGO_STATIC_ROOT, DJANGO_CLASSIFIER_MODELS ("name=dir,name=dir"),
+    DJANGO_CLASSIFIER_DEFAULT_MODEL, DJANGO_UPLOAD_MAX_BYTES, DJANGO_UPLOAD_MAX_PIXELS,
+    DJANGO_UPLOAD_MAX_FILES, DJANGO_LOG_LEVEL.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+def read_env_bool(name: str, default: bool) -> bool:
+    """Return a boolean environment variable ('1', 'true', 'yes', 'on' are true)."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def read_env_list(name: str, default: list[str]) -> list[str]:
+    """Return a comma-separated environment variable as a list of non-empty items."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def read_env_int(name: str, default: int) -> int:
+    """Return an integer environment variable, failing loudly on a malformed value."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from err
+
+
+def read_classifier_models(default: dict[str, Path]) -> dict[str, Path]:
+    """Return the model registry from DJANGO_CLASSIFIER_MODELS ('name=dir,name=dir')."""
+    value = os.environ.get("DJANGO_CLASSIFIER_MODELS")
+    if not value:
+        return default
+    models = {}
+    for item in value.split(","):
+        name, sep, directory = item.partition("=")
+        if not sep or not name.strip() or not directory.strip():
+            raise ImproperlyConfigured(
+                f"DJANGO_CLASSIFIER_MODELS items look like 'name=/path/to/model', got {item!r}"
+            )
+        models[name.strip()] = Path(directory.strip()).expanduser()
+    return models
+
+
+def configure_sqlite(database: dict) -> dict:
+    """Tune a SQLite database so concurrent uploads wait for the write lock, never fail.
+
+    WAL lets readers run beside the one writer, IMMEDIATE takes the write lock when a
+    transaction starts (so two transactions never deadlock upgrading a read lock), and
+    the busy timeout makes a writer wait for the lock instead of raising "database is locked".
+    """
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        return database
+    options = database.setdefault("OPTIONS", {})
+    options.setdefault("timeout", 30)
+    options.setdefault("transaction_mode", "IMMEDIATE")
+    options.setdefault(
+        "init_command",
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000",
+    )
+    return database
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+DEBUG = read_env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = read_env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = read_env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "uploads",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "classifier_site.middleware.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "classifier_site.urls"
+WSGI_APPLICATION = "classifier_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": configure_sqlite(
+        dj_database_url.config(
+            default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+            conn_max_age=read_env_int("DJANGO_CONN_MAX_AGE", 0),
+        )
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Uploads: limits enforced by uploads.images before any pixel is decoded.
+UPLOAD_MAX_BYTES = read_env_int("DJANGO_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
+UPLOAD_MAX_PIXELS = read_env_int("DJANGO_UPLOAD_MAX_PIXELS", 40_000_000)
+UPLOAD_MAX_FILES = read_env_int("DJANGO_UPLOAD_MAX_FILES", 10)
+# Django's own parser limits sit above ours so that ours answer with the clearer message.
+DATA_UPLOAD_MAX_NUMBER_FILES = 100
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+# Classifier registry: model name -> directory exported by research.train.
+CLASSIFIER_MODELS = read_classifier_models(
+    {
+        "cifar10": BASE_DIR / "models" / "cifar10",
+        "fashion_mnist": BASE_DIR / "models" / "fashion_mnist",
+    }
+)
+CLASSIFIER_DEFAULT_MODEL = os.environ.get(
+    "DJANGO_CLASSIFIER_DEFAULT_MODEL", next(iter(CLASSIFIER_MODELS), "")
+)
+CLASSIFIER_TOP_K = 5
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    "loggers": {"jax": {"level": "WARNING"}, "absl": {"level": "WARNING"}},
+}

@@ -1,0 +1,7 @@
+"""Development settings: DEBUG on, a throw-away secret, everything else from base."""
+
+from .base import *  # noqa: F403
+from .base import read_env_bool
+
+DEBUG = read_env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = SECRET_KEY or "dev-insecure-secret-key-do-not-use-in-production"  # noqa: F405

@@ -1,0 +1,20 @@
+"""Test settings: fast hashing, an on-disk SQLite test database, no warm-up at import."""
+
+import os
+import tempfile
+from pathlib import Path
+
+from .base import *  # noqa: F403
+
+DEBUG = False
+SECRET_KEY = "test-secret-key"
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# A file, not SQLite's shared in-memory database, so that threaded tests exercise the same
+# WAL/busy-timeout/IMMEDIATE locking as production.
+DATABASES["default"].setdefault("TEST", {})  # noqa: F405
+DATABASES["default"]["TEST"]["NAME"] = str(  # noqa: F405
+    Path(tempfile.gettempdir()) / f"classifier_site_test_{os.getpid()}.sqlite3"
+)
+MEDIA_ROOT = Path(tempfile.gettempdir()) / f"classifier_site_test_media_{os.getpid()}"

@@ -1,0 +1,218 @@
+"""Staff views of uploads and predictions: read-only, filterable, exportable as CSV."""
+
+import csv
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from uploads.models import Prediction, Upload
+from uploads.services import delete_uploads
+
+CSV_COLUMNS = [
+    "prediction_id",
+    "created_at",
+    "label",
+    "confidence",
+    "model_name",
+    "model_dataset",
+    "model_version",
+    "latency_ms",
+    "upload_id",
+    "original_name",
+    "sha256",
+    "width",
+    "height",
+    "format",
+    "size_bytes",
+]
+
+
+def _safe_cell(value) -> object:
+    """Neutralise spreadsheet formulas in user-provided text (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def export_predictions_csv(predictions: QuerySet[Prediction]) -> HttpResponse:
+    """A CSV attachment with one row per prediction."""
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    filename = f"predictions-{timezone.now():%Y%m%d-%H%M%S}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    for p in predictions.select_related("upload").order_by("created_at", "id"):
+        row = [
+            p.pk,
+            p.created_at.isoformat(),
+            p.label,
+            f"{p.confidence:.6f}",
+            p.model_name,
+            p.model_dataset,
+            p.model_version,
+            f"{p.latency_ms:.2f}",
+            p.upload_id,
+            p.upload.original_name,
+            p.upload.sha256,
+            p.upload.width,
+            p.upload.height,
+            p.upload.format,
+            p.upload.size_bytes,
+        ]
+        writer.writerow([_safe_cell(value) for value in row])
+    return response
+
+
+def _thumbnail(upload: Upload) -> str:
+    return format_html(
+        '<img src="{}" alt="" width="48" height="48" style="object-fit:cover;border-radius:4px">',
+        upload.get_thumbnail_url(),
+    )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows come from the upload service only; staff can browse and delete, not edit."""
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class PredictionInline(admin.TabularInline):
+    model = Prediction
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ["label", "confidence_percent", "model_name", "model_version", "latency_ms"]
+    readonly_fields = fields
+
+    @admin.display(description="confidence")
+    def confidence_percent(self, prediction: Prediction) -> str:
+        return f"{prediction.confidence:.1%}"
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Upload)
+class UploadAdmin(ReadOnlyAdmin):
+    list_display = [
+        "thumbnail",
+        "original_name",
+        "top_label",
+        "format",
+        "dimensions",
+        "size_bytes",
+        "created_at",
+    ]
+    list_display_links = ["thumbnail", "original_name"]
+    list_filter = ["format", "created_at", "predictions__model_name", "predictions__label"]
+    search_fields = ["original_name", "sha256", "predictions__label"]
+    date_hierarchy = "created_at"
+    readonly_fields = [
+        "preview",
+        "original_name",
+        "image",
+        "thumbnail",
+        "sha256",
+        "format",
+        "width",
+        "height",
+        "size_bytes",
+        "created_at",
+    ]
+    fields = readonly_fields
+    inlines = [PredictionInline]
+    actions = ["export_csv"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Upload]:
+        return super().get_queryset(request).prefetch_related("predictions")
+
+    def delete_model(self, request: HttpRequest, obj: Upload) -> None:
+        delete_uploads(uploads=Upload.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+        delete_uploads(uploads=queryset)
+
+    @admin.display(description="image")
+    def thumbnail(self, upload: Upload) -> str:
+        return _thumbnail(upload)
+
+    @admin.display(description="preview")
+    def preview(self, upload: Upload) -> str:
+        return format_html(
+            '<img src="{}" alt="" style="max-width:320px;max-height:320px">',
+            upload.get_image_url(),
+        )
+
+    @admin.display(description="top label")
+    def top_label(self, upload: Upload) -> str:
+        predictions = list(upload.predictions.all())
+        return predictions[0].label if predictions else "—"
+
+    @admin.display(description="size", ordering="width")
+    def dimensions(self, upload: Upload) -> str:
+        return f"{upload.width}×{upload.height}"
+
+    @admin.action(description="Export the predictions of the selected uploads as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Upload]) -> HttpResponse:
+        return export_predictions_csv(Prediction.objects.filter(upload__in=queryset))
+
+
+@admin.register(Prediction)
+class PredictionAdmin(ReadOnlyAdmin):
+    list_display = [
+        "thumbnail",
+        "label",
+        "confidence_percent",
+        "model_name",
+        "model_version",
+        "latency",
+        "created_at",
+    ]
+    list_display_links = ["thumbnail", "label"]
+    list_filter = ["label", "model_name", "model_dataset", "created_at"]
+    search_fields = ["label", "model_name", "model_version", "upload__original_name"]
+    date_hierarchy = "created_at"
+    list_select_related = ["upload"]
+    readonly_fields = [
+        "thumbnail",
+        "upload",
+        "label",
+        "confidence_percent",
+        "top_k",
+        "probabilities",
+        "model_name",
+        "model_dataset",
+        "model_version",
+        "model_accuracy",
+        "inference_ms",
+        "latency_ms",
+        "created_at",
+    ]
+    fields = readonly_fields
+    actions = ["export_csv"]
+
+    @admin.display(description="image")
+    def thumbnail(self, prediction: Prediction) -> str:
+        return _thumbnail(prediction.upload)
+
+    @admin.display(description="confidence", ordering="confidence")
+    def confidence_percent(self, prediction: Prediction) -> str:
+        return f"{prediction.confidence:.1%}"
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, prediction: Prediction) -> str:
+        return f"{prediction.latency_ms:.0f} ms"
+
+    @admin.action(description="Export the selected predictions as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Prediction]) -> HttpResponse:
+        return export_predictions_csv(queryset)

@@ -1,0 +1,265 @@
+"""The one accessor to the research classifiers: lazy, cached per process, thread-safe.
+
+Models are named in settings.CLASSIFIER_MODELS (name -> exported model directory). A model is
+loaded on first use (or by warm-up), never at import time or in AppConfig.ready(), and the
+same research.inference.Classifier instance then serves every thread of the process.
+"""
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+DATASET_TITLES = {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+
+_lock = threading.Lock()
+_classifiers: dict[tuple[str, str], Any] = {}
+_warm: set[tuple[str, str]] = set()
+_errors: dict[tuple[str, str], str] = {}
+_warmup_thread: threading.Thread | None = None
+
+
+class UnknownModelError(ValueError):
+    """The requested model name is not in settings.CLASSIFIER_MODELS."""
+
+
+class ModelUnavailableError(RuntimeError):
+    """A configured model cannot be loaded (missing directory or broken export).
+
+    str() gives the operator's detail (paths, the fix); public_message is safe to show users.
+    """
+
+    def __init__(self, message: str, *, model_name: str):
+        super().__init__(message)
+        self.model_name = model_name
+        self.public_message = (
+            f"The {model_name!r} model is not available on this server yet; an administrator "
+            "must install it (its status is shown at /healthz)."
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the site says about a configured model, read from its meta.json without loading."""
+
+    name: str
+    directory: Path
+    dataset: str
+    version: str
+    class_names: tuple[str, ...]
+    accuracy: float | None
+    available: bool
+
+    @property
+    def title(self) -> str:
+        """A human name for the model, from its dataset."""
+        return DATASET_TITLES.get(self.dataset, self.dataset or self.name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready description used by the API."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "dataset": self.dataset,
+            "version": self.version,
+            "class_names": list(self.class_names),
+            "accuracy": self.accuracy,
+            "available": self.available,
+            "ready": is_model_ready(self.name),
+        }
+
+
+def get_model_names() -> list[str]:
+    """Return the configured model names in settings order."""
+    return list(settings.CLASSIFIER_MODELS)
+
+
+def get_default_model_name() -> str:
+    """Return settings.CLASSIFIER_DEFAULT_MODEL, or the first configured model."""
+    names = get_model_names()
+    default = settings.CLASSIFIER_DEFAULT_MODEL
+    return default if default in names else (names[0] if names else "")
+
+
+def get_model_dir(name: str) -> Path:
+    """Return the directory of a configured model, or raise UnknownModelError."""
+    try:
+        return Path(settings.CLASSIFIER_MODELS[name])
+    except KeyError:
+        valid = ", ".join(get_model_names()) or "none configured"
+        raise UnknownModelError(f"Unknown model {name!r}; choose one of: {valid}.") from None
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """Describe a configured model from its meta.json (no model is loaded)."""
+    directory = get_model_dir(name)
+    meta = _read_meta(directory)
+    if meta is None and (key := (name, str(directory))) in _classifiers:
+        meta = _classifiers[key].meta
+    meta = meta or {}
+    accuracy = (meta.get("metrics") or {}).get("eval_accuracy")
+    return ModelInfo(
+        name=name,
+        directory=directory,
+        dataset=str(meta.get("dataset", "")),
+        version=str(meta.get("version", "")),
+        class_names=tuple(meta.get("class_names", ())),
+        accuracy=float(accuracy) if accuracy is not None else None,
+        available=directory.is_dir(),
+    )
+
+
+def list_model_infos() -> list[ModelInfo]:
+    """Describe every configured model."""
+    return [get_model_info(name) for name in get_model_names()]
+
+
+def get_classifier(name: str):
+    """Return the process-wide Classifier for a model name, loading it on first use.
+
+    Raises UnknownModelError for a name outside settings.CLASSIFIER_MODELS and
+    ModelUnavailableError, with the directory and the fix, when the model cannot be loaded.
+    """
+    directory = get_model_dir(name)
+    key = (name, str(directory))
+    classifier = _classifiers.get(key)
+    if classifier is not None:
+        return classifier
+    with _lock:
+        classifier = _classifiers.get(key)
+        if classifier is None:
+            classifier = _load_classifier(name, directory)
+            _classifiers[key] = classifier
+    return classifier
+
+
+def warm_up_models(names: list[str] | None = None) -> dict[str, float]:
+    """Load and compile the given (default: all) models; return seconds spent per model.
+
+    Models already warm in this process are skipped.
+
+    A model that fails to load is recorded (see get_health) and its error re-raised after
+    the others have been warmed up.
+    """
+    timings = {}
+    failures = []
+    for name in names or get_model_names():
+        key = (name, str(get_model_dir(name)))
+        if key in _warm:
+            continue
+        start = time.perf_counter()
+        try:
+            get_classifier(name).warmup()
+        except Exception as err:  # recorded for /healthz, re-raised below
+            _errors[key] = str(err)
+            failures.append(err)
+            logger.error("Warm-up of model %r failed: %s", name, err)
+            continue
+        _warm.add(key)
+        _errors.pop(key, None)
+        timings[name] = time.perf_counter() - start
+        logger.info("Model %r warmed up in %.1f s", name, timings[name])
+    if failures:
+        raise failures[0]
+    return timings
+
+
+def start_background_warmup() -> threading.Thread:
+    """Warm up every model in a daemon thread (once per process); /healthz reports progress."""
+    global _warmup_thread
+    with _lock:
+        if _warmup_thread is None:
+            _warmup_thread = threading.Thread(
+                target=_warm_up_quietly, name="classifier-warmup", daemon=True
+            )
+            _warmup_thread.start()
+    return _warmup_thread
+
+
+def is_model_ready(name: str) -> bool:
+    """Whether a model has been loaded and compiled in this process."""
+    return (name, str(get_model_dir(name))) in _warm
+
+
+def get_health() -> dict[str, Any]:
+    """Return {'ready': bool, 'models': {name: 'ready' | 'loading' | 'error: ...'}}."""
+    models = {}
+    for name in get_model_names():
+        key = (name, str(get_model_dir(name)))
+        if key in _warm:
+            models[name] = "ready"
+        elif key in _errors:
+            models[name] = f"error: {_errors[key]}"
+        else:
+            models[name] = "loading"
+    ready = bool(models) and all(state == "ready" for state in models.values())
+    return {"ready": ready, "models": models}
+
+
+def clear_cache() -> None:
+    """Forget every loaded model and warm-up state (for tests)."""
+    with _lock:
+        _classifiers.clear()
+        _warm.clear()
+        _errors.clear()
+
+
+def _warm_up_quietly() -> None:
+    with contextlib.suppress(Exception):  # already logged, and shown by /healthz
+        warm_up_models()
+
+
+def _read_meta(directory: Path) -> dict[str, Any] | None:
+    """Read a model's metadata without loading it: meta.json, else the Orbax 'meta' item.
+
+    Like Classifier.load, it prefers the checkpoint with the best eval accuracy (then the
+    latest) in an exported model dir or a training workdir's checkpoints/.
+    """
+    try:
+        return json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        pass
+    best: tuple[float, int, dict[str, Any]] | None = None
+    for metadata in [
+        *directory.glob("checkpoints/*/meta/metadata"),
+        *directory.glob("*/meta/metadata"),
+    ]:
+        step_name = metadata.parent.parent.name
+        try:
+            meta = json.loads(metadata.read_text())
+        except (OSError, ValueError):
+            continue
+        if not step_name.isdigit() or not isinstance(meta, dict):
+            continue
+        accuracy = (meta.get("metrics") or {}).get("eval_accuracy", -1.0)
+        key = (float(accuracy), int(step_name), meta)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def _load_classifier(name: str, directory: Path):
+    if not directory.is_dir():
+        raise ModelUnavailableError(
+            f"Model {name!r} is not available: directory {directory} does not exist. "
+            "Export it with research.train (see the README), or point "
+            "DJANGO_CLASSIFIER_MODELS at an exported model ('name=/path/to/model').",
+            model_name=name,
+        )
+    from research.inference import Classifier  # imported here: JAX loads on first use only
+
+    logger.info("Loading model %r from %s", name, directory)
+    try:
+        return Classifier.load(directory)
+    except Exception as err:
+        raise ModelUnavailableError(
+            f"Model {name!r} could not be loaded from {directory}: {err}", model_name=name
+        ) from err

@@ -1,0 +1,108 @@
+"""Uploaded images and the predictions made for them."""
+
+from django.db import models
+from django.urls import reverse
+
+
+class Upload(models.Model):
+    """One validated image, stored re-encoded under a generated name."""
+
+    image = models.FileField(upload_to="images/", max_length=255)
+    thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
+    sha256 = models.CharField("SHA-256 of the uploaded bytes", max_length=64, db_index=True)
+    original_name = models.CharField(max_length=255)
+    size_bytes = models.PositiveBigIntegerField("uploaded size (bytes)")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField("uploaded format", max_length=16)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.width}×{self.height} {self.format})"
+
+    def get_image_url(self) -> str:
+        return reverse("uploads:media", args=[self.image.name])
+
+    def get_thumbnail_url(self) -> str:
+        return reverse("uploads:media", args=[(self.thumbnail or self.image).name])
+
+
+class PredictionQuerySet(models.QuerySet):
+    def recent(self) -> "PredictionQuerySet":
+        """Newest first, with the upload fetched in the same query."""
+        return self.select_related("upload").order_by("-created_at", "-id")
+
+    def filter_by(self, *, label: str = "", model_name: str = "") -> "PredictionQuerySet":
+        """Keep predictions with this top label and/or from this model (blank: no filter)."""
+        queryset = self
+        if label:
+            queryset = queryset.filter(label=label)
+        if model_name:
+            queryset = queryset.filter(model_name=model_name)
+        return queryset
+
+    def labels(self) -> list[str]:
+        """Distinct top labels, alphabetically."""
+        return list(self.order_by("label").values_list("label", flat=True).distinct())
+
+    def model_names(self) -> list[str]:
+        """Distinct model names, alphabetically."""
+        return list(self.order_by("model_name").values_list("model_name", flat=True).distinct())
+
+
+class Prediction(models.Model):
+    """What one model said about one upload, and which model version said it."""
+
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="predictions")
+    model_name = models.CharField(max_length=100, db_index=True)
+    model_dataset = models.CharField(max_length=100)
+    model_version = models.CharField(max_length=200)
+    model_accuracy = models.FloatField(null=True, blank=True)
+    label = models.CharField("top label", max_length=100, db_index=True)
+    confidence = models.FloatField()
+    top_k = models.JSONField(help_text="[{label, probability}], most probable first")
+    probabilities = models.JSONField(help_text="{label: probability} for every class")
+    inference_ms = models.FloatField("classifier time (ms)")
+    latency_ms = models.FloatField("total processing time (ms)")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = PredictionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.confidence:.0%}) by {self.model_name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("uploads:detail", args=[self.pk])
+
+    def as_dict(self) -> dict:
+        """The JSON shape returned by the API."""
+        return {
+            "id": self.pk,
+            "label": self.label,
+            "confidence": self.confidence,
+            "top_k": self.top_k,
+            "model": {
+                "name": self.model_name,
+                "dataset": self.model_dataset,
+                "version": self.model_version,
+                "accuracy": self.model_accuracy,
+            },
+            "latency_ms": round(self.latency_ms, 2),
+            "inference_ms": round(self.inference_ms, 2),
+            "image": {
+                "url": self.upload.get_image_url(),
+                "original_name": self.upload.original_name,
+                "width": self.upload.width,
+                "height": self.upload.height,
+                "format": self.upload.format,
+                "size_bytes": self.upload.size_bytes,
+                "sha256": self.upload.sha256,
+            },
+            "created_at": self.created_at.isoformat(),
+        }

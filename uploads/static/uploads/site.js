@@ -1,0 +1,111 @@
+// Progressive enhancement of the upload form: drag and drop, paste, several files, previews.
+// Without JavaScript the plain file input and submit button do the same job.
+(function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  function init() {
+    var form = document.querySelector("[data-upload-form]");
+    if (!form) return;
+    var input = form.querySelector('input[type="file"]');
+    var zone = form.querySelector("[data-dropzone]");
+    var list = form.querySelector("[data-previews]");
+    var submit = form.querySelector("[data-submit]");
+    var clientError = form.querySelector("[data-client-error]");
+    var maxFiles = parseInt(form.getAttribute("data-max-files"), 10) || 10;
+    var urls = [];
+    if (!input || typeof DataTransfer === "undefined") return;
+
+    function showError(message) {
+      clientError.textContent = message;
+      clientError.hidden = !message;
+    }
+
+    function setFiles(files) {
+      var transfer = new DataTransfer();
+      var skipped = 0;
+      Array.prototype.forEach.call(files, function (file) {
+        if (file.type && file.type.indexOf("image/") !== 0) { skipped += 1; return; }
+        if (transfer.items.length < maxFiles) transfer.items.add(file); else skipped += 1;
+      });
+      input.files = transfer.files;
+      showError(skipped ? skipped + " file(s) skipped: only images, at most " + maxFiles + " at once." : "");
+      render();
+    }
+
+    function render() {
+      urls.forEach(URL.revokeObjectURL);
+      urls = [];
+      list.textContent = "";
+      Array.prototype.forEach.call(input.files, function (file, index) {
+        var item = document.createElement("li");
+        item.className = "preview";
+        var img = document.createElement("img");
+        var url = URL.createObjectURL(file);
+        urls.push(url);
+        img.src = url;
+        img.alt = "";
+        var name = document.createElement("span");
+        name.className = "name";
+        name.textContent = file.name;
+        var remove = document.createElement("button");
+        remove.type = "button";
+        remove.textContent = "×";
+        remove.setAttribute("aria-label", "Remove " + file.name);
+        remove.addEventListener("click", function () {
+          setFiles(Array.prototype.filter.call(input.files, function (_, i) { return i !== index; }));
+          input.focus();
+        });
+        item.append(img, name, remove);
+        list.appendChild(item);
+      });
+    }
+
+    input.addEventListener("change", function () { setFiles(input.files); });
+
+    ["dragenter", "dragover"].forEach(function (type) {
+      zone.addEventListener(type, function (event) {
+        event.preventDefault();
+        zone.classList.add("is-dragover");
+      });
+    });
+    ["dragleave", "drop"].forEach(function (type) {
+      zone.addEventListener(type, function (event) {
+        event.preventDefault();
+        zone.classList.remove("is-dragover");
+      });
+    });
+    zone.addEventListener("drop", function (event) {
+      if (event.dataTransfer && event.dataTransfer.files.length) {
+        setFiles(Array.from(input.files).concat(Array.from(event.dataTransfer.files)));
+      }
+    });
+    document.addEventListener("paste", function (event) {
+      var files = event.clipboardData ? Array.from(event.clipboardData.files) : [];
+      if (!files.length) return;
+      event.preventDefault();
+      setFiles(Array.from(input.files).concat(files));
+    });
+
+    form.addEventListener("submit", function (event) {
+      if (!input.files.length) {
+        event.preventDefault();
+        showError("Choose an image to classify.");
+        input.focus();
+        return;
+      }
+      submit.disabled = true;
+      submit.textContent = "Classifying…";
+      form.setAttribute("aria-busy", "true");
+    });
+    // Coming back with the browser's back button: re-enable the form.
+    window.addEventListener("pageshow", function () {
+      submit.disabled = false;
+      submit.textContent = "Classify";
+      form.removeAttribute("aria-busy");
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

@@ -1,0 +1,29 @@
+"""Small display helpers for the uploads templates."""
+
+from django import template
+
+from uploads.classifiers import DATASET_TITLES
+
+register = template.Library()
+
+
+@register.filter
+def percent(value: float | None, digits: int = 1) -> str:
+    """0.1234 -> '12.3%'; None -> '—'."""
+    if value is None:
+        return "—"
+    return f"{float(value) * 100:.{int(digits)}f}%"
+
+
+@register.filter
+def dataset_title(dataset: str) -> str:
+    """'cifar10' -> 'CIFAR-10'."""
+    return DATASET_TITLES.get(dataset, dataset)
+
+
+@register.filter
+def milliseconds(value: float | None) -> str:
+    """12.345 -> '12 ms'; 0.42 -> '0.4 ms'."""
+    if value is None:
+        return "—"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"

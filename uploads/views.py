@@ -1,0 +1,156 @@
+"""HTML pages: thin wrappers over uploads.services and the Prediction queryset."""
+
+import logging
+import re
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+from django.views.generic import DetailView, ListView
+
+from uploads import classifiers, services
+from uploads.forms import ClassifyForm
+from uploads.images import STORED_CONTENT_TYPES, UploadRejected
+from uploads.models import Prediction
+
+logger = logging.getLogger(__name__)
+
+# Only names the service generates are ever served.
+_MEDIA_NAME = re.compile(
+    r"(images|thumbnails)/\d{4}/\d{2}/[0-9a-f]{32}(_[A-Za-z0-9]{7})?\.(jpg|png)"
+)
+_MEDIA_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
+
+
+@require_http_methods(["GET", "POST"])
+def classify(request: HttpRequest) -> HttpResponse:
+    """The home page: the upload form; a valid POST redirects to its result."""
+    status = 200
+    if request.method == "POST":
+        form = ClassifyForm(request.POST, request.FILES)
+        status = 400
+        if form.is_valid():
+            try:
+                predictions = services.classify_uploads(
+                    files=form.cleaned_data["images"], model_name=form.cleaned_data["model"]
+                )
+            except UploadRejected as err:
+                form.add_error("images", err.message)
+                status = err.status
+            except classifiers.ModelUnavailableError as err:
+                logger.error("%s", err)
+                form.add_error("model", err.public_message)
+                status = 503
+            else:
+                return redirect(_result_url(predictions))
+    else:
+        form = ClassifyForm()
+    context = {
+        "form": form,
+        "recent": Prediction.objects.recent()[:8],
+        "max_files": settings.UPLOAD_MAX_FILES,
+    }
+    return render(request, "uploads/classify.html", context, status=status)
+
+
+@require_GET
+def results(request: HttpRequest) -> HttpResponse:
+    """The results of one multi-file upload (?ids=1,2,3)."""
+    ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.isdigit()]
+    predictions = Prediction.objects.recent().filter(pk__in=ids[: settings.UPLOAD_MAX_FILES])
+    if not predictions:
+        raise Http404("No such predictions.")
+    return render(request, "uploads/results.html", {"predictions": predictions})
+
+
+class PredictionListView(ListView):
+    """History: newest predictions first, filterable by ?label= and ?model=."""
+
+    template_name = "uploads/history.html"
+    context_object_name = "predictions"
+    paginate_by = 24
+
+    def get_queryset(self):
+        return Prediction.objects.recent().filter_by(
+            label=self.request.GET.get("label", ""), model_name=self.request.GET.get("model", "")
+        )
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        filters = {key: self.request.GET.get(key, "") for key in ("label", "model")}
+        context.update(
+            filters=filters,
+            filter_query=urlencode({key: value for key, value in filters.items() if value}),
+            labels=Prediction.objects.labels(),
+            model_names=Prediction.objects.model_names(),
+        )
+        return context
+
+
+class PredictionDetailView(DetailView):
+    """One prediction: the image, the top-k classes, the model and the timings."""
+
+    template_name = "uploads/detail.html"
+    context_object_name = "prediction"
+    queryset = Prediction.objects.recent()
+
+
+@require_GET
+def serve_media(request: HttpRequest, name: str) -> FileResponse:
+    """Serve a stored image with a fixed image type, inline, never sniffed or scripted."""
+    match = _MEDIA_NAME.fullmatch(name)
+    if match is None:
+        raise Http404("No such file.")
+    try:
+        file = default_storage.open(name, "rb")
+    except (FileNotFoundError, SuspiciousFileOperation) as err:
+        raise Http404("No such file.") from err
+    response = FileResponse(
+        file, content_type=STORED_CONTENT_TYPES[match.group(3)], filename=name.rsplit("/", 1)[-1]
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = _MEDIA_CSP
+    response["Cross-Origin-Resource-Policy"] = "same-origin"
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    message = "The request could not be understood."
+    if type(exception).__name__ == "TooManyFilesSent":
+        message = f"Too many files in one request; at most {settings.UPLOAD_MAX_FILES} at once."
+    elif type(exception).__name__ == "RequestDataTooBig":
+        message = "The request is too large."
+    return _error(request, 400, "bad_request", message)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error(request, 403, "forbidden", "You do not have permission to see this page.")
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error(request, 404, "not_found", "There is nothing at this address.")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return _error(request, 500, "server_error", "Something went wrong on our side.")
+
+
+def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+    """JSON for API clients, a page for people."""
+    if request.path.startswith(("/api/", "/healthz")):
+        return JsonResponse({"error": message, "code": code}, status=status)
+    context = {"status": status, "message": message}
+    return render(request, "uploads/error.html", context, status=status)
+
+
+def _result_url(predictions: list[Prediction]) -> str:
+    if len(predictions) == 1:
+        return predictions[0].get_absolute_url()
+    ids = ",".join(str(prediction.pk) for prediction in predictions)
+    return f"{reverse('uploads:results')}?ids={ids}"
