@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -303,28 +304,18 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     mngr = checkpoint_manager(workdir / "checkpoints", config)
     start_step = 0
     if mngr.latest_step() is not None:
-        start_step = _restore(mngr, config, model, opt)
+        start_step = restore_checkpoint(mngr, config, model, opt)
         log.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
-    nnx.update(model, jax.device_put(nnx.state(model), replicated))
-    nnx.update(opt, jax.device_put(nnx.state(opt), replicated))
+
+    def replicate(*nodes: Any) -> None:  # one sharding for every state, so jit compiles once
+        for node in nodes:
+            nnx.update(node, jax.device_put(nnx.state(node), replicated))
+
+    replicate(model, opt, metrics)
 
     def save(step: int, eval_metrics: dict[str, Any] | None = None) -> None:
         meta = build_meta(config, info=info, mean=mean, std=std, step=step, metrics=eval_metrics)
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardSave(models.inference_state(model)),
-                train=ocp.args.StandardSave(
-                    {
-                        "opt": _key_data(nnx.state(opt)),
-                        "rngs": _key_data(nnx.state(model, nnx.RngState)),
-                    }
-                ),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics={"eval_accuracy": eval_metrics["accuracy"]} if eval_metrics else None,
-            force=True,
-        )
+        save_checkpoint(mngr, step, model, opt, meta)
 
     flip_tta = bool(config.flip_tta and _uses_flip(config))
     eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
@@ -345,18 +336,20 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         for step in range(start_step, total_steps):
             batch = jax.device_put(next(train_iter), data_sharding)
             if step == start_step:
-                bar.set_description("compiling")
+                bar.set_description("compiling", refresh=False)
+                log.info("Compiling the train step...")
             loss = train_step(model, opt, metrics, batch, config.label_smoothing)
             pending.append((step + 1, loss))
             bar.update(1)
             done = step + 1
             if done % config.log_every_steps == 0 or done == total_steps or stop.signal:
-                bar.set_description(f"epoch {done / steps_per_epoch:.2f}")
-                bar.set_postfix(loss=f"{_check_finite(pending):.3f}")
+                bar.set_description(f"epoch {done / steps_per_epoch:.2f}", refresh=False)
+                bar.set_postfix(loss=f"{_check_finite(pending):.3f}", refresh=False)
                 pending.clear()
             if done % eval_every == 0 or done == total_steps:
                 train_metrics = {k: float(v) for k, v in metrics.compute().items()}
                 metrics.reset()
+                replicate(metrics)
                 eval_metrics = evaluate_model(
                     model,
                     input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
@@ -421,7 +414,40 @@ def _scalar_metrics(eval_metrics, train_metrics, elapsed) -> dict[str, Any]:
     }
 
 
-def _restore(mngr, config: Config, model: nnx.Module, opt: nnx.Optimizer) -> int:
+def save_checkpoint(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    model: nnx.Module,
+    opt: nnx.Optimizer,
+    meta: dict[str, Any],
+) -> None:
+    """Saves weights (for inference), optimizer and RNG state (to resume), and metadata.
+
+    Orbax writes to a temporary directory and renames it when complete, so an interrupted
+    save never leaves a checkpoint that the next start would read.
+    """
+    accuracy = meta["metrics"].get("eval_accuracy")
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardSave(models.inference_state(model)),
+            train=ocp.args.StandardSave(
+                {
+                    "opt": _key_data(nnx.state(opt)),
+                    "rngs": _key_data(nnx.state(model, nnx.RngState)),
+                }
+            ),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        metrics={"eval_accuracy": accuracy} if accuracy is not None else None,
+        force=True,
+    )
+
+
+def restore_checkpoint(
+    mngr: ocp.CheckpointManager, config: Config, model: nnx.Module, opt: nnx.Optimizer
+) -> int:
+    """Restores the latest checkpoint into `model` and `opt`; returns its step."""
     step = mngr.latest_step()
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     saved = meta["model"]
@@ -513,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
     from research.datasets import DataNotFoundError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
