@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 # tf.data only; keep TensorFlow away from any accelerator that JAX will use.
 tf.config.set_visible_devices([], "GPU")
@@ -55,10 +56,13 @@ CIFAR10_CLASS_NAMES = (
     "truck",
 )
 # Which import command suits which official dataset (shown in DataNotFoundError).
+_IDX_IMPORT = "python -m research.data import-idx {source} --dataset {name}"
+_FOLDER_IMPORT = "python -m research.data import-folder {source} --dataset {name}"
 _IMPORT_COMMANDS = {
-    "mnist": "python -m research.data import-idx DIR_WITH_IDX_FILES --dataset mnist",
-    "fashion_mnist": "python -m research.data import-idx DIR_WITH_IDX_FILES --dataset fashion_mnist",
-    "cifar10": "python -m research.data import-folder DIR_WITH_SPLIT_CLASS_IMAGES --dataset cifar10",
+    "mnist": _IDX_IMPORT,
+    "fashion_mnist": _IDX_IMPORT,
+    # A folder gives no coarse labels, so CIFAR-100 images go in under a name of their own.
+    "cifar100": _FOLDER_IMPORT.replace("{name}", "my_{name}"),
 }
 _IDX_PATTERNS = {
     "train": ("train-images*idx3*", "train-labels*idx1*"),
@@ -150,28 +154,30 @@ def _get_prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetB
     missing = [a for a in archives if not (manual_dir / a).exists()]
     if archives and not missing:
         logger.info("Preparing %s from the archives in %s", name, manual_dir)
-        _download_and_prepare(builder, manual_dir)
+        _download_and_prepare(builder, data_dir, manual_dir)
         return builder
 
     unreachable = _find_unreachable_host(builder)
     if unreachable is None:
         logger.info("Downloading %s with tfds into %s", name, data_dir)
-        _download_and_prepare(builder, manual_dir)
+        _download_and_prepare(builder, data_dir, manual_dir)
         return builder
     raise DataNotFoundError(
         _describe_missing_data(builder, data_dir, manual_dir, archives, missing, unreachable)
     )
 
 
-def _download_and_prepare(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:
+def _download_and_prepare(
+    builder: tfds.core.DatasetBuilder, data_dir: str, manual_dir: Path
+) -> None:
     config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     try:
         builder.download_and_prepare(download_config=config)
-    except tfds.download.NonMatchingChecksumError as e:
+    except NonMatchingChecksumError as e:
         raise DataNotFoundError(
             f"An archive for {builder.name} in {manual_dir} does not have the checksum tfds "
-            f"expects (a re-packed copy?). Remove it and use the import command instead:\n"
-            f"  {_import_command(builder.name, builder.data_dir_root)}\n{e}"
+            f"expects (a re-packed copy?). Import the files instead:\n"
+            f"  {_import_command(builder.name, data_dir, str(manual_dir))}\n{e}"
         ) from None
 
 
@@ -226,10 +232,11 @@ def _probe(host: str, port: int) -> bool:
         return False
 
 
-def _import_command(name: str, data_dir: str) -> str:
-    command = _IMPORT_COMMANDS.get(
-        name, f"python -m research.data import-folder DIR_WITH_SPLIT_CLASS_IMAGES --dataset {name}"
-    )
+def _import_command(name: str, data_dir: str, source: str | None = None) -> str:
+    """Returns the import command that would prepare ``name`` from local files."""
+    template = _IMPORT_COMMANDS.get(name, _FOLDER_IMPORT)
+    default_source = "IDX_DIR" if template == _IDX_IMPORT else "IMAGE_DIR(split/class/image)"
+    command = template.format(source=source or default_source, name=name)
     if Path(data_dir) != Path(_resolve_data_dir(None)):
         command += f" --data_dir {data_dir}"
     return command
@@ -486,7 +493,7 @@ def _write_dataset(
                 f"under another name (e.g. --dataset my_{name})"
             )
         class_names = official_names
-        with_id = "id" in official.keys()
+        with_id = "id" in official
         bases: tuple[type, ...] = (base,)
     else:
         bases = (tfds.core.GeneratorBasedBuilder,)
