@@ -14,13 +14,14 @@ through the same reading path:
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import gzip
 import logging
 import os
 import shutil
 import socket
+import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -214,13 +215,22 @@ def _find_unreachable_host(builder: tfds.core.DatasetBuilder) -> str | None:
     for url in urls:
         parts = urllib.parse.urlsplit(proxies.get(urllib.parse.urlsplit(url).scheme) or url)
         hosts.add((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts))
-    futures = {pool.submit(_probe, host, port): f"{host}:{port}" for host, port in hosts}
-    done, _ = concurrent.futures.wait(futures, timeout=NETWORK_PROBE_TIMEOUT_S + 0.5)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for future, host in futures.items():
-        if future not in done or not future.result():
-            return host
+    # Daemon threads: a name lookup stuck in the resolver must not hold up the exit either.
+    results: dict[str, bool] = {}
+    threads = []
+    for host, port in sorted(hosts):
+        address = f"{host}:{port}"
+        thread = threading.Thread(
+            target=lambda h=host, p=port, a=address: results.update({a: _probe(h, p)}),
+            daemon=True,
+        )
+        thread.start()
+        threads.append((address, thread))
+    deadline = time.monotonic() + NETWORK_PROBE_TIMEOUT_S + 0.5
+    for address, thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not results.get(address):
+            return address
     return None
 
 
@@ -297,6 +307,8 @@ def import_idx(
                 f"{images_path.name} {images.shape} and {labels_path.name} {labels.shape} "
                 "are not an image array [N, H, W] and its label vector [N]"
             )
+        if not len(labels):
+            continue
         arrays[split] = (images[..., None], labels.astype(np.int64))
         logger.info("Read %d %s images from %s", len(images), split, images_path)
 

@@ -1,0 +1,236 @@
+"""research.datasets: importers write prepared tfds datasets; missing data fails fast."""
+
+import gzip
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from research import datasets
+
+FASHION_MNIST_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool) -> None:
+    """Writes a uint8 array in the MNIST idx format, gzipped or not."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+
+
+def make_idx_dir(directory: Path, *, size: int, train: int, test: int, compress: bool) -> Path:
+    """Writes train/t10k idx pairs whose image i is filled with the value i and labelled i % 10."""
+    directory.mkdir(parents=True)
+    for prefix, count, offset in (("train", train, 0), ("t10k", test, 100)):
+        if not count:
+            continue
+        values = np.arange(offset, offset + count)
+        images = np.broadcast_to(values[:, None, None], (count, size, size))
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", images, compress=compress)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", values % 10, compress=compress)
+    return directory
+
+
+def make_image_folder(root: Path, classes, per_class: int, size=(8, 8), suffix=".png") -> Path:
+    """Writes root/train/<class>/<i>.png whose pixels all hold the class index * 20 + i."""
+    for label, cls in enumerate(classes):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(per_class):
+            value = label * 20 + i
+            image = Image.new("RGB", (size[1], size[0]), (value, value, value))
+            image.save(root / "train" / cls / f"{i:04d}{suffix}", quality=100)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory) -> Path:
+    """A data dir with fashion_mnist imported from tiny gzipped idx files."""
+    tmp = tmp_path_factory.mktemp("fashion")
+    source = make_idx_dir(tmp / "idx", size=28, train=30, test=10, compress=True)
+    datasets.import_idx(source, "fashion_mnist", str(tmp / "data"))
+    return tmp / "data"
+
+
+def test_import_idx_gz_reads_back_with_tfds_load(fashion_dir):
+    """Gzipped idx files become fashion_mnist train/test with the official classes and labels."""
+    builder = tfds.builder("fashion_mnist", data_dir=str(fashion_dir))
+    assert builder.info.splits["train"].num_examples == 30
+    assert builder.info.splits["test"].num_examples == 10
+    assert tuple(builder.info.features["label"].names) == FASHION_MNIST_NAMES
+    test = tfds.load("fashion_mnist", split="test", data_dir=str(fashion_dir))
+    examples = list(test.as_numpy_iterator())
+    assert sorted(int(ex["image"][0, 0, 0]) for ex in examples) == list(range(100, 110))
+    assert all(ex["label"] == ex["image"][0, 0, 0] % 10 for ex in examples)
+
+
+def test_load_split_yields_uint8_images_and_int64_labels(fashion_dir):
+    """load_split gives (uint8 [28, 28, 1], int64) pairs in the same order every time."""
+    ds = datasets.load_split("fashion_mnist", "train", str(fashion_dir))
+    pairs = list(ds.as_numpy_iterator())
+    assert len(pairs) == 30
+    image, label = pairs[0]
+    assert image.dtype == np.uint8 and image.shape == (28, 28, 1)
+    assert label.dtype == np.int64
+    assert all(label == image[0, 0, 0] % 10 for image, label in pairs)
+    again = [
+        int(label) for _, label in datasets.load_split("fashion_mnist", "train", str(fashion_dir))
+    ]
+    assert again == [int(label) for _, label in pairs]
+
+
+def test_load_split_accepts_slices_and_get_info_reports_splits(fashion_dir):
+    """A tfds slice string works, and get_info names classes, shape and split sizes."""
+    assert len(list(datasets.load_split("fashion_mnist", "train[:10]", str(fashion_dir)))) == 10
+    info = datasets.get_info("fashion_mnist", str(fashion_dir))
+    assert info.class_names == FASHION_MNIST_NAMES
+    assert info.image_shape == (28, 28, 1)
+    assert info.splits == {"train": 30, "test": 10}
+    assert datasets.default_eval_split(info) == "test"
+
+
+def test_import_idx_plain_files_under_a_custom_name(tmp_path):
+    """Uncompressed idx files import under a name of one's own, with the given class names."""
+    source = make_idx_dir(tmp_path / "idx", size=6, train=20, test=0, compress=False)
+    names = [f"c{i}" for i in range(10)]
+    info = datasets.import_idx(source, "tiny_digits", str(tmp_path / "data"), class_names=names)
+    assert info.splits == {"train": 20}
+    assert info.image_shape == (6, 6, 1)
+    loaded = tfds.load("tiny_digits", split="train", data_dir=str(tmp_path / "data"))
+    assert sorted(int(ex["label"]) for ex in loaded) == sorted(np.arange(20) % 10)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+    """A file without the idx header is refused with its header in the message."""
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"PK\x03\x04not idx")
+    with pytest.raises(ValueError, match="not an idx file"):
+        datasets.read_idx(path)
+
+
+def test_import_folder_carves_the_last_images_of_each_class_for_validation(tmp_path):
+    """With only train, the last N files of each class by name become 'validation'."""
+    source = make_image_folder(tmp_path / "images", ["cat", "ant", "bee"], per_class=5)
+    info = datasets.import_image_folder(
+        source, "tiny_bugs", str(tmp_path / "data"), validation_per_class=2
+    )
+    assert info.class_names == ("ant", "bee", "cat")
+    assert info.splits == {"train": 9, "validation": 6}
+    assert datasets.default_eval_split(info) == "validation"
+    validation = tfds.load("tiny_bugs", split="validation", data_dir=str(tmp_path / "data"))
+    ids = sorted(ex["id"].decode() for ex in validation.as_numpy_iterator())
+    assert ids == [f"train/{cls}/{i:04d}.png" for cls in ("ant", "bee", "cat") for i in (3, 4)]
+    for image, label in datasets.load_split("tiny_bugs", "train", str(tmp_path / "data")):
+        assert image.dtype == np.uint8 and image.shape == (8, 8, 3)
+        folder_label = ["cat", "ant", "bee"].index(info.class_names[int(label)])
+        assert int(image[0, 0, 0]) // 20 == folder_label
+
+
+def test_import_folder_as_cifar10_uses_the_official_spec(tmp_path):
+    """JPEGs named by the CIFAR-10 classes import as cifar10, which tfds.builder then reads."""
+    source = make_image_folder(
+        tmp_path / "images", datasets.CIFAR10_CLASS_NAMES, 2, size=(32, 32), suffix=".jpg"
+    )
+    info = datasets.import_image_folder(
+        source, "cifar10", str(tmp_path / "data"), validation_per_class=1
+    )
+    assert info.splits == {"train": 10, "validation": 10}
+    builder = tfds.builder("cifar10", data_dir=str(tmp_path / "data"))
+    assert str(builder.info.version) == "3.0.2"
+    assert tuple(builder.info.features["label"].names) == datasets.CIFAR10_CLASS_NAMES
+
+
+def test_import_folder_refuses_classes_other_than_the_official_ones(tmp_path):
+    """Folder classes that are not cifar10's are refused, pointing to another name."""
+    source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=3, size=(32, 32))
+    with pytest.raises(ValueError, match="import under another name"):
+        datasets.import_image_folder(
+            source, "cifar10", str(tmp_path / "data"), validation_per_class=1
+        )
+
+
+def test_import_folder_needs_one_shape_or_a_resize(tmp_path):
+    """Images of different sizes are refused, and --image_size resizes them."""
+    source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=3)
+    Image.new("RGB", (9, 7)).save(source / "train" / "b" / "0009.png")
+    with pytest.raises(ValueError, match="--image_size"):
+        datasets.import_image_folder(source, "odd", str(tmp_path / "data"), validation_per_class=0)
+    info = datasets.import_image_folder(
+        source,
+        "odd",
+        str(tmp_path / "data"),
+        validation_per_class=0,
+        image_size=(4, 5),
+        overwrite=True,
+    )
+    assert info.image_shape == (4, 5, 3)
+    assert info.splits == {"train": 7}
+
+
+def test_import_refuses_to_overwrite_without_asking(tmp_path):
+    """A second import of the same dataset stops unless overwrite is set."""
+    source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=2)
+    datasets.import_image_folder(source, "twice", str(tmp_path / "data"), validation_per_class=0)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        datasets.import_image_folder(
+            source, "twice", str(tmp_path / "data"), validation_per_class=0
+        )
+    datasets.import_image_folder(
+        source, "twice", str(tmp_path / "data"), validation_per_class=1, overwrite=True
+    )
+    assert datasets.get_info("twice", str(tmp_path / "data")).splits == {
+        "train": 2,
+        "validation": 2,
+    }
+
+
+def test_missing_official_dataset_fails_fast_even_if_the_network_hangs(tmp_path, monkeypatch):
+    """With no data and a hanging network, the error comes within seconds and says what to do."""
+
+    def hang(host, port):
+        time.sleep(60)
+        return True
+
+    monkeypatch.setattr(datasets, "_probe", hang)
+    monkeypatch.setattr(datasets, "NETWORK_PROBE_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    with pytest.raises(datasets.DataNotFoundError) as error:
+        datasets.get_info("mnist", str(tmp_path))
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert "train-images-idx3-ubyte.gz" in message
+    assert str(tmp_path / "downloads" / "manual") in message
+    assert "python -m research.data import-idx" in message
+
+
+def test_missing_unknown_dataset_names_the_import_command(tmp_path):
+    """A name tfds does not know, with nothing imported, points to the import commands."""
+    with pytest.raises(datasets.DataNotFoundError, match="research.data import-folder"):
+        datasets.load_split("my_flowers", "train", str(tmp_path))
+
+
+def test_rejected_manual_archive_points_to_the_import_command(tmp_path):
+    """An archive in the manual folder with the wrong checksum is refused with the fix."""
+    manual = make_idx_dir(
+        tmp_path / "downloads" / "manual", size=28, train=3, test=2, compress=True
+    )
+    with pytest.raises(datasets.DataNotFoundError, match="checksum") as error:
+        datasets.get_info("mnist", str(tmp_path))
+    assert f"import-idx {manual} --dataset mnist" in str(error.value)
