@@ -5,7 +5,8 @@ download, an original archive placed in tfds's manual-download folder and a loca
 through the same reading path:
 
 * ``get_info`` / ``load_split`` find the prepared dataset; if it is missing they prepare it from
-  the original archives in ``<data_dir>/downloads/manual/`` (tfds checks their checksums), or
+  the original archives in ``<data_dir>/downloads/manual/<name>/`` or tfds's shared
+  ``<data_dir>/downloads/manual/`` (tfds checks their checksums), or
   download it when the network answers, or fail within seconds with ``DataNotFoundError``.
 * ``import_idx`` and ``import_image_folder`` turn local files into a prepared tfds dataset, under
   the official name, version and features when the name is a tfds dataset (``fashion_mnist``,
@@ -14,6 +15,7 @@ through the same reading path:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import logging
@@ -34,7 +36,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 # tf.data only; keep TensorFlow away from any accelerator that JAX will use.
-tf.config.set_visible_devices([], "GPU")
+# (RuntimeError: TensorFlow was initialised before this import; too late, and harmless.)
+with contextlib.suppress(RuntimeError):
+    tf.config.set_visible_devices([], "GPU")
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +154,14 @@ def _get_prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetB
     if builder.is_prepared():
         return builder
 
-    manual_dir = Path(data_dir) / "downloads" / "manual"
+    # tfds's manual folder is shared by all datasets, and mnist and fashion_mnist use the same
+    # file names, so a subfolder per dataset is looked at first.
+    shared_manual_dir = Path(data_dir) / "downloads" / "manual"
+    manual_dir = shared_manual_dir / name
     archives = _expected_archive_names(builder)
     missing = [a for a in archives if not (manual_dir / a).exists()]
+    if missing and all((shared_manual_dir / a).exists() for a in archives):
+        manual_dir, missing = shared_manual_dir, []
     if archives and not missing:
         logger.info("Preparing %s from the archives in %s", name, manual_dir)
         _download_and_prepare(builder, data_dir, manual_dir)
@@ -208,8 +217,8 @@ def _find_unreachable_host(builder: tfds.core.DatasetBuilder) -> str | None:
         urls = list((builder.url_infos or {}).keys())
     except Exception:
         urls = []
-    if not urls:
-        return f"(no download URL known for {builder.name})"
+    if not urls:  # the builder downloads from elsewhere; the tfds bucket stands in for it
+        urls = ["https://storage.googleapis.com/tfds-data/"]
     proxies = urllib.request.getproxies()
     hosts = set()
     for url in urls:
@@ -267,8 +276,8 @@ def _describe_missing_data(
     ]
     if archives:
         lines.append(
-            f"  - put the original archive(s) in {manual_dir}/ (tfds checks their checksums); "
-            f"missing: {', '.join(missing)}"
+            f"  - put the original archive(s) {', '.join(missing)} in {manual_dir}/ "
+            f"(or in tfds's shared {manual_dir.parent}/); tfds checks their checksums"
         )
     lines.append(f"  - import local files: {_import_command(name, data_dir)}")
     return "\n".join(lines)
@@ -434,7 +443,7 @@ def _list_image_folder(source: Path) -> dict[str, dict[str, list[Path]]]:
     def images_in(directory: Path) -> list[Path]:
         return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
-    subdirs = sorted(p for p in source.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs and all(images_in(d) for d in subdirs):  # class/image: one split
         return {"train": {d.name: images_in(d) for d in subdirs}}
     files = {}

@@ -216,7 +216,7 @@ def test_missing_official_dataset_fails_fast_even_if_the_network_hangs(tmp_path,
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert "train-images-idx3-ubyte.gz" in message
-    assert str(tmp_path / "downloads" / "manual") in message
+    assert str(tmp_path / "downloads" / "manual" / "mnist") in message
     assert "python -m research.data import-idx" in message
 
 
