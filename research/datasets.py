@@ -8,6 +8,10 @@ through the same reading path:
   the original archives in ``<data_dir>/downloads/manual/<name>/`` or tfds's shared
   ``<data_dir>/downloads/manual/`` (tfds checks their checksums), or
   download it when the network answers, or fail within seconds with ``DataNotFoundError``.
+  The archives tfds expects there (names and checksums from tfds's url_checksums):
+    mnist, fashion_mnist: train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz
+                          t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+    cifar10: cifar-10-binary.tar.gz        cifar100: cifar-100-binary.tar.gz
 * ``import_idx`` and ``import_image_folder`` turn local files into a prepared tfds dataset, under
   the official name, version and features when the name is a tfds dataset (``fashion_mnist``,
   ``cifar10``, ...), so that ``tfds.load(name, data_dir=...)`` reads it like the official one.
