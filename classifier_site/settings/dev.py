@@ -5,3 +5,7 @@ from .base import read_env_bool
 
 DEBUG = read_env_bool("DJANGO_DEBUG", True)
 SECRET_KEY = SECRET_KEY or "dev-insecure-secret-key-do-not-use-in-production"  # noqa: F405
+
+# Static files come straight from the apps (whitenoise's finders); no collectstatic needed.
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = None

@@ -18,3 +18,6 @@ DATABASES["default"]["TEST"]["NAME"] = str(  # noqa: F405
     Path(tempfile.gettempdir()) / f"classifier_site_test_{os.getpid()}.sqlite3"
 )
 MEDIA_ROOT = Path(tempfile.gettempdir()) / f"classifier_site_test_media_{os.getpid()}"
+
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = None

@@ -20,13 +20,21 @@ def model_dirs(tiny_model_dir: Path, tiny_fmnist_model_dir: Path) -> dict[str, P
 
 
 @pytest.fixture(autouse=True)
-def web_settings(settings, tmp_path: Path, model_dirs: dict[str, Path]):
-    """Point the site at the tiny models and a fresh MEDIA_ROOT; warm each model once."""
+def web_settings(request, settings, tmp_path: Path):
+    """Point the site at the tiny models and a fresh MEDIA_ROOT; warm each model once.
+
+    Tests marked `no_models` (pure image handling) skip the models altogether.
+    """
     settings.MEDIA_ROOT = tmp_path / "media"
-    settings.CLASSIFIER_MODELS = dict(model_dirs)
-    settings.CLASSIFIER_DEFAULT_MODEL = "cifar10"
-    classifiers.warm_up_models()  # loads and compiles once per session, then a no-op
+    if request.node.get_closest_marker("no_models") is None:
+        settings.CLASSIFIER_MODELS = dict(request.getfixturevalue("model_dirs"))
+        settings.CLASSIFIER_DEFAULT_MODEL = "cifar10"
+        classifiers.warm_up_models()  # loads and compiles once per session, then a no-op
     return settings
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_models: the test does not need the tiny models")
 
 
 @pytest.fixture
