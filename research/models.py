@@ -70,7 +70,15 @@ class AirbenchNet(nnx.Module):
             blocks.append(ConvBlock(previous, width, impl=conv_impl, rngs=rngs))
             previous = width
         self.blocks = nnx.List(blocks)
-        self.head = nnx.Linear(previous, num_classes, use_bias=False, rngs=rngs)
+        # Zero-initialised: max-pooled features are large, and random head weights would start
+        # the loss far above log(num_classes).
+        self.head = nnx.Linear(
+            previous,
+            num_classes,
+            use_bias=False,
+            kernel_init=nnx.initializers.zeros_init(),
+            rngs=rngs,
+        )
 
     def __call__(self, images: jax.Array) -> jax.Array:
         x = normalize(images, self.mean, self.std)

@@ -1,0 +1,93 @@
+"""tf.data pipelines: shapes, dtypes, ranges, augmentation on train only, determinism."""
+
+import numpy as np
+import pytest
+
+from research import configs, input_pipeline
+
+
+@pytest.fixture
+def config(color_dataset):
+    name, data_dir = color_dataset
+    return configs.get_config("tiny", dataset=name, data_dir=data_dir, cutout=8)
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_train_batches_are_uint8_images_and_int_labels(config):
+    """Training batches are uint8 [B, 32, 32, 3] images in 0..255 with int32 labels < 3."""
+    batch = next(input_pipeline.create_train_iterator(config, mean=(128, 128, 128)))
+    assert batch["image"].shape == (16, 32, 32, 3)
+    assert batch["image"].dtype == np.uint8
+    assert batch["label"].dtype == np.int32
+    assert set(np.unique(batch["label"])) <= {0, 1, 2}
+    assert batch["image"].max() > 128  # real pixel values, not normalized floats
+
+
+def test_same_seed_gives_same_batches_and_another_seed_does_not(config):
+    """A seed fixes order and augmentation; a different seed changes them."""
+    first = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)), 5)
+    again = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)), 5)
+    other = _take(input_pipeline.create_train_iterator(config.replace(seed=1), mean=(0, 0, 0)), 5)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not all(np.array_equal(a["image"], c["image"]) for a, c in zip(first, other))
+
+
+def test_resumed_iterator_continues_where_the_run_was(config):
+    """start_step=k yields exactly the batches k, k+1, ... of an uninterrupted run (3 epochs)."""
+    full = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)), 9)
+    resumed = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0), start_step=4), 5)
+    for a, b in zip(full[4:], resumed, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_each_epoch_is_a_new_permutation_of_whole_batches(config):
+    """An epoch (60 examples, batch 16 -> 3 batches) reshuffles; labels stay balanced."""
+    batches = _take(
+        input_pipeline.create_train_iterator(config.replace(batch_size=20), mean=(0,) * 3), 6
+    )
+    epoch1 = np.concatenate([b["label"] for b in batches[:3]])
+    epoch2 = np.concatenate([b["label"] for b in batches[3:]])
+    assert np.bincount(epoch1).tolist() == [20, 20, 20]
+    assert np.bincount(epoch2).tolist() == [20, 20, 20]
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_augmentation_changes_train_images_but_not_eval_images(config, color_dataset):
+    """Evaluation images are the stored pixels; training images are translated/flipped/cut."""
+    from research import datasets
+
+    name, data_dir = color_dataset
+    raw = [img for img, _ in datasets.load_split(name, "validation", data_dir).as_numpy_iterator()]
+    eval_ds = input_pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
+    batch = next(input_pipeline.iterate_padded_batches(eval_ds, 16))
+    np.testing.assert_array_equal(batch["image"][: len(raw)], np.stack(raw))
+
+    plain = config.replace(crop_padding=0, flip=False, cutout=0)
+    train_raw = {
+        img.tobytes() for img, _ in datasets.load_split(name, "train", data_dir).as_numpy_iterator()
+    }
+    unaugmented = next(input_pipeline.create_train_iterator(plain, mean=(0, 0, 0)))
+    assert all(img.tobytes() in train_raw for img in unaugmented["image"])
+    augmented = next(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)))
+    assert sum(img.tobytes() not in train_raw for img in augmented["image"]) >= 12
+
+
+def test_eval_batches_are_padded_to_a_fixed_size_with_a_mask(config):
+    """12 validation images in batches of 8 -> two batches of 8; the mask marks 12 real rows."""
+    eval_ds = input_pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
+    batches = list(input_pipeline.iterate_padded_batches(eval_ds, 8))
+    assert [b["image"].shape[0] for b in batches] == [8, 8]
+    assert sum(int(b["mask"].sum()) for b in batches) == 12
+
+
+def test_flip_is_off_for_digits_and_on_for_objects():
+    """Horizontal flips are a default for CIFAR and clothes, never for MNIST digits."""
+    assert input_pipeline.use_flip(configs.get_config("cifar10"))
+    assert input_pipeline.use_flip(configs.get_config("fashion_mnist"))
+    assert not input_pipeline.use_flip(configs.get_config("mnist"))
