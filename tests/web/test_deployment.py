@@ -1,0 +1,112 @@
+"""Settings, the WSGI entry point and warm-up: what a deployment relies on."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+ROOT = Path(settings.BASE_DIR)
+
+
+def run_python(code: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter at the repository root."""
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**clean_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+PRODUCTION = {
+    "DJANGO_SETTINGS_MODULE": "classifier_site.settings.production",
+    "DJANGO_SECRET_KEY": "x7#kQ2!vR9@mZ4$wL8^nP3&bT6*yH1(cF5)dJ0_gS2+eA9-uK4=oI7[rE3]tW6{q",
+    "DJANGO_ALLOWED_HOSTS": "classifier.example.com",
+}
+
+
+@pytest.mark.no_models
+def test_check_deploy_is_clean_with_production_settings():
+    """`manage.py check --deploy` reports no issues with the production settings."""
+    result = run_python(
+        "from django.core.management import execute_from_command_line\n"
+        "execute_from_command_line(['manage.py', 'check', '--deploy', '--fail-level', 'WARNING'])",
+        PRODUCTION,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+@pytest.mark.no_models
+def test_production_refuses_to_start_without_a_secret():
+    """The production settings have no default secret: a missing one fails at start."""
+    env = {k: v for k, v in PRODUCTION.items() if k != "DJANGO_SECRET_KEY"}
+    result = run_python("import django; django.setup()", env)
+    assert result.returncode != 0
+    assert "Set DJANGO_SECRET_KEY" in result.stderr
+
+
+@pytest.mark.no_models
+def test_database_url_selects_postgresql():
+    """DATABASE_URL switches the database; SQLite-only options stay off other engines."""
+    result = run_python(
+        "from django.conf import settings; db = settings.DATABASES['default']\n"
+        "print(db['ENGINE'], db['NAME'], db['HOST'], sorted(db.get('OPTIONS', {})))",
+        {**PRODUCTION, "DATABASE_URL": "postgres://app:pw@db.internal:5432/classifier"},
+    )
+    assert result.stdout.split() == [
+        "django.db.backends.postgresql",
+        "classifier",
+        "db.internal",
+        "[]",
+    ], result.stderr
+
+
+def test_wsgi_warms_up_models_and_never_imports_tensorflow(model_dirs):
+    """The WSGI app warms every model in the background; /healthz turns 200; no TensorFlow."""
+    registry = ",".join(f"{name}={path}" for name, path in model_dirs.items())
+    result = run_python(
+        """
+        import sys, time
+        from classifier_site.wsgi import application
+        from django.test import Client
+        client = Client()
+        first = client.get("/healthz").status_code
+        deadline = time.monotonic() + 120
+        while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        body = client.get("/healthz").json()
+        print(first in (200, 503), body["status"], "tensorflow" in sys.modules)
+        """,
+        {
+            "DJANGO_SETTINGS_MODULE": "classifier_site.settings.test",
+            "DJANGO_CLASSIFIER_MODELS": registry,
+        },
+        timeout=180,
+    )
+    assert result.stdout.split() == ["True", "ready", "False"], result.stderr[-3000:]
+
+
+def test_warmup_command_reports_each_model():
+    """`manage.py warmup_models` loads every model and prints its version and accuracy."""
+    out = io.StringIO()
+    call_command("warmup_models", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["cifar10", "fashion_mnist"]
+    assert "CIFAR-10" in lines[0] and "accuracy 10.00%" in lines[0]
+
+
+def test_warmup_command_fails_clearly_for_a_missing_model(settings, tmp_path):
+    """A missing model directory is a CommandError naming the directory."""
+    settings.CLASSIFIER_MODELS = {"cifar10": tmp_path / "missing"}
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("warmup_models")
