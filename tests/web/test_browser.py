@@ -1,0 +1,78 @@
+"""End to end in a real headless Chromium: upload through the page, read the result."""
+
+import shutil
+import tempfile
+
+import pytest
+from django.urls import reverse
+from PIL import Image
+
+from uploads.models import Prediction
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium with a throw-away profile, driven by Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_through_the_page_and_read_the_result(browser, live_server, tmp_path):
+    """A person picks a file, submits the form and sees the label with its probability bars."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image_path = tmp_path / "red square.png"
+    Image.new("RGB", (48, 48), (220, 30, 30)).save(image_path)
+
+    browser.get(live_server.url + reverse("uploads:classify"))
+    assert "js" in browser.find_element(By.TAG_NAME, "html").get_attribute("class")
+    Select(browser.find_element(By.NAME, "model")).select_by_value("cifar10")
+    browser.find_element(By.NAME, "images").send_keys(str(image_path))
+    previews = browser.find_elements(By.CSS_SELECTOR, "[data-previews] li")
+    assert len(previews) == 1 and "red square.png" in previews[0].text
+    browser.find_element(By.CSS_SELECTOR, "[data-submit]").click()
+
+    label = WebDriverWait(browser, 60).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "[data-result-label]"))
+    )
+    prediction = Prediction.objects.get()
+    assert browser.current_url == live_server.url + prediction.get_absolute_url()
+    assert label.text.lower() == prediction.label.lower()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "meter.bar-meter")) == 5
+    image = browser.find_element(By.CSS_SELECTOR, "img.result-image")
+    assert browser.execute_script("return arguments[0].naturalWidth", image) == 48
+    assert prediction.upload.original_name == "red square.png"
