@@ -35,3 +35,20 @@ def color_dataset(tmp_path_factory) -> tuple[str, str]:
     data_dir = str(root / "tfds")
     datasets.import_image_folder(root / "folder", "colors", data_dir, validation_per_class=4)
     return "colors", data_dir
+
+
+@pytest.fixture(scope="session")
+def trained(color_dataset, tmp_path_factory):
+    """One 4-epoch run (12 steps) of the tiny net, evaluated on its own training split.
+
+    -> (config, workdir, result of train_and_evaluate)
+    """
+    from research import configs, train
+
+    name, data_dir = color_dataset
+    workdir = tmp_path_factory.mktemp("run")
+    config = configs.get_config(
+        "tiny", dataset=name, data_dir=data_dir, epochs=4.0, eval_split="train", learning_rate=0.1
+    )
+    result = train.train_and_evaluate(config, workdir)
+    return config, workdir, result
