@@ -34,7 +34,9 @@ def test_same_seed_gives_same_batches_and_another_seed_does_not(config):
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
-    assert not all(np.array_equal(a["image"], c["image"]) for a, c in zip(first, other, strict=True))
+    assert not all(
+        np.array_equal(a["image"], c["image"]) for a, c in zip(first, other, strict=True)
+    )
 
 
 def test_resumed_iterator_continues_where_the_run_was(config):
