@@ -47,6 +47,7 @@ class Config:
     model: str = "airbench"  # one of MODELS
     widths: tuple[int, ...] = (64, 256, 256)  # channels of the three conv blocks
     stem_width: int = 24  # channels of the 2x2 stem convolution
+    whiten_stem: bool = True  # airbench: init the stem to whiten 2x2 patches of training data
     conv_impl: str = "auto"  # research.layers.Conv: 'auto', 'xla' or 'matmul'
     # Optimization.
     optimizer: str = "sgd"  # one of OPTIMIZERS; sgd is Nesterov momentum

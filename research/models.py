@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from research.configs import MODELS, Config
@@ -160,6 +161,41 @@ def predict_logits(model: nnx.Module, images: jax.Array, *, flip_tta: bool) -> j
     if flip_tta:
         logits = 0.5 * (logits + model(images[:, :, ::-1, :]))
     return logits
+
+
+def whitening_kernel(images: np.ndarray, kernel_size: int, eps: float = 5e-4) -> np.ndarray:
+    """airbench's stem initialisation: a conv kernel that whitens kxk patches of `images`.
+
+    `images` are normalized float [N, H, W, C]. Returns [k, k, C, 2*k*k*C]: each eigenvector
+    of the patch covariance scaled by 1/sqrt(eigenvalue), and its negative (so a following
+    GELU keeps both signs).
+    """
+    n, h, w, c = images.shape
+    k = kernel_size
+    patches = np.stack(
+        [images[:, i : h - k + 1 + i, j : w - k + 1 + j, :] for i in range(k) for j in range(k)],
+        axis=3,
+    ).reshape(-1, k * k * c)  # flattened in (i, j, channel) order, like the kernel
+    covariance = patches.T.astype(np.float64) @ patches / len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
+    kernel = np.concatenate([scaled, -scaled], axis=1).reshape(k, k, c, 2 * k * k * c)
+    return kernel.astype(np.float32)
+
+
+def init_stem_whitening(model: nnx.Module, images: np.ndarray) -> bool:
+    """Sets an AirbenchNet's stem to whiten `images` (uint8 NHWC); False if not applicable."""
+    stem = getattr(model, "stem", None)
+    if stem is None:
+        return False
+    k = stem.kernel_size[0]
+    c = images.shape[-1]
+    if stem.kernel.shape != (k, k, c, 2 * k * k * c):
+        return False
+    normalized = (images.astype(np.float32) - np.asarray(model.mean)) / np.asarray(model.std)
+    stem.kernel[...] = jnp.asarray(whitening_kernel(normalized, k))
+    return True
 
 
 def inference_state(model: nnx.Module) -> nnx.State:

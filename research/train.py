@@ -306,6 +306,11 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if mngr.latest_step() is not None:
         start_step = restore_checkpoint(mngr, config, model, opt)
         log.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
+    elif config.whiten_stem:
+        sample = datasets.load_split(config.dataset, config.train_split, config.data_dir)
+        images = np.stack([image for image, _ in sample.take(5000).as_numpy_iterator()])
+        if models.init_stem_whitening(model, images):
+            log.info("Stem initialised to whiten 2x2 patches of %d training images.", len(images))
 
     def replicate(*nodes: Any) -> None:  # one sharding for every state, so jit compiles once
         for node in nodes:

@@ -66,3 +66,27 @@ def test_unknown_model_name_lists_the_valid_ones():
     """A typo in the model name fails with the list of valid names."""
     with pytest.raises(ValueError, match="airbench"):
         configs.get_config("cifar10", model="resnet9000")
+
+
+def test_whitening_kernel_decorrelates_patches():
+    """The stem's whitening init maps 2x2 patches to (nearly) unit, uncorrelated features."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, 16, 16, 1))
+    images = np.concatenate([base, 0.5 * base + rng.normal(size=base.shape), base**2], axis=-1)
+    kernel = models.whitening_kernel(images.astype(np.float32), 2, eps=0.0)
+    assert kernel.shape == (2, 2, 3, 24)
+    patches = np.stack(
+        [images[:, i : 15 + i, j : 15 + j] for i in range(2) for j in range(2)], axis=3
+    ).reshape(-1, 12)
+    features = patches @ kernel.reshape(12, 24)[:, :12]
+    np.testing.assert_allclose(features.T @ features / len(features), np.eye(12), atol=1e-3)
+
+
+def test_stem_whitening_applies_only_to_matching_stems():
+    """init_stem_whitening sets a 24-channel RGB stem and leaves other stems alone."""
+    images = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3)).astype(np.uint8)
+    model = _model("cifar10")
+    before = np.asarray(model.stem.kernel[...]).copy()
+    assert models.init_stem_whitening(model, images)
+    assert not np.allclose(before, np.asarray(model.stem.kernel[...]))
+    assert not models.init_stem_whitening(_model("tiny"), images)  # 8-channel stem
