@@ -213,6 +213,9 @@ def clear_cache() -> None:
 
 
 def _warm_up_quietly() -> None:
+    from uploads.images import warm_up_codecs
+
+    warm_up_codecs()
     with contextlib.suppress(Exception):  # already logged, and shown by /healthz
         warm_up_models()
 

@@ -1,0 +1,318 @@
+"""End-to-end latency and throughput of the site's API, against the bare classifier.
+
+Starts the production stack (gunicorn, production settings, SQLite in a temporary folder) on
+loopback, waits for /healthz, then measures POST /api/predict for a 32x32 PNG and a
+1-megapixel JPEG (p50/p95 over sequential requests) and requests/s with concurrent clients,
+next to Classifier.predict for the same images in this process. Everything is bounded.
+
+    python -m benchmarks.web                                   # the shipped models/cifar10
+    python -m benchmarks.web --model-dir /tmp/tiny/cifar10     # any exported model
+    python -m benchmarks.web --requests 100 --clients 8 --seconds 10 --workers 2 --threads 4
+
+Targets on the 2-core development machine: p50 <= 30 ms (32x32 PNG), <= 60 ms (1 MP JPEG),
+>= 50 requests/s with zero errors.
+"""
+
+import argparse
+import http.client
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 300
+
+
+def make_small_png() -> bytes:
+    """A 32x32 PNG, the size the CIFAR-10 model sees."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def make_megapixel_jpeg() -> bytes:
+    """A 1000x1000 photo-like JPEG (smooth gradients, shapes, a little sensor noise)."""
+    rng = np.random.default_rng(1)
+    x = np.linspace(0, 1, 1000)[None, :, None]
+    y = np.linspace(0, 1, 1000)[:, None, None]
+    pixels = 255 * (0.6 * x * np.array([0.9, 0.5, 0.2]) + 0.4 * y * np.array([0.1, 0.4, 0.9]))
+    pixels = pixels + rng.normal(0, 4, (1000, 1000, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([300, 250, 700, 650], fill=(200, 60, 40))
+    draw.rectangle([100, 700, 400, 950], fill=(40, 120, 60))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def encode_multipart(data: bytes, name: str, fields: dict[str, str]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """One keep-alive HTTP connection posting images to /api/predict."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.connection = http.client.HTTPConnection(HOST, port, timeout=60)
+
+    def predict(self, body: bytes, content_type: str) -> tuple[int, float]:
+        start = time.perf_counter()
+        try:
+            self.connection.request(
+                "POST", "/api/predict", body=body, headers={"Content-Type": content_type}
+            )
+            response = self.connection.getresponse()
+            response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException):
+            self.connection.close()
+            self.connection = http.client.HTTPConnection(HOST, self.port, timeout=60)
+            status = 0
+        return status, (time.perf_counter() - start) * 1000
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def measure_latency(port: int, data: bytes, name: str, model: str, count: int) -> dict:
+    """Sequential requests on one connection: p50/p95 in milliseconds."""
+    body, content_type = encode_multipart(data, name, {"model": model})
+    client = Client(port)
+    for _ in range(5):  # first requests of a fresh connection/thread
+        client.predict(body, content_type)
+    results = [client.predict(body, content_type) for _ in range(count)]
+    client.close()
+    times = [ms for status, ms in results if status == 201]
+    return {
+        "requests": count,
+        "errors": sum(status != 201 for status, _ in results),
+        "p50_ms": percentile(times, 50),
+        "p95_ms": percentile(times, 95),
+    }
+
+
+def measure_throughput(port: int, data: bytes, model: str, clients: int, seconds: float) -> dict:
+    """Concurrent clients posting for a fixed time: requests/s and errors."""
+    body, content_type = encode_multipart(data, "small.png", {"model": model})
+    statuses: list[int] = []
+    times: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def run() -> None:
+        client = Client(port)
+        local = []
+        while time.perf_counter() < deadline:
+            local.append(client.predict(body, content_type))
+        client.close()
+        with lock:
+            statuses.extend(status for status, _ in local)
+            times.extend(ms for _, ms in local)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    ok = sum(status == 201 for status in statuses)
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "requests": len(statuses),
+        "errors": len(statuses) - ok,
+        "requests_per_s": ok / elapsed,
+        "p50_ms": percentile(times, 50),
+        "p95_ms": percentile(times, 95),
+    }
+
+
+def measure_bare_predict(model_dir: Path, images: dict[str, bytes], count: int) -> dict:
+    """Classifier.predict on the decoded image in this process, p50 in milliseconds."""
+    from research.inference import Classifier
+
+    classifier = Classifier.load(model_dir)
+    classifier.warmup()
+    results = {}
+    for key, data in images.items():
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        for _ in range(5):
+            classifier.predict([image])
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            classifier.predict([image])
+            times.append((time.perf_counter() - start) * 1000)
+        results[key] = {"p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95)}
+    return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen:
+    """Migrate a fresh SQLite database and start gunicorn with the production settings."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "classifier_site.settings.production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": HOST,
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "DJANGO_MEDIA_ROOT": str(workdir / "media"),
+        "DJANGO_CLASSIFIER_MODELS": f"{args.model}={args.model_dir.resolve()}",
+        "DJANGO_CLASSIFIER_DEFAULT_MODEL": args.model,
+        "GUNICORN_BIND": f"{HOST}:{port}",
+        "GUNICORN_WORKERS": str(args.workers),
+        "GUNICORN_THREADS": str(args.threads),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "classifier_site/gunicorn_conf.py",
+            "--access-logfile",
+            "/dev/null",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "gunicorn.log", "wb"),  # noqa: SIM115  (closed with the process)
+    )
+
+
+def wait_until_ready(port: int, server: subprocess.Popen, workers: int) -> float:
+    """Poll /healthz until every worker has answered ready; return seconds waited."""
+    start = time.perf_counter()
+    ready_in_a_row = 0
+    while time.perf_counter() - start < STARTUP_TIMEOUT_S:
+        if server.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up")
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=5)
+            connection.request("GET", "/healthz")
+            status = connection.getresponse().status
+            connection.close()
+        except OSError:
+            status = 0
+        ready_in_a_row = ready_in_a_row + 1 if status == 200 else 0
+        if ready_in_a_row >= 4 * workers:  # several answers, so every worker is warm
+            return time.perf_counter() - start
+        time.sleep(0.25)
+    raise RuntimeError(f"/healthz not ready after {STARTUP_TIMEOUT_S} s")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="cifar10", help="model name to register")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "cifar10")
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests per image")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--seconds", type=float, default=10.0, help="throughput run length")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    if not args.model_dir.is_dir():
+        parser.error(f"no model at {args.model_dir}; pass --model-dir PATH to an exported model")
+
+    images = {"png_32x32": make_small_png(), "jpeg_1mp": make_megapixel_jpeg()}
+    names = {"png_32x32": "small.png", "jpeg_1mp": "photo.jpg"}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
+    port = free_port()
+    server = start_server(args, workdir, port)
+    try:
+        startup_s = wait_until_ready(port, server, args.workers)
+        latency = {
+            key: measure_latency(port, data, names[key], args.model, args.requests)
+            for key, data in images.items()
+        }
+        throughput = measure_throughput(
+            port, images["png_32x32"], args.model, args.clients, args.seconds
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+    bare = measure_bare_predict(args.model_dir, images, args.requests)
+
+    results = {
+        "server": f"gunicorn {args.workers} workers x {args.threads} threads, SQLite, loopback",
+        "cpus": os.cpu_count(),
+        "startup_s": round(startup_s, 1),
+        "latency": latency,
+        "throughput": throughput,
+        "bare_predict": bare,
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_report(results)
+    return results
+
+
+def print_report(results: dict) -> None:
+    print(f"{results['server']}, {results['cpus']} CPUs, ready in {results['startup_s']} s")
+    print(f"{'image':<12}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}{'bare predict p50 ms':>22}")
+    for key, row in results["latency"].items():
+        bare = results["bare_predict"][key]["p50_ms"]
+        print(f"{key:<12}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['errors']:>8}{bare:>22.2f}")
+    t = results["throughput"]
+    print(
+        f"throughput: {t['requests_per_s']:.1f} requests/s with {t['clients']} clients "
+        f"({t['requests']} requests in {t['seconds']} s, {t['errors']} errors, "
+        f"p50 {t['p50_ms']:.1f} ms, p95 {t['p95_ms']:.1f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
