@@ -102,7 +102,7 @@ _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": dict(epochs=10.0, batch_size=512, learning_rate=0.4, crop_padding=4),
     "cifar100": dict(epochs=15.0, batch_size=512, learning_rate=0.4, crop_padding=4),
     "mnist": dict(widths=(32, 64, 128), epochs=5.0, crop_padding=2, label_smoothing=0.1),
-    "fashion_mnist": dict(widths=(64, 128, 256), epochs=12.0, crop_padding=2, label_smoothing=0.1),
+    "fashion_mnist": dict(widths=(32, 64, 128), epochs=16.0, crop_padding=2, label_smoothing=0.1),
     # A few-second config for tests and smoke runs on tiny generated data.
     "tiny": dict(
         widths=(8, 16, 16),
