@@ -104,7 +104,10 @@ def create_train_iterator(
         return {"image": image, "label": tf.cast(label, tf.int32)}
 
     ds = ds.shuffle(num_examples, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.take(per_epoch).repeat().enumerate().skip(start_step * config.batch_size)
+    # batch(drop_remainder) + unbatch cuts each epoch to whole batches while still reading the
+    # shuffle (and so the cache) to its end; take() would leave the cache unfilled.
+    ds = ds.batch(config.batch_size, drop_remainder=True).unbatch()
+    ds = ds.repeat().enumerate().skip(start_step * config.batch_size)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
