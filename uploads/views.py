@@ -62,7 +62,9 @@ def classify(request: HttpRequest) -> HttpResponse:
 def results(request: HttpRequest) -> HttpResponse:
     """The results of one multi-file upload (?ids=1,2,3)."""
     ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.isdigit()]
-    predictions = Prediction.objects.recent().filter(pk__in=ids[: settings.UPLOAD_MAX_FILES])
+    predictions = (
+        Prediction.objects.recent().filter(pk__in=ids[: settings.UPLOAD_MAX_FILES]).order_by("pk")
+    )
     if not predictions:
         raise Http404("No such predictions.")
     return render(request, "uploads/results.html", {"predictions": predictions})
