@@ -99,7 +99,7 @@ class Config:
 # Defaults per dataset: the recipes whose results the README reports.
 _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     # airbench94-shaped net; see README for the command, wall time and validation accuracy.
-    "cifar10": dict(epochs=10.0, batch_size=512, learning_rate=0.4, crop_padding=4),
+    "cifar10": dict(epochs=8.0, batch_size=512, learning_rate=0.4, crop_padding=4),
     "cifar100": dict(epochs=15.0, batch_size=512, learning_rate=0.4, crop_padding=4),
     "mnist": dict(widths=(32, 64, 128), epochs=5.0, crop_padding=2, label_smoothing=0.1),
     "fashion_mnist": dict(widths=(32, 64, 128), epochs=16.0, crop_padding=2, label_smoothing=0.1),
