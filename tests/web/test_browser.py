@@ -1,5 +1,7 @@
 """End to end in a real headless Chromium: upload through the page, read the result."""
 
+import base64
+import io
 import shutil
 import tempfile
 
@@ -76,3 +78,41 @@ def test_upload_through_the_page_and_read_the_result(browser, live_server, tmp_p
     image = browser.find_element(By.CSS_SELECTOR, "img.result-image")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 48
     assert prediction.upload.original_name == "red square.png"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dropped_and_pasted_files_join_the_form(browser, live_server):
+    """Drag-and-drop and paste add image files to the form, with a preview each."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(live_server.url + reverse("uploads:classify"))
+    count = browser.execute_script(
+        """
+        const pixel = atob(arguments[0]);
+        const bytes = Uint8Array.from(pixel, c => c.charCodeAt(0));
+        const file = name => new File([bytes], name, {type: "image/png"});
+        const dropped = new DataTransfer();
+        dropped.items.add(file("dropped.png"));
+        document.querySelector("[data-dropzone]").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: dropped, bubbles: true, cancelable: true}));
+        const pasted = new DataTransfer();
+        pasted.items.add(file("pasted.png"));
+        document.dispatchEvent(
+            new ClipboardEvent("paste", {clipboardData: pasted, bubbles: true, cancelable: true}));
+        return document.querySelector('input[name="images"]').files.length;
+        """,
+        base64.b64encode(png_bytes()).decode(),
+    )
+    previews = browser.find_elements(By.CSS_SELECTOR, "[data-previews] li")
+    assert count == 2
+    assert ["dropped.png" in previews[0].text, "pasted.png" in previews[1].text] == [True, True]
+    browser.find_element(By.CSS_SELECTOR, "[data-submit]").click()
+    WebDriverWait(browser, 60).until(lambda driver: "2 images classified" in driver.page_source)
+    assert Prediction.objects.count() == 2
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (30, 90, 200)).save(buffer, "PNG")
+    return buffer.getvalue()

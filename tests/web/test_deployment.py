@@ -110,3 +110,10 @@ def test_warmup_command_fails_clearly_for_a_missing_model(settings, tmp_path):
     settings.CLASSIFIER_MODELS = {"cifar10": tmp_path / "missing"}
     with pytest.raises(CommandError, match="does not exist"):
         call_command("warmup_models")
+
+
+@pytest.mark.no_models
+@pytest.mark.django_db
+def test_migrations_are_committed():
+    """The models and the committed migrations agree."""
+    call_command("makemigrations", "uploads", "--check", "--dry-run", stdout=io.StringIO())
