@@ -99,12 +99,13 @@ def get_model_dir(name: str) -> Path:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """Describe a configured model from its meta.json (no model is loaded)."""
+    """Describe a configured model: from the loaded model, else its metadata on disk.
+
+    Never loads a model, so pages can list models before (or without) warm-up.
+    """
     directory = get_model_dir(name)
-    meta = _read_meta(directory)
-    if meta is None and (key := (name, str(directory))) in _classifiers:
-        meta = _classifiers[key].meta
-    meta = meta or {}
+    loaded = _classifiers.get((name, str(directory)))
+    meta = (loaded.meta if loaded is not None else _read_meta(directory)) or {}
     accuracy = (meta.get("metrics") or {}).get("eval_accuracy")
     return ModelInfo(
         name=name,
