@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up and starts the site on a fresh Debian machine with Python 3.11: a virtualenv with the
+# project, the SQLite database migrated, the shipped models checked and compiled, then the
+# development server on http://127.0.0.1:${PORT:-8000}/ . Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e .
+
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-classifier_site.settings.dev}"
+.venv/bin/python manage.py migrate --noinput
+.venv/bin/python manage.py warmup_models  # fails here, clearly, if a shipped model is missing
+
+cat <<MSG
+
+  The site is starting on http://127.0.0.1:${PORT:-8000}/  (the API: /api/predict, /api/models)
+  Admin: create a user with  .venv/bin/python manage.py createsuperuser  then open /admin/
+  Stop with Ctrl-C. For production, see "The web product" in README.md (gunicorn).
+
+MSG
+exec .venv/bin/python manage.py runserver "127.0.0.1:${PORT:-8000}"
