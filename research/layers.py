@@ -33,18 +33,31 @@ DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def resolve_impl(impl: Impl, backend: str | None = None) -> Literal["xla", "matmul"]:
+# On XLA:CPU im2col + matmul wins from this many output channels up (forward+backward, batch 256:
+# ~2-3.5x at 16x16x64->256 and 16x16x256->256, ~1.7x at 32x32x64->128); below it the 9x larger
+# patch tensor costs more than the matmul saves (0.8-0.9x at 32x32x64->64). See benchmarks/conv.py.
+MATMUL_MIN_OUT_FEATURES = 128
+
+
+def resolve_impl(
+    impl: Impl, out_features: int | None = None, backend: str | None = None
+) -> Literal["xla", "matmul"]:
     """Return the concrete implementation for `impl` on `backend` (default: JAX's default).
 
-    'auto' is 'matmul' on CPU, where it is measured faster (benchmarks/conv.py), and 'xla' on
-    GPU/TPU, whose native convolutions are fast (cuDNN, TPU MXU).
+    'auto' is 'matmul' on CPU for layers with at least MATMUL_MIN_OUT_FEATURES output channels
+    (or when `out_features` is None), and 'xla' otherwise, including always on GPU/TPU, whose
+    native convolutions are fast (cuDNN, TPU MXU).
     """
     if impl not in IMPLS:
         raise ValueError(f"Unknown conv impl {impl!r}; expected one of {IMPLS}.")
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
-    return "matmul" if backend == "cpu" else "xla"
+    if backend != "cpu":
+        return "xla"
+    if out_features is not None and out_features < MATMUL_MIN_OUT_FEATURES:
+        return "xla"
+    return "matmul"
 
 
 def _pads(kernel_size: tuple[int, int], padding: Padding) -> tuple[tuple[int, int], ...]:
@@ -65,7 +78,7 @@ def conv2d(
     """
     kh, kw, cin, cout = kernel.shape
     pads = _pads((kh, kw), padding)
-    if resolve_impl(impl) == "xla":
+    if resolve_impl(impl, cout) == "xla":
         return lax.conv_general_dilated(
             x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS
         )
