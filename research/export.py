@@ -1,0 +1,189 @@
+"""Export a trained model for serving: inference weights, metadata and a model card.
+
+    python -m research.export --workdir workdirs/cifar10 --out models/cifar10 \\
+        --command "python -m research.train --dataset=cifar10" --notes "2-core Debian CPU"
+
+Takes the checkpoint with the best evaluation accuracy in the workdir (as Classifier.load
+does), writes its weights without optimizer state, and MODEL_CARD.md beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from research import models
+from research.configs import Config, get_config
+from research.inference import Classifier, ModelNotFoundError, find_checkpoints
+
+CARD_NAME = "MODEL_CARD.md"
+
+
+def export_model(
+    workdir: str | Path, out_dir: str | Path, *, overwrite: bool = False
+) -> Classifier:
+    """Exports the best checkpoint of `workdir` to `out_dir`; returns the loaded model.
+
+    An existing `out_dir` is replaced only with `overwrite`, and only if it holds a model.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.absolute() == Path(workdir).absolute():
+        raise ValueError("--out must differ from --workdir")
+    clf = Classifier.load(workdir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite")
+        try:
+            find_checkpoints(out_dir)
+        except ModelNotFoundError:
+            raise FileExistsError(f"{out_dir} holds no model: not replacing it") from None
+        shutil.rmtree(out_dir)
+    clf.export(out_dir)
+    return clf
+
+
+def training_command(meta: dict[str, Any]) -> str:
+    """The research.train command that gives the saved config: the dataset's defaults plus
+    a flag for each field that differs from them."""
+    saved = Config.from_dict(meta["model"])
+    defaults = get_config(saved.dataset)
+    flags = [f"--dataset={saved.dataset}"]
+    for field in dataclasses.fields(Config):
+        value = getattr(saved, field.name)
+        if field.name != "dataset" and value != getattr(defaults, field.name):
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            flags.append(f"--{field.name}={text}")
+    return "python -m research.train " + " ".join(flags)
+
+
+def render_model_card(
+    clf: Classifier,
+    *,
+    out_dir: str | Path,
+    size_bytes: int,
+    command: str | None = None,
+    notes: str | None = None,
+) -> str:
+    """MODEL_CARD.md for an exported model, from its metadata."""
+    meta, metrics = clf.meta, clf.metrics
+    config = Config.from_dict(meta["model"])
+    height, width, channels = clf.image_shape
+    accuracy, split = metrics.get("eval_accuracy"), metrics.get("eval_split", "?")
+    count, seconds = metrics.get("eval_count"), metrics.get("train_seconds")
+    shown_accuracy = "not evaluated"
+    if accuracy is not None:
+        shown_accuracy = f"**{accuracy:.2%}** on `{split}`" + (
+            f" ({count} images)" if count else ""
+        )
+    wall = f"{seconds / 60:.1f} min" if seconds is not None else "not recorded"
+    rows = [
+        (
+            "Dataset",
+            f"`{clf.dataset}`: {len(clf.class_names)} classes, {height}x{width}x{channels}",
+        ),
+        ("Accuracy", shown_accuracy),
+        ("Training wall time", f"{wall}, {meta.get('step')} steps"),
+        ("Trained", f"{meta.get('created', '?')[:10]} (version `{clf.version}`)"),
+        ("Model", f"`{config.model}`, {models.count_params(clf._model):,} parameters"),
+        ("Test-time augmentation", "horizontal flip" if meta.get("flip_tta") else "none"),
+        ("Size on disk", format_size(size_bytes)),
+        ("Exported", dt.date.today().isoformat()),
+    ]
+    out = Path(out_dir)
+    lines = [
+        f"# {clf.name}",
+        "",
+        f"An image classifier for `{clf.dataset}`, trained with `research.train` and exported "
+        "with `research.export` (inference weights only).",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in rows),
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        command or training_command(meta),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```",
+        f"python -m research.predict --checkpoint {out} IMAGE...",
+        f"python -m research.evaluate --checkpoint {out} --split {split}",
+        "```",
+        "",
+        "## Classes",
+        "",
+        ", ".join(f"{i} `{name}`" for i, name in enumerate(clf.class_names)),
+        "",
+    ]
+    if notes:
+        lines += ["## Notes", "", notes.strip(), ""]
+    lines += [
+        "## Training config",
+        "",
+        "```json",
+        json.dumps(config.to_dict(), indent=None),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def disk_size(path: str | Path) -> int:
+    """Bytes of all files under `path`."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def format_size(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB" if size_bytes >= 1e6 else f"{size_bytes / 1e3:.0f} kB"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on read-only loading
+    try:
+        clf = export_model(args.workdir, args.out, overwrite=args.overwrite)
+    except (ModelNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    size = disk_size(args.out)
+    card = Path(args.out) / CARD_NAME
+    card.write_text(
+        render_model_card(
+            clf, out_dir=args.out, size_bytes=size, command=args.command, notes=args.notes
+        )
+    )
+    accuracy = clf.metrics.get("eval_accuracy")
+    shown = f"{accuracy:.4f}" if accuracy is not None else "not evaluated"
+    print(
+        f"exported {clf.name} ({clf.version}, step {clf.meta.get('step')}) to {args.out}: "
+        f"{format_size(size)}; {clf.metrics.get('eval_split', 'eval')} accuracy {shown}"
+    )
+    print(f"wrote {card}")
+    return 0
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m research.export", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="a training workdir (or exported model)")
+    parser.add_argument("--out", required=True, help="output directory, e.g. models/cifar10")
+    parser.add_argument("--command", help="the command that trained it (default: rebuilt)")
+    parser.add_argument("--notes", help="free text for the model card, e.g. the hardware")
+    parser.add_argument("--overwrite", action="store_true", help="replace an exported model")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
