@@ -1,0 +1,264 @@
+"""Speed of a config: training and evaluation images/s, predict latency, input pipeline images/s.
+
+    python benchmarks/train_speed.py --dataset=cifar10              # the README's figures
+    python benchmarks/train_speed.py --dataset=fashion_mnist --batch_size=256 --steps=10
+    python benchmarks/train_speed.py --dataset=cifar10 --checkpoint=models/cifar10
+
+Takes the same flags as `python -m research.train` (any Config field). Training and evaluation
+run the real jitted train_step / eval_step on synthetic uint8 batches of the config's shape,
+sharded as training shards them; each figure is the median over --steps timed steps, after a
+compiling step and a warm-up step. Predict latency is Classifier.predict on one PIL image, as
+the web product calls it, from --checkpoint or a randomly initialised model exported to a
+temporary folder. The input pipeline is create_train_iterator on the real dataset (skipped if
+it is not available), timed after its first batch, which reads the split into the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from research import configs, datasets, input_pipeline, models, train  # noqa: E402
+from research.configs import Config  # noqa: E402
+from research.inference import Classifier  # noqa: E402
+
+# Image shape and class count of the tfds datasets, for benchmarking without their data.
+KNOWN_SHAPES = {
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+}
+WARMUP_STEPS = 2  # the first compiles; the second settles allocations
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int = WARMUP_STEPS) -> list[float]:
+    """Seconds of each of `runs` calls of `fn` (which blocks until done), after `warmup`."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _shardings() -> tuple[NamedSharding, NamedSharding]:
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+
+def _synthetic_batch(config: Config, image_shape, num_classes: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(config.seed)
+    return {
+        "image": rng.integers(0, 256, (config.batch_size, *image_shape), dtype=np.uint8),
+        "label": rng.integers(0, num_classes, config.batch_size).astype(np.int32),
+    }
+
+
+def _create_model(config: Config, image_shape, num_classes: int, mean, std) -> nnx.Module:
+    return models.create_model(
+        config,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+        rngs=nnx.Rngs(config.seed),
+    )
+
+
+def measure_train(config: Config, image_shape, num_classes: int, mean, std, steps: int):
+    """Seconds per train_step on host batches (device_put included, as in training)."""
+    data_sharding, replicated = _shardings()
+    model = _create_model(config, image_shape, num_classes, mean, std)
+    opt = nnx.Optimizer(model, train.create_optimizer(config, steps_per_epoch=100), wrt=nnx.Param)
+    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+    for node in (model, opt, metrics):  # as training does, so the step compiles once
+        nnx.update(node, jax.device_put(nnx.state(node), replicated))
+    batch = _synthetic_batch(config, image_shape, num_classes)
+
+    def step() -> None:
+        on_device = jax.device_put(batch, data_sharding)
+        loss = train.train_step(model, opt, metrics, on_device, config.label_smoothing)
+        loss.block_until_ready()
+
+    return time_calls(step, steps), models.count_params(model)
+
+
+def measure_eval(config: Config, image_shape, num_classes: int, mean, std, steps: int):
+    """Seconds per eval_step (with the config's flip TTA) on host batches."""
+    data_sharding, _ = _shardings()
+    model = _create_model(config, image_shape, num_classes, mean, std)
+    model.eval()
+    images = _synthetic_batch(config, image_shape, num_classes)["image"]
+    flip_tta = bool(config.flip_tta and input_pipeline.use_flip(config))
+
+    def step() -> None:
+        on_device = jax.device_put(images, data_sharding)
+        train.eval_step(model, on_device, flip_tta).block_until_ready()
+
+    return time_calls(step, steps), flip_tta
+
+
+def load_or_export_classifier(
+    config: Config, checkpoint: str | None, image_shape, num_classes: int, mean, std
+) -> Classifier:
+    """The model at `checkpoint`, else a random one exported and loaded back like a real one."""
+    if checkpoint:
+        return Classifier.load(checkpoint)
+    model = _create_model(config, image_shape, num_classes, mean, std)
+    info = types.SimpleNamespace(
+        class_names=[f"class_{i}" for i in range(num_classes)], image_shape=image_shape
+    )
+    meta = train.build_meta(config, info=info, mean=mean, std=std, step=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        Classifier(model, meta).export(tmp)
+        return Classifier.load(tmp)
+
+
+def measure_predict(clf: Classifier, runs: int) -> list[float]:
+    """Seconds per Classifier.predict of one PIL image (preprocessing included)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, clf.image_shape, dtype=np.uint8)
+    image = Image.fromarray(pixels[..., 0] if clf.image_shape[-1] == 1 else pixels)
+    return time_calls(lambda: clf.predict([image]), runs)
+
+
+def measure_pipeline(config: Config, mean, batches: int) -> tuple[float, list[float]]:
+    """(seconds to the first batch, seconds per batch after it) of create_train_iterator."""
+    start = time.perf_counter()
+    iterator = input_pipeline.create_train_iterator(config, mean=mean)
+    next(iterator)
+    first = time.perf_counter() - start
+    return first, time_calls(lambda: next(iterator), batches, warmup=0)
+
+
+def _images_per_s(batch_size: int, times: Sequence[float]) -> float:
+    return batch_size / statistics.median(times)
+
+
+def _device_name() -> str:
+    devices = jax.local_devices()
+    if devices[0].platform == "cpu":
+        return f"CPU ({os.cpu_count()} cores)"
+    return f"{len(devices)}x {devices[0].device_kind}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(_parse_args(argv))
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on read-only loading
+    steps, predict_runs = args.pop("steps"), args.pop("predict_runs")
+    pipeline_batches, checkpoint = args.pop("pipeline_batches"), args.pop("checkpoint")
+    args.pop("workdir", None)
+    dataset = args.pop("dataset", "cifar10")
+    try:
+        config = configs.get_config(dataset, **args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        info = datasets.get_info(config.dataset, config.data_dir)
+        image_shape, num_classes = tuple(info.image_shape), len(info.class_names)
+    except datasets.DataNotFoundError as error:
+        info = None
+        if config.dataset not in KNOWN_SHAPES:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        image_shape, num_classes = KNOWN_SHAPES[config.dataset]
+    mean, std = configs.DATASET_STATS.get(
+        config.dataset, ((127.5,) * image_shape[-1], (64.0,) * image_shape[-1])
+    )
+    batch = config.batch_size
+    print(
+        f"{config.dataset} {config.model} widths {config.widths}, batch {batch}, "
+        f"images {image_shape}, on {_device_name()}; {steps} timed steps after {WARMUP_STEPS}",
+        flush=True,
+    )
+
+    start = time.perf_counter()
+    train_times, params = measure_train(config, image_shape, num_classes, mean, std, steps)
+    train_rate = _images_per_s(batch, train_times)
+    print(
+        f"train     {train_rate:8.1f} images/s  "
+        f"({statistics.median(train_times) * 1e3:.0f} ms/step, {params:,} params; "
+        f"{time.perf_counter() - start:.0f}s with compiling)",
+        flush=True,
+    )
+
+    start = time.perf_counter()
+    eval_times, flip_tta = measure_eval(config, image_shape, num_classes, mean, std, steps)
+    eval_rate = _images_per_s(batch, eval_times)
+    print(
+        f"evaluate  {eval_rate:8.1f} images/s  "
+        f"({statistics.median(eval_times) * 1e3:.0f} ms/step, "
+        f"flip TTA {'on' if flip_tta else 'off'}; {time.perf_counter() - start:.0f}s)",
+        flush=True,
+    )
+
+    start = time.perf_counter()
+    clf = load_or_export_classifier(config, checkpoint, image_shape, num_classes, mean, std)
+    predict_ms = statistics.median(measure_predict(clf, predict_runs)) * 1e3
+    print(
+        f"predict   {predict_ms:8.1f} ms for one image  (median of {predict_runs}, "
+        f"{'model ' + checkpoint if checkpoint else 'random model'}; "
+        f"{time.perf_counter() - start:.0f}s)",
+        flush=True,
+    )
+
+    pipeline_rate = None
+    if info is None:
+        print("pipeline  skipped: the dataset is not available here (see research.data)")
+    else:
+        first, pipeline_times = measure_pipeline(config, mean, pipeline_batches)
+        pipeline_rate = _images_per_s(batch, pipeline_times)
+        print(
+            f"pipeline  {pipeline_rate:8.1f} images/s  (median of {pipeline_batches} batches, "
+            f"after {first:.1f}s to the first; {pipeline_rate / train_rate:.1f}x training)",
+            flush=True,
+        )
+
+    pipeline = f"{pipeline_rate:.0f}" if pipeline_rate else "-"
+    print()
+    print(
+        "| dataset | model | batch | device | train images/s | eval images/s "
+        "| predict 1 image (ms) | input pipeline images/s |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    print(
+        f"| {config.dataset} | {config.model} {','.join(map(str, config.widths))} | {batch} "
+        f"| {_device_name()} | {train_rate:.0f} | {eval_rate:.0f} | {predict_ms:.1f} "
+        f"| {pipeline} |"
+    )
+    return 0
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = train.build_parser()
+    parser.prog = "python benchmarks/train_speed.py"
+    parser.description = __doc__.split("\n")[0]
+    parser.add_argument("--steps", type=int, default=5, help="timed train and eval steps")
+    parser.add_argument("--predict_runs", type=int, default=30, help="timed predict calls")
+    parser.add_argument("--pipeline_batches", type=int, default=20, help="timed input batches")
+    parser.add_argument("--checkpoint", help="time predict on this model instead of a random one")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
