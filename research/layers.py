@@ -148,3 +148,16 @@ class Conv(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 over NHWC `x` (H and W even), as a reshape and a max.
+
+    Same forward values as ``nnx.max_pool(x, (2, 2), (2, 2))``, but its gradient is an
+    elementwise select instead of XLA's select_and_scatter, which is slow on CPU. Where a window
+    holds several equal maxima, the gradient is shared among them instead of going to one.
+    """
+    n, h, w, c = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"max_pool_2x2 needs even height and width, got {h}x{w}.")
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

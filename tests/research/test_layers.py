@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from research.layers import Conv, resolve_impl
+from research.layers import Conv, max_pool_2x2, resolve_impl
 
 # (kernel_size, padding, in_features, out_features, height, width)
 CASES = [
@@ -107,3 +107,16 @@ def test_unknown_options_are_rejected():
         Conv(3, 4, impl="fast", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="VALID"):
         Conv(3, 4, padding="FULL", rngs=nnx.Rngs(0))
+
+
+def test_max_pool_2x2_equals_nnx_max_pool():
+    """max_pool_2x2 gives nnx.max_pool's values and, without ties, its input gradient."""
+    x = _input(3, 8, 6)
+
+    def reference(x):
+        return nnx.max_pool(x, (2, 2), (2, 2))
+
+    np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+    got = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x)
+    expected = jax.grad(lambda x: jnp.sum(jnp.sin(reference(x))))(x)
+    np.testing.assert_allclose(got, expected, **TOL)
