@@ -37,14 +37,16 @@ def export_model(
     out_dir = Path(out_dir)
     if out_dir.absolute() == Path(workdir).absolute():
         raise ValueError("--out must differ from --workdir")
-    clf = Classifier.load(workdir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    replace = out_dir.exists() and any(out_dir.iterdir())
+    if replace:
         if not overwrite:
             raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite")
         try:
             find_checkpoints(out_dir)
         except ModelNotFoundError:
             raise FileExistsError(f"{out_dir} holds no model: not replacing it") from None
+    clf = Classifier.load(workdir)
+    if replace:
         shutil.rmtree(out_dir)
     clf.export(out_dir)
     return clf
