@@ -186,3 +186,19 @@ def test_training_command_is_the_dataset_defaults_plus_the_overrides():
     assert export.training_command(meta) == (
         "python -m research.train --dataset=fashion_mnist --widths=16,32,64 --epochs=3.0"
     )
+
+
+def test_evaluate_on_a_tfds_split_reproduces_the_accuracy_training_recorded(
+    trained, color_dataset, tmp_path, capsys
+):
+    """By default the split training evaluated on, with the same accuracy and count."""
+    _, workdir, _ = trained
+    _, data_dir = color_dataset
+    args = ["--checkpoint", str(workdir), "--data_dir", data_dir, "--out", str(tmp_path)]
+    assert evaluate.main(args) == 0
+    recorded = Classifier.load(workdir).metrics
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["source"] == f"colors {recorded['eval_split']}"
+    assert metrics["count"] == recorded["eval_count"]
+    assert metrics["accuracy"] == pytest.approx(recorded["eval_accuracy"])
+    assert metrics["loss"] == pytest.approx(recorded["eval_loss"], rel=1e-4)
