@@ -57,7 +57,7 @@ def evaluate_split(
     eval_ds = input_pipeline.create_eval_dataset(config, split, clf.image_shape)
     batch_size = batch_size or config.batch_size
     metrics = train.evaluate_model(
-        clf._model,
+        clf.model,
         input_pipeline.iterate_padded_batches(eval_ds, batch_size),
         num_classes=len(clf.class_names),
         flip_tta=bool(clf.meta.get("flip_tta", False)),
@@ -80,7 +80,7 @@ def evaluate_folder(
     files, split = list_image_folder(folder, clf.class_names, split=split)
     skipped: list[str] = []
     metrics = train.evaluate_model(
-        clf._model,
+        clf.model,
         _folder_batches(files, clf.image_shape, batch_size, skipped),
         num_classes=len(clf.class_names),
         flip_tta=bool(clf.meta.get("flip_tta", False)),

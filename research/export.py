@@ -94,7 +94,7 @@ def render_model_card(
         ("Accuracy", shown_accuracy),
         ("Training wall time", f"{wall}, {meta.get('step')} steps"),
         ("Trained", f"{meta.get('created', '?')[:10]} (version `{clf.version}`)"),
-        ("Model", f"`{config.model}`, {models.count_params(clf._model):,} parameters"),
+        ("Model", f"`{config.model}`, {models.count_params(clf.model):,} parameters"),
         ("Test-time augmentation", "horizontal flip" if meta.get("flip_tta") else "none"),
         ("Size on disk", format_size(size_bytes)),
         ("Exported", dt.date.today().isoformat()),

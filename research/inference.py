@@ -11,6 +11,7 @@ No TensorFlow here: this module imports JAX, Flax, Orbax, NumPy and Pillow only.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,11 +96,16 @@ def find_checkpoints(path: str | Path) -> Path:
 
 
 def _manager(directory: Path, *, read_only: bool) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        directory,
-        item_names=("model", "meta"),
-        options=ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only),
+    options = ocp.CheckpointManagerOptions(
+        read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1
     )
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only directory is read-only
+    try:
+        return ocp.CheckpointManager(directory, item_names=("model", "meta"), options=options)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _pick_step(mngr: ocp.CheckpointManager) -> tuple[int, dict[str, Any]]:
@@ -143,7 +149,7 @@ class Classifier:
         self.version: str = meta["version"]
         self.metrics: dict[str, Any] = dict(meta.get("metrics", {}))
         model.eval()
-        self._model = model
+        self.model = model  # the NNX module, in eval mode (research.evaluate uses it)
         graphdef, state = nnx.split(model)
         self._forward = jax.jit(
             functools.partial(_forward, graphdef, flip_tta=bool(meta.get("flip_tta", False)))
@@ -176,7 +182,7 @@ class Classifier:
         mngr.save(
             step,
             args=ocp.args.Composite(
-                model=ocp.args.StandardSave(models.inference_state(self._model)),
+                model=ocp.args.StandardSave(models.inference_state(self.model)),
                 meta=ocp.args.JsonSave(self.meta),
             ),
             force=True,

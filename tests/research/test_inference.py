@@ -29,7 +29,7 @@ def test_predict_matches_the_evaluation_path_on_the_same_images(trained, color_d
     clf = Classifier.load(workdir)
     eval_ds = input_pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
     batch = next(input_pipeline.iterate_padded_batches(eval_ds, 16))
-    logits = np.asarray(train.eval_step(clf._model, batch["image"], clf.meta["flip_tta"]))
+    logits = np.asarray(train.eval_step(clf.model, batch["image"], clf.meta["flip_tta"]))
     expected = np.asarray(jax.nn.softmax(logits[batch["mask"]], axis=-1))
     raw = [
         image for image, _ in datasets.load_split(name, "validation", data_dir).as_numpy_iterator()

@@ -95,8 +95,8 @@ def test_interrupted_run_resumes_at_its_step_and_matches_an_uninterrupted_one(
     a = Classifier.load(straight_dir)
     b = Classifier.load(tmp_path)
     for x, y in zip(
-        jax.tree.leaves(models.inference_state(a._model)),
-        jax.tree.leaves(models.inference_state(b._model)),
+        jax.tree.leaves(models.inference_state(a.model)),
+        jax.tree.leaves(models.inference_state(b.model)),
         strict=True,
     ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
