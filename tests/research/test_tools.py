@@ -168,7 +168,7 @@ def test_export_round_trips_the_model_and_writes_a_model_card(
     images = [Image.open(path) for path in sorted(image_folder.glob("*/*.png"))[:5]]
     exported = Classifier.load(out)
     np.testing.assert_array_equal(exported.predict(images), classifier.predict(images))
-    weights = [models.inference_state(c._model) for c in (exported, classifier)]
+    weights = [models.inference_state(c.model) for c in (exported, classifier)]
     jax.tree.map(np.testing.assert_array_equal, *weights)  # the tiny head starts at zero
     assert exported.meta == classifier.meta
     card = (out / export.CARD_NAME).read_text()
