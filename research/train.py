@@ -324,6 +324,17 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
 
     flip_tta = bool(config.flip_tta and _uses_flip(config))
     eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
+
+    def run_eval() -> dict[str, Any]:
+        eval_metrics = evaluate_model(
+            model,
+            input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
+            num_classes=num_classes,
+            flip_tta=flip_tta,
+            sharding=data_sharding,
+        )
+        return {**eval_metrics, "split": eval_split}
+
     summary = tf.summary.create_file_writer(str(workdir / "tensorboard"))
     train_iter = input_pipeline.create_train_iterator(config, mean=mean, start_step=start_step)
     print(
@@ -355,14 +366,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 train_metrics = {k: float(v) for k, v in metrics.compute().items()}
                 metrics.reset()
                 replicate(metrics)
-                eval_metrics = evaluate_model(
-                    model,
-                    input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
-                    num_classes=num_classes,
-                    flip_tta=flip_tta,
-                    sharding=data_sharding,
-                )
-                eval_metrics["split"] = eval_split
+                eval_metrics = run_eval()
                 elapsed = time.time() - started
                 bar.write(
                     f"epoch {done / steps_per_epoch:5.2f}  step {done:6d}  "
@@ -384,14 +388,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             if stop.signal:
                 break
     if eval_metrics is None and not stop.signal:  # resumed a finished run: report it again
-        eval_metrics = evaluate_model(
-            model,
-            input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
-            num_classes=num_classes,
-            flip_tta=flip_tta,
-            sharding=data_sharding,
-        )
-        eval_metrics["split"] = eval_split
+        eval_metrics = run_eval()
     mngr.wait_until_finished()
     mngr.close()
     result.update(
