@@ -108,7 +108,7 @@ def measure_eval(config: Config, image_shape, num_classes: int, mean, std, steps
     model = _create_model(config, image_shape, num_classes, mean, std)
     model.eval()
     images = _synthetic_batch(config, image_shape, num_classes)["image"]
-    flip_tta = bool(config.flip_tta and input_pipeline.use_flip(config))
+    flip_tta = bool(config.flip_tta and configs.uses_flip(config))
 
     def step() -> None:
         on_device = jax.device_put(images, data_sharding)

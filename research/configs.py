@@ -96,6 +96,11 @@ class Config:
         return cls(**kept)
 
 
+def uses_flip(config: Config) -> bool:
+    """Whether training flips images horizontally (and evaluation averages over the mirror)."""
+    return FLIP_OK.get(config.dataset, True) if config.flip is None else config.flip
+
+
 # Defaults per dataset: the recipes whose results the README reports.
 _DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     # airbench94-shaped net; see README for the command, wall time and validation accuracy.

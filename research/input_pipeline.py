@@ -20,15 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from research import datasets  # noqa: E402
-from research.configs import FLIP_OK, Config  # noqa: E402
+from research.configs import Config, uses_flip  # noqa: E402
 
 # TensorFlow only feeds data: keep it off any accelerator so JAX has all of its memory.
 tf.config.set_visible_devices([], "GPU")
-tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
-
-
-def use_flip(config: Config) -> bool:
-    return FLIP_OK.get(config.dataset, True) if config.flip is None else config.flip
+if tf.config.list_physical_devices("TPU"):
+    tf.config.set_visible_devices([], "TPU")
 
 
 def _translate(image: tf.Tensor, seed: tf.Tensor, padding: int) -> tf.Tensor:
@@ -55,7 +52,7 @@ def preprocess_for_train(
     seeds = tf.random.experimental.stateless_split(seed, 3)
     if config.crop_padding > 0:
         image = _translate(image, seeds[0], config.crop_padding)
-    if use_flip(config):
+    if uses_flip(config):
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     if config.cutout > 0:
         image = _cutout(image, seeds[2], config.cutout, fill)

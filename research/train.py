@@ -203,15 +203,11 @@ def build_meta(
         "image_shape": list(info.image_shape),
         "mean": list(mean),
         "std": list(std),
-        "flip_tta": bool(config.flip_tta and _uses_flip(config)),  # serve as evaluated
+        "flip_tta": bool(config.flip_tta and configs.uses_flip(config)),  # serve as evaluated
         "model": config.to_dict(),
         "metrics": metrics or {},
         "created": created.isoformat(timespec="seconds"),
     }
-
-
-def _uses_flip(config: Config) -> bool:
-    return configs.FLIP_OK.get(config.dataset, True) if config.flip is None else config.flip
 
 
 # ----------------------------------------------------------------------------- loop
@@ -322,7 +318,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         meta = build_meta(config, info=info, mean=mean, std=std, step=step, metrics=eval_metrics)
         save_checkpoint(mngr, step, model, opt, meta)
 
-    flip_tta = bool(config.flip_tta and _uses_flip(config))
+    flip_tta = bool(config.flip_tta and configs.uses_flip(config))
     eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
 
     def run_eval() -> dict[str, Any]:

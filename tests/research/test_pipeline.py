@@ -90,6 +90,6 @@ def test_eval_batches_are_padded_to_a_fixed_size_with_a_mask(config):
 
 def test_flip_is_off_for_digits_and_on_for_objects():
     """Horizontal flips are a default for CIFAR and clothes, never for MNIST digits."""
-    assert input_pipeline.use_flip(configs.get_config("cifar10"))
-    assert input_pipeline.use_flip(configs.get_config("fashion_mnist"))
-    assert not input_pipeline.use_flip(configs.get_config("mnist"))
+    assert configs.uses_flip(configs.get_config("cifar10"))
+    assert configs.uses_flip(configs.get_config("fashion_mnist"))
+    assert not configs.uses_flip(configs.get_config("mnist"))
