@@ -33,31 +33,18 @@ DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-# On XLA:CPU im2col + matmul wins from this many output channels up (forward+backward, batch 256:
-# ~2-3.5x at 16x16x64->256 and 16x16x256->256, ~1.7x at 32x32x64->128); below it the 9x larger
-# patch tensor costs more than the matmul saves (0.8-0.9x at 32x32x64->64). See benchmarks/conv.py.
-MATMUL_MIN_OUT_FEATURES = 128
-
-
-def resolve_impl(
-    impl: Impl, out_features: int | None = None, backend: str | None = None
-) -> Literal["xla", "matmul"]:
+def resolve_impl(impl: Impl, backend: str | None = None) -> Literal["xla", "matmul"]:
     """Return the concrete implementation for `impl` on `backend` (default: JAX's default).
 
-    'auto' is 'matmul' on CPU for layers with at least MATMUL_MIN_OUT_FEATURES output channels
-    (or when `out_features` is None), and 'xla' otherwise, including always on GPU/TPU, whose
-    native convolutions are fast (cuDNN, TPU MXU).
+    'auto' is 'matmul' on CPU, where it beats XLA's convolution forward+backward on every layer
+    of airbench94 (1.1-2.6x on a quiet machine, `benchmarks/conv.py`; the 3x3-pixel last layer
+    is a tie), and 'xla' on GPU/TPU, whose native convolutions are fast (cuDNN, TPU MXU).
     """
     if impl not in IMPLS:
         raise ValueError(f"Unknown conv impl {impl!r}; expected one of {IMPLS}.")
     if impl != "auto":
         return impl
-    backend = backend or jax.default_backend()
-    if backend != "cpu":
-        return "xla"
-    if out_features is not None and out_features < MATMUL_MIN_OUT_FEATURES:
-        return "xla"
-    return "matmul"
+    return "matmul" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 def _pads(kernel_size: tuple[int, int], padding: Padding) -> tuple[tuple[int, int], ...]:
@@ -78,7 +65,7 @@ def conv2d(
     """
     kh, kw, cin, cout = kernel.shape
     pads = _pads((kh, kw), padding)
-    if resolve_impl(impl, cout) == "xla":
+    if resolve_impl(impl) == "xla":
         return lax.conv_general_dilated(
             x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS
         )

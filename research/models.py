@@ -1,7 +1,11 @@
 """The CNN family, in Flax NNX. Pick one by name with `Config.model`.
 
-- `airbench`: the net of airbench94 (Keller Jordan's CIFAR-10 speedrun): a 2x2 stem, then three
-  blocks of conv-pool-norm-act-conv-norm-act, global max pooling and a linear head.
+- `airbench94`: the net of airbench94 (Keller Jordan's CIFAR-10 speedrun), as published: a 2x2
+  whitening stem with a bias and GELU, then three blocks of conv-pool-norm-act-conv-norm-act
+  (batch norm without a scale, convolutions partly initialised to the identity), global max
+  pooling and a linear head whose output is scaled by 1/9.
+- `airbench`: the same layout with our first choices: a batch-normed stem, batch norm with a
+  scale, LeCun-normal convolutions and a zero-initialised head (the Fashion-MNIST model).
 - `baseline`: a small classic CNN (two conv-conv-pool stages, dense head with dropout).
 
 Every model takes uint8 (or float) NHWC images in 0..255 and normalizes them itself, with the
@@ -10,6 +14,7 @@ dataset's mean and std, so training, evaluation and serving share one definition
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -35,14 +40,93 @@ def _max_pool(x: jax.Array, size: int = 2) -> jax.Array:
     return x.reshape(n, h2, size, w2, size, c).max(axis=(2, 4))
 
 
+# PyTorch's default initialisation of convolution and linear kernels (kaiming_uniform with
+# a=sqrt(5)): uniform with variance 1 / (3 fan_in). airbench94 relies on it.
+TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def dirac_init(base: nnx.Initializer) -> nnx.Initializer:
+    """`base`, with the first min(in, out) filters set to the identity (torch.nn.init.dirac_).
+
+    airbench94 starts each 3x3 convolution as a partial identity, so the deep net begins close
+    to a shallow one.
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        kernel = base(key, shape, dtype)
+        kh, kw, cin, cout = shape
+        n = min(cin, cout)
+        identity = jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2].set(jnp.eye(cin, n))
+        return kernel.at[..., :n].set(identity)
+
+    return init
+
+
+@dataclasses.dataclass(frozen=True)
+class AirbenchVariant:
+    """The choices that tell `airbench94` and `airbench` apart (see the module docstring)."""
+
+    stem_norm: bool  # batch norm after the stem (else: a stem bias)
+    norm_scale: bool  # batch norm learns a scale (else: only a bias)
+    norm_momentum: float  # Flax convention: the weight of the old running average
+    norm_epsilon: float
+    kernel_init: nnx.Initializer
+    head_init: nnx.Initializer
+    head_scale: float  # logits = head(features) * head_scale
+
+
+AIRBENCH_VARIANTS = {
+    "airbench": AirbenchVariant(
+        stem_norm=True,
+        norm_scale=True,
+        norm_momentum=0.9,
+        norm_epsilon=1e-5,
+        kernel_init=nnx.initializers.lecun_normal(),
+        # Zero-initialised: max-pooled features are large, and random head weights would start
+        # the loss far above log(num_classes).
+        head_init=nnx.initializers.zeros_init(),
+        head_scale=1.0,
+    ),
+    "airbench94": AirbenchVariant(
+        stem_norm=False,
+        norm_scale=False,
+        norm_momentum=0.4,  # PyTorch momentum 0.6
+        norm_epsilon=1e-12,
+        kernel_init=dirac_init(TORCH_KERNEL_INIT),
+        head_init=TORCH_KERNEL_INIT,
+        head_scale=1 / 9,
+    ),
+}
+
+
 class ConvBlock(nnx.Module):
     """conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU (airbench's ConvGroup)."""
 
-    def __init__(self, in_features: int, out_features: int, *, impl: str, rngs: nnx.Rngs):
-        self.conv1 = Conv(in_features, out_features, 3, impl=impl, rngs=rngs)
-        self.norm1 = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
-        self.conv2 = Conv(out_features, out_features, 3, impl=impl, rngs=rngs)
-        self.norm2 = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        impl: str,
+        variant: AirbenchVariant,
+        rngs: nnx.Rngs,
+    ):
+        def conv(cin: int, cout: int) -> Conv:
+            return Conv(cin, cout, 3, impl=impl, kernel_init=variant.kernel_init, rngs=rngs)
+
+        def norm(features: int) -> nnx.BatchNorm:
+            return nnx.BatchNorm(
+                features,
+                momentum=variant.norm_momentum,
+                epsilon=variant.norm_epsilon,
+                use_scale=variant.norm_scale,
+                rngs=rngs,
+            )
+
+        self.conv1 = conv(in_features, out_features)
+        self.norm1 = norm(out_features)
+        self.conv2 = conv(out_features, out_features)
+        self.norm2 = norm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _max_pool(self.conv1(x))
@@ -61,33 +145,46 @@ class AirbenchNet(nnx.Module):
         mean: Sequence[float],
         std: Sequence[float],
         conv_impl: str = "auto",
+        variant: str = "airbench",
         rngs: nnx.Rngs,
     ):
+        v = AIRBENCH_VARIANTS[variant]
         self.mean, self.std = tuple(mean), tuple(std)
-        self.stem = Conv(in_channels, stem_width, 2, padding="VALID", impl=conv_impl, rngs=rngs)
-        self.stem_norm = nnx.BatchNorm(stem_width, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        self.head_scale = v.head_scale
+        self.stem = Conv(
+            in_channels,
+            stem_width,
+            2,
+            padding="VALID",
+            use_bias=not v.stem_norm,
+            impl=conv_impl,
+            kernel_init=v.kernel_init if v.stem_norm else TORCH_KERNEL_INIT,
+            rngs=rngs,
+        )
+        self.stem_norm = (
+            nnx.BatchNorm(stem_width, momentum=v.norm_momentum, epsilon=v.norm_epsilon, rngs=rngs)
+            if v.stem_norm
+            else nnx.data(None)
+        )
         blocks, previous = [], stem_width
         for width in widths:
-            blocks.append(ConvBlock(previous, width, impl=conv_impl, rngs=rngs))
+            blocks.append(ConvBlock(previous, width, impl=conv_impl, variant=v, rngs=rngs))
             previous = width
         self.blocks = nnx.List(blocks)
-        # Zero-initialised: max-pooled features are large, and random head weights would start
-        # the loss far above log(num_classes).
         self.head = nnx.Linear(
-            previous,
-            num_classes,
-            use_bias=False,
-            kernel_init=nnx.initializers.zeros_init(),
-            rngs=rngs,
+            previous, num_classes, use_bias=False, kernel_init=v.head_init, rngs=rngs
         )
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        x = normalize(images, self.mean, self.std)
-        x = nnx.gelu(self.stem_norm(self.stem(x)), approximate=True)
+        x = self.stem(normalize(images, self.mean, self.std))
+        if self.stem_norm is not None:
+            x = self.stem_norm(x)
+        x = nnx.gelu(x, approximate=True)
         for block in self.blocks:
             x = block(x)
         x = x.max(axis=(1, 2))  # global max pooling
-        return self.head(x)
+        logits = self.head(x)
+        return logits if self.head_scale == 1.0 else logits * self.head_scale
 
 
 class BaselineNet(nnx.Module):
@@ -148,8 +245,8 @@ def create_model(
         conv_impl=config.conv_impl,
         rngs=rngs,
     )
-    if config.model == "airbench":
-        return AirbenchNet(stem_width=config.stem_width, **kwargs)
+    if config.model in AIRBENCH_VARIANTS:
+        return AirbenchNet(stem_width=config.stem_width, variant=config.model, **kwargs)
     if config.model == "baseline":
         return BaselineNet(**kwargs)
     raise ValueError(f"Unknown model {config.model!r}; choose one of {', '.join(MODELS)}")

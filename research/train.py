@@ -118,29 +118,102 @@ def _is_kernel(path: tuple, _: Any) -> bool:
     return any(getattr(k, "key", None) == "kernel" for k in path)
 
 
-def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Optax optimizer with linear warm-up, linear decay, and weight decay on kernels only."""
+def param_label(config: Config) -> Any:
+    """Labels each parameter with its optimizer group: 'other', 'norm', 'stem_bias' or 'frozen'.
+
+    'norm' are batch-norm parameters (learning rate x `bias_lr_scale`, no weight decay). With
+    `whiten_bias_epochs` set, the whitening stem's kernel is 'frozen' and its bias trains for
+    that many epochs, as in airbench94.
+    """
+
+    def label(path: tuple, _: Any) -> str:
+        keys = [str(k.key) for k in path if hasattr(k, "key")]  # module and parameter names
+        if keys[0] == "stem" and config.whiten_bias_epochs is not None:
+            return "stem_bias" if keys[-1] == "bias" else "frozen"
+        if any(k.startswith("norm") or k.endswith("norm") for k in keys[:-1]):
+            return "norm"
+        return "other"
+
+    return functools.partial(jax.tree_util.tree_map_with_path, label)
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warm-up from `warmup_start_fraction` to the peak, then linear decay."""
     total = max(int(config.epochs * steps_per_epoch), 1)
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
     peak, end = config.learning_rate, config.learning_rate * config.end_lr_fraction
-    schedule = (
-        optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, peak, max(warmup, 1)),
-                optax.linear_schedule(peak, end, total - warmup),
-            ],
-            [warmup],
-        )
-        if warmup > 0
-        else optax.linear_schedule(peak, end, total)
+    if warmup <= 0:
+        return optax.linear_schedule(peak, end, total)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(peak * config.warmup_start_fraction, peak, warmup),
+            optax.linear_schedule(peak, end, total - warmup),
+        ],
+        [warmup],
     )
+
+
+def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Optax optimizer: the schedule above, weight decay on kernels only, parameter groups.
+
+    SGD is Nesterov momentum with L2 weight decay added to the gradient (as PyTorch's SGD);
+    AdamW decays decoupled.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
     decay_mask = functools.partial(jax.tree_util.tree_map_with_path, _is_kernel)
-    if config.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-        optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+
+    def optimizer(scale: float = 1.0, weight_decay: float = 0.0):
+        lr = schedule if scale == 1.0 else (lambda count: schedule(count) * scale)
+        if config.optimizer == "adamw":
+            return optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask)
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay, mask=decay_mask),
+            optax.sgd(lr, momentum=config.momentum, nesterov=True),
+        )
+
+    stem_bias_steps = int((config.whiten_bias_epochs or 0) * steps_per_epoch)
+    return optax.multi_transform(
+        {
+            "other": optimizer(weight_decay=config.weight_decay),
+            "norm": optimizer(scale=config.bias_lr_scale),
+            "stem_bias": optax.chain(
+                optimizer(),
+                optax.scale_by_schedule(lambda count: (count < stem_bias_steps).astype(float)),
+            ),
+            "frozen": optax.set_to_zero(),
+        },
+        param_label(config),
     )
+
+
+_AVERAGED = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
+@nnx.jit
+def _lookahead_pull(model: nnx.Module, ema: nnx.State, decay: jax.Array) -> nnx.State:
+    ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, nnx.state(model, _AVERAGED))
+    nnx.update(model, ema)
+    return ema
+
+
+class Lookahead:
+    """airbench's lookahead: every k steps, move an EMA of the weights (and batch-norm
+    statistics) towards the model, then set the model to it; at the end, the model is the EMA.
+
+    The EMA's decay rises as 0.95**k * (step / total)**3: no averaging early, strong at the end.
+    """
+
+    def __init__(self, model: nnx.Module, every: int):
+        self.every = every
+        self.ema = jax.tree.map(jnp.copy, nnx.state(model, _AVERAGED))
+
+    def after_step(self, model: nnx.Module, step: int, total_steps: int) -> None:
+        """Call after each step (1-based) of a `total_steps` schedule, `max_steps` aside."""
+        if step % self.every == 0:
+            decay = 0.95**self.every * (step / total_steps) ** 3
+            self.ema = _lookahead_pull(model, self.ema, jnp.float32(decay))
+        if step == total_steps:
+            nnx.update(model, jax.tree.map(jnp.copy, self.ema))
 
 
 def _key_data(tree: Any) -> Any:
@@ -290,7 +363,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     steps_per_epoch = train_examples // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {train_examples} examples")
-    total_steps = max(int(config.epochs * steps_per_epoch), 1)
+    total_steps = schedule_steps = max(int(config.epochs * steps_per_epoch), 1)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     eval_every = max(int(config.eval_every_epochs * steps_per_epoch), 1)
@@ -299,24 +372,27 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
 
     mngr = checkpoint_manager(workdir / "checkpoints", config)
     start_step = 0
-    if mngr.latest_step() is not None:
-        start_step = restore_checkpoint(mngr, config, model, opt)
-        log.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
-    elif config.whiten_stem:
+    if mngr.latest_step() is None and config.whiten_stem:
         sample = datasets.load_split(config.dataset, config.train_split, config.data_dir)
         images = np.stack([image for image, _ in sample.take(5000).as_numpy_iterator()])
         if models.init_stem_whitening(model, images):
             log.info("Stem initialised to whiten 2x2 patches of %d training images.", len(images))
+    lookahead = Lookahead(model, config.lookahead_every) if config.lookahead_every else None
+    if mngr.latest_step() is not None:
+        start_step = restore_checkpoint(mngr, config, model, opt, lookahead)
+        log.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
 
     def replicate(*nodes: Any) -> None:  # one sharding for every state, so jit compiles once
         for node in nodes:
             nnx.update(node, jax.device_put(nnx.state(node), replicated))
 
     replicate(model, opt, metrics)
+    if lookahead is not None:
+        lookahead.ema = jax.device_put(lookahead.ema, replicated)
 
     def save(step: int, eval_metrics: dict[str, Any] | None = None) -> None:
         meta = build_meta(config, info=info, mean=mean, std=std, step=step, metrics=eval_metrics)
-        save_checkpoint(mngr, step, model, opt, meta)
+        save_checkpoint(mngr, step, model, opt, meta, lookahead)
 
     flip_tta = bool(config.flip_tta and configs.uses_flip(config))
     eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
@@ -354,6 +430,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             pending.append((step + 1, loss))
             bar.update(1)
             done = step + 1
+            if lookahead is not None:
+                lookahead.after_step(model, done, schedule_steps)
             if done % config.log_every_steps == 0 or done == total_steps or stop.signal:
                 bar.set_description(f"epoch {done / steps_per_epoch:.2f}", refresh=False)
                 bar.set_postfix(loss=f"{_check_finite(pending):.3f}", refresh=False)
@@ -418,6 +496,7 @@ def save_checkpoint(
     model: nnx.Module,
     opt: nnx.Optimizer,
     meta: dict[str, Any],
+    lookahead: Lookahead | None = None,
 ) -> None:
     """Saves weights (for inference), optimizer and RNG state (to resume), and metadata.
 
@@ -429,12 +508,7 @@ def save_checkpoint(
         step,
         args=ocp.args.Composite(
             model=ocp.args.StandardSave(models.inference_state(model)),
-            train=ocp.args.StandardSave(
-                {
-                    "opt": _key_data(nnx.state(opt)),
-                    "rngs": _key_data(nnx.state(model, nnx.RngState)),
-                }
-            ),
+            train=ocp.args.StandardSave(_train_state(model, opt, lookahead)),
             meta=ocp.args.JsonSave(meta),
         ),
         metrics={"eval_accuracy": accuracy} if accuracy is not None else None,
@@ -442,23 +516,35 @@ def save_checkpoint(
     )
 
 
+def _train_state(model: nnx.Module, opt: nnx.Optimizer, lookahead: Lookahead | None) -> dict:
+    """What resuming needs besides the weights: optimizer, RNG and lookahead state."""
+    state = {
+        "opt": _key_data(nnx.state(opt)),
+        "rngs": _key_data(nnx.state(model, nnx.RngState)),
+    }
+    if lookahead is not None:
+        state["ema"] = lookahead.ema
+    return state
+
+
 def restore_checkpoint(
-    mngr: ocp.CheckpointManager, config: Config, model: nnx.Module, opt: nnx.Optimizer
+    mngr: ocp.CheckpointManager,
+    config: Config,
+    model: nnx.Module,
+    opt: nnx.Optimizer,
+    lookahead: Lookahead | None = None,
 ) -> int:
-    """Restores the latest checkpoint into `model` and `opt`; returns its step."""
+    """Restores the latest checkpoint into `model`, `opt` (and `lookahead`); returns its step."""
     step = mngr.latest_step()
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     saved = meta["model"]
-    for field in ("dataset", "model", "widths", "stem_width", "batch_size"):
+    for field in ("dataset", "model", "widths", "stem_width", "batch_size", "lookahead_every"):
         if Config.from_dict(saved).to_dict()[field] != config.to_dict()[field]:
             raise ValueError(
                 f"The workdir holds a run with {field}={saved[field]!r}, not "
                 f"{config.to_dict()[field]!r}: use another --workdir, or the same config."
             )
-    abstract_train = {
-        "opt": _key_data(nnx.state(opt)),
-        "rngs": _key_data(nnx.state(model, nnx.RngState)),
-    }
+    abstract_train = _train_state(model, opt, lookahead)
     restored = mngr.restore(
         step,
         args=ocp.args.Composite(
@@ -469,6 +555,8 @@ def restore_checkpoint(
     nnx.update(model, restored["model"])
     nnx.update(opt, _wrap_keys(nnx.state(opt), restored["train"]["opt"]))
     nnx.update(model, _wrap_keys(nnx.state(model, nnx.RngState), restored["train"]["rngs"]))
+    if lookahead is not None:
+        lookahead.ema = restored["train"]["ema"]
     return int(step)
 
 

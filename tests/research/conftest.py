@@ -48,7 +48,7 @@ def trained(color_dataset, tmp_path_factory):
     name, data_dir = color_dataset
     workdir = tmp_path_factory.mktemp("run")
     config = configs.get_config(
-        "tiny", dataset=name, data_dir=data_dir, epochs=4.0, eval_split="train", learning_rate=0.1
+        "tiny", dataset=name, data_dir=data_dir, epochs=4.0, eval_split="train", learning_rate=0.5
     )
     result = train.train_and_evaluate(config, workdir)
     return config, workdir, result

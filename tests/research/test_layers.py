@@ -90,13 +90,12 @@ def test_default_init_matches_nnx_conv():
     np.testing.assert_array_equal(ours.kernel[...], ref.kernel[...])
 
 
-def test_auto_picks_matmul_for_wide_cpu_layers_and_xla_elsewhere():
-    """'auto' is 'matmul' on CPU from 128 output channels, else 'xla'; 'xla' on GPU and TPU."""
-    assert resolve_impl("auto", 256, "cpu") == "matmul"
-    assert resolve_impl("auto", 128, "cpu") == "matmul"
-    assert resolve_impl("auto", 64, "cpu") == "xla"
-    assert resolve_impl("auto", 256, "gpu") == "xla"
-    assert resolve_impl("auto", 256, "tpu") == "xla"
+def test_auto_picks_matmul_on_cpu_and_xla_on_accelerators():
+    """'auto' is the im2col 'matmul' on CPU and XLA's native convolution on GPU and TPU."""
+    assert resolve_impl("auto", "cpu") == "matmul"
+    assert resolve_impl("auto", "gpu") == "xla"
+    assert resolve_impl("auto", "tpu") == "xla"
+    assert resolve_impl("xla", "cpu") == "xla"
     assert resolve_impl("xla", 256, "cpu") == "xla"
     assert resolve_impl("matmul", 8, "gpu") == "matmul"
 
