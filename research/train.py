@@ -537,9 +537,9 @@ def restore_checkpoint(
     """Restores the latest checkpoint into `model`, `opt` (and `lookahead`); returns its step."""
     step = mngr.latest_step()
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    saved = meta["model"]
+    saved = Config.from_dict(meta["model"]).to_dict()  # fields it predates get their defaults
     for field in ("dataset", "model", "widths", "stem_width", "batch_size", "lookahead_every"):
-        if Config.from_dict(saved).to_dict()[field] != config.to_dict()[field]:
+        if saved[field] != config.to_dict()[field]:
             raise ValueError(
                 f"The workdir holds a run with {field}={saved[field]!r}, not "
                 f"{config.to_dict()[field]!r}: use another --workdir, or the same config."

@@ -205,3 +205,13 @@ def test_cli_reports_bad_options_without_a_traceback(capsys):
     """Unknown model names fail with the list of valid ones and exit status 2."""
     assert train.main(["--dataset=cifar10", "--model=resnet9000"]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_resuming_with_a_different_recipe_is_refused_with_the_field_named(trained):
+    """A workdir's run continues only under the config that started it: a changed field that
+    shapes the saved state (here the lookahead) fails before anything is written."""
+    config, workdir, _ = trained
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="lookahead_every=2"):
+        train.train_and_evaluate(config.replace(lookahead_every=0), workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
