@@ -182,8 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         image_shape, num_classes = KNOWN_SHAPES[config.dataset]
-    mean, std = configs.DATASET_STATS.get(
-        config.dataset, ((127.5,) * image_shape[-1], (64.0,) * image_shape[-1])
+    spec = configs.dataset_spec(config.dataset)
+    mean, std = (
+        (spec.mean, spec.std) if spec else ((127.5,) * image_shape[-1], (64.0,) * image_shape[-1])
     )
     batch = config.batch_size
     print(

@@ -15,17 +15,96 @@ from typing import Any
 MODELS = ("baseline", "airbench", "airbench94")
 OPTIMIZERS = ("sgd", "adamw")
 
-# Per-channel mean and std of the training split, in uint8 units (0..255). The model
-# normalizes on the device with these, so evaluation and serving share one definition.
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
-    "cifar100": ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
-    "mnist": ((33.32,), (78.57,)),
-    "fashion_mnist": ((72.94,), (90.02,)),
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the project knows about a dataset before reading it: one record each."""
+
+    name: str  # the tfds name
+    title: str  # for people: pages, model cards
+    image_shape: tuple[int, int, int]  # height, width, channels
+    num_classes: int
+    # Per-channel mean and std of the training split, in uint8 units (0..255). The model
+    # normalizes on the device with these, so evaluation and serving share one definition.
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool  # horizontal flips suit natural images and clothes, not digits or text
+    # The original archives tfds reads from its manual-download folder (offline preparation).
+    manual_files: tuple[str, ...] = ()
+    # How to import local files when the archives are missing ({source}: where they are).
+    import_command: str = ""
+
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+_IDX_IMPORT = "python -m research.data import-idx {source} --dataset {name}"
+_FOLDER_IMPORT = "python -m research.data import-folder {source} --dataset {name}"
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            name="cifar10",
+            title="CIFAR-10",
+            image_shape=(32, 32, 3),
+            num_classes=10,
+            mean=(125.31, 122.95, 113.87),
+            std=(62.99, 62.09, 66.70),
+            flip=True,
+            manual_files=("cifar-10-binary.tar.gz",),
+            import_command=_FOLDER_IMPORT,
+        ),
+        DatasetSpec(
+            name="cifar100",
+            title="CIFAR-100",
+            image_shape=(32, 32, 3),
+            num_classes=100,
+            mean=(129.30, 124.07, 112.43),
+            std=(68.17, 65.39, 70.42),
+            flip=True,
+            manual_files=("cifar-100-binary.tar.gz",),
+            # A folder gives no coarse labels, so CIFAR-100 images go in under a name of their own.
+            import_command=_FOLDER_IMPORT.replace("{name}", "my_{name}"),
+        ),
+        DatasetSpec(
+            name="mnist",
+            title="MNIST",
+            image_shape=(28, 28, 1),
+            num_classes=10,
+            mean=(33.32,),
+            std=(78.57,),
+            flip=False,
+            manual_files=_IDX_FILES,
+            import_command=_IDX_IMPORT,
+        ),
+        DatasetSpec(
+            name="fashion_mnist",
+            title="Fashion-MNIST",
+            image_shape=(28, 28, 1),
+            num_classes=10,
+            mean=(72.94,),
+            std=(90.02,),
+            flip=True,
+            manual_files=_IDX_FILES,
+            import_command=_IDX_IMPORT,
+        ),
+    )
 }
 
-# Horizontal flips suit natural images and clothes, not digits or text.
-FLIP_OK = {"cifar10": True, "cifar100": True, "mnist": False, "fashion_mnist": True}
+
+def dataset_spec(name: str) -> DatasetSpec | None:
+    """The spec of a known dataset, or None for one imported under a name of its own."""
+    return DATASETS.get(name)
+
+
+def dataset_title(name: str) -> str:
+    """A human name for a dataset: its spec's title, else the name itself."""
+    spec = DATASETS.get(name)
+    return spec.title if spec else name
 
 
 @dataclasses.dataclass
@@ -37,11 +116,11 @@ class Config:
     data_dir: str | None = None  # tfds data_dir; None means tfds's default (~/tensorflow_datasets)
     train_split: str = "train"
     eval_split: str | None = None  # None: 'validation' if the dataset has it, else 'test'
-    mean: tuple[float, ...] | None = None  # None: DATASET_STATS, else measured on train
+    mean: tuple[float, ...] | None = None  # None: the DatasetSpec's, else measured on train
     std: tuple[float, ...] | None = None
     # Augmentation, training split only.
     crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)
-    flip: bool | None = None  # None: FLIP_OK for the dataset (True for unknown datasets)
+    flip: bool | None = None  # None: the DatasetSpec's (True for unknown datasets)
     cutout: int = 0  # side of a random square set to the mean; 0 disables it
     # Model.
     model: str = "airbench"  # one of MODELS
@@ -102,7 +181,10 @@ class Config:
 
 def uses_flip(config: Config) -> bool:
     """Whether training flips images horizontally (and evaluation averages over the mirror)."""
-    return FLIP_OK.get(config.dataset, True) if config.flip is None else config.flip
+    if config.flip is not None:
+        return config.flip
+    spec = DATASETS.get(config.dataset)
+    return spec.flip if spec else True
 
 
 # CIFAR-10's epochs: what fits in an hour on the 2-core CPU this project trains on.

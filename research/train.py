@@ -334,8 +334,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     eval_split = config.eval_split or datasets.default_eval_split(info)
     if config.mean is not None and config.std is not None:
         mean, std = tuple(config.mean), tuple(config.std)
-    elif config.dataset in configs.DATASET_STATS:
-        mean, std = configs.DATASET_STATS[config.dataset]
+    elif (spec := configs.dataset_spec(config.dataset)) is not None:
+        mean, std = spec.mean, spec.std
     else:
         mean, std = input_pipeline.measure_mean_std(config)
     num_classes = len(info.class_names)

@@ -36,7 +36,8 @@ def export_random_model(
     from research.train import build_meta
 
     config = configs.get_config("tiny", dataset=dataset)
-    mean, std = configs.DATASET_STATS[dataset]
+    spec = configs.DATASETS[dataset]
+    mean, std = spec.mean, spec.std
     model = models.create_model(
         config,
         num_classes=len(class_names),

@@ -1,0 +1,94 @@
+"""The one reader of model directories: where checkpoints are, which one to use, what it says.
+
+A model directory is a training workdir (its checkpoints under ``checkpoints/``) or an exported
+model (steps directly inside). Each finished step is a directory named by its number holding
+Orbax items, among them ``meta``: the JSON serving record (research.record). This module is the
+only code outside Orbax that knows that layout, and it imports neither JAX nor TensorFlow, so
+the web can list models without loading one.
+
+    directory, step, record = pick_checkpoint("models/cifar10")  # best, else latest
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from research.errors import IncompatibleModelError, ModelNotFoundError
+from research.record import ServingRecord
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_SUBDIR = "checkpoints"  # in a training workdir
+META_ITEM = "meta"  # the Orbax item holding the serving record
+_JSON_ITEM_FILE = "metadata"  # the file Orbax's JsonSave writes inside an item directory
+
+
+def find_checkpoints(path: str | Path) -> Path:
+    """The directory holding the step directories: ``<workdir>/checkpoints``, or `path` itself
+    for an exported model. Raises ModelNotFoundError when neither holds a step."""
+    path = Path(path)
+    for candidate in (path / CHECKPOINTS_SUBDIR, path):
+        if candidate.is_dir() and list_steps(candidate):
+            return candidate.absolute()
+    raise ModelNotFoundError(
+        f"No model checkpoint in {path}: expected a workdir written by `python -m research.train`"
+        " or a model exported by `python -m research.export`."
+    )
+
+
+def list_steps(directory: str | Path) -> list[int]:
+    """Finished steps in a checkpoint directory, oldest first (Orbax writes a step under a
+    temporary name and renames it when complete, so unfinished saves are not listed)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def meta_path(directory: str | Path, step: int) -> Path:
+    return Path(directory) / str(step) / META_ITEM / _JSON_ITEM_FILE
+
+
+def read_record(directory: str | Path, step: int) -> ServingRecord:
+    """The serving record of one step; IncompatibleModelError if unreadable or invalid."""
+    path = meta_path(directory, step)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise IncompatibleModelError(f"Checkpoint metadata {path} is unreadable: {error}") from None
+    return ServingRecord.from_meta(meta, source=f"Checkpoint {Path(directory) / str(step)}")
+
+
+def pick_checkpoint(path: str | Path) -> tuple[Path, int, ServingRecord]:
+    """(checkpoint directory, step, record) of the step with the best eval accuracy, else the
+    latest. Steps whose record is unreadable are skipped with a warning naming them; if no step
+    is usable, ModelNotFoundError names the broken ones."""
+    directory = find_checkpoints(path)
+    best: tuple[tuple[float, int], ServingRecord] | None = None
+    broken = []
+    for step in list_steps(directory):
+        try:
+            record = read_record(directory, step)
+        except IncompatibleModelError as error:
+            broken.append(str(error))
+            log.warning("Skipping checkpoint step %d: %s", step, error)
+            continue
+        accuracy = record.eval_accuracy
+        key = (accuracy if accuracy is not None else -1.0, step)
+        if best is None or key > best[0]:
+            best = (key, record)
+    if best is None:
+        raise ModelNotFoundError(
+            f"No usable checkpoint in {directory}: " + "; ".join(broken or ["no steps"])
+        )
+    return directory, best[0][1], best[1]
+
+
+def describe(path: str | Path) -> ServingRecord | None:
+    """The record `pick_checkpoint` would choose, or None when there is no usable one."""
+    try:
+        return pick_checkpoint(path)[2]
+    except (ModelNotFoundError, IncompatibleModelError):
+        return None
