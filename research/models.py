@@ -260,6 +260,15 @@ def predict_logits(model: nnx.Module, images: jax.Array, *, flip_tta: bool) -> j
     return logits
 
 
+def log_probabilities(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
+    """The one softmax of the project: log-probabilities of `logits` at `temperature`, in float32.
+
+    Training's evaluation, research.evaluate and serving (research.inference) all call it, so a
+    calibrated temperature means the same everywhere.
+    """
+    return jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+
+
 def whitening_kernel(images: np.ndarray, kernel_size: int, eps: float = 5e-4) -> np.ndarray:
     """airbench's stem initialisation: a conv kernel that whitens kxk patches of `images`.
 
