@@ -1,4 +1,4 @@
-"""Convolution layers that train fast on XLA:CPU.
+"""Convolution and pooling layers that train fast on XLA:CPU.
 
 XLA:CPU's native convolutions are slow, above all their backward passes (the gradients with
 respect to the input and the kernel). A stride-1 convolution can instead be written as im2col:
@@ -137,14 +137,15 @@ class Conv(nnx.Module):
         return y
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 over NHWC `x` (H and W even), as a reshape and a max.
+def max_pool(x: jax.Array, size: int = 2) -> jax.Array:
+    """Non-overlapping `size` x `size` max pooling of NHWC `x`, as a reshape and a max.
 
-    Same forward values as ``nnx.max_pool(x, (2, 2), (2, 2))``, but its gradient is an
-    elementwise select instead of XLA's select_and_scatter, which is slow on CPU. Where a window
-    holds several equal maxima, the gradient is shared among them instead of going to one.
+    Odd sizes are floored, the last row or column dropped (31x31 -> 15x15, 27 -> 13), as
+    ``nnx.max_pool(x, (size, size), (size, size))`` does. Same forward values, but the gradient
+    is an elementwise select instead of XLA's select_and_scatter, which is slow on CPU. Where a
+    window holds several equal maxima, the gradient is shared among them instead of going to one.
     """
     n, h, w, c = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"max_pool_2x2 needs even height and width, got {h}x{w}.")
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    h2, w2 = h // size, w // size
+    x = x[:, : h2 * size, : w2 * size]
+    return x.reshape(n, h2, size, w2, size, c).max(axis=(2, 4))

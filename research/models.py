@@ -23,21 +23,13 @@ import numpy as np
 from flax import nnx
 
 from research.configs import MODELS, Config
-from research.layers import Conv
+from research.layers import Conv, max_pool
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """uint8 or float images in 0..255 -> float32, zero mean and unit variance per channel."""
     images = images.astype(jnp.float32)
     return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
-def _max_pool(x: jax.Array, size: int = 2) -> jax.Array:
-    """Non-overlapping max pooling (floor), as a reshape: cheaper than reduce_window on CPU."""
-    n, h, w, c = x.shape
-    h2, w2 = h // size, w // size
-    x = x[:, : h2 * size, : w2 * size]
-    return x.reshape(n, h2, size, w2, size, c).max(axis=(2, 4))
 
 
 # PyTorch's default initialisation of convolution and linear kernels (kaiming_uniform with
@@ -129,7 +121,7 @@ class ConvBlock(nnx.Module):
         self.norm2 = norm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _max_pool(self.conv1(x))
+        x = max_pool(self.conv1(x))
         x = nnx.gelu(self.norm1(x), approximate=True)
         return nnx.gelu(self.norm2(self.conv2(x)), approximate=True)
 
@@ -220,7 +212,7 @@ class BaselineNet(nnx.Module):
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = nnx.relu(norm(conv(x)))
             if i % 2 == 1:
-                x = _max_pool(x)
+                x = max_pool(x)
         x = x.mean(axis=(1, 2))
         x = self.dropout(nnx.relu(self.dense(x)))
         return self.head(x)

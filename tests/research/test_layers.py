@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax import lax
 
-from research.layers import Conv, max_pool_2x2, resolve_impl
+from research.layers import Conv, max_pool, resolve_impl
 
 # (kernel_size, padding, in_features, out_features, height, width)
 CASES = [
@@ -107,14 +108,43 @@ def test_unknown_options_are_rejected():
         Conv(3, 4, padding="FULL", rngs=nnx.Rngs(0))
 
 
-def test_max_pool_2x2_equals_nnx_max_pool():
-    """max_pool_2x2 gives nnx.max_pool's values and, without ties, its input gradient."""
-    x = _input(3, 8, 6)
+# (height, width, size): even sizes, and the odd maps of airbench94 on CIFAR-10 (31x31 after
+# the 2x2 VALID stem) and on Fashion-MNIST (27x27, then 13x13 and 6x6).
+POOL_CASES = [(8, 6, 2), (31, 31, 2), (27, 27, 2), (13, 13, 2), (7, 9, 3), (3, 3, 2)]
 
-    def reference(x):
-        return nnx.max_pool(x, (2, 2), (2, 2))
 
-    np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
-    got = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x2(x))))(x)
-    expected = jax.grad(lambda x: jnp.sum(jnp.sin(reference(x))))(x)
-    np.testing.assert_allclose(got, expected, **TOL)
+def _reference_pools(size):
+    """nnx.max_pool and lax.reduce_window, both VALID: the references max_pool must match."""
+    window = (1, size, size, 1)
+    return [
+        lambda x: nnx.max_pool(x, (size, size), (size, size)),
+        lambda x: lax.reduce_window(x, -jnp.inf, lax.max, window, window, "VALID"),
+    ]
+
+
+@pytest.mark.parametrize(("h", "w", "size"), POOL_CASES)
+def test_max_pool_floors_odd_sizes_like_nnx_max_pool(h, w, size):
+    """max_pool drops the odd last row/column (31 -> 15, 27 -> 13) and keeps the values."""
+    x = _input(3, h, w)
+    got = max_pool(x, size)
+    assert got.shape == (2, h // size, w // size, 3)
+    for reference in _reference_pools(size):
+        np.testing.assert_array_equal(got, reference(x))
+
+
+@pytest.mark.parametrize(("h", "w", "size"), POOL_CASES)
+def test_max_pool_gradient_equals_the_references(h, w, size):
+    """Without ties, the input gradient is nnx.max_pool's and reduce_window's, under jit too."""
+    x = _input(3, h, w)
+    got = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, size)))))(x)
+    for reference in _reference_pools(size):
+        expected = jax.grad(lambda x, f=reference: jnp.sum(jnp.sin(f(x))))(x)
+        np.testing.assert_allclose(got, expected, **TOL)
+    got = np.asarray(got)  # the dropped rows and columns get no gradient
+    assert not got[:, (h // size) * size :].any() and not got[:, :, (w // size) * size :].any()
+
+
+def test_max_pool_shares_the_gradient_of_tied_maxima():
+    """A window of four equal maxima passes a quarter of the gradient to each."""
+    x = jnp.ones((1, 2, 2, 1))
+    np.testing.assert_allclose(jax.grad(lambda x: max_pool(x).sum())(x), np.full(x.shape, 0.25))
