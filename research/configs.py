@@ -41,8 +41,8 @@ _IDX_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
-_IDX_IMPORT = "python -m research.data import-idx {source} --dataset {name}"
-_FOLDER_IMPORT = "python -m research.data import-folder {source} --dataset {name}"
+IDX_IMPORT = "python -m research.data import-idx {source} --dataset {name}"
+FOLDER_IMPORT = "python -m research.data import-folder {source} --dataset {name}"
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -56,7 +56,7 @@ DATASETS: dict[str, DatasetSpec] = {
             std=(62.99, 62.09, 66.70),
             flip=True,
             manual_files=("cifar-10-binary.tar.gz",),
-            import_command=_FOLDER_IMPORT,
+            import_command=FOLDER_IMPORT,
         ),
         DatasetSpec(
             name="cifar100",
@@ -68,7 +68,7 @@ DATASETS: dict[str, DatasetSpec] = {
             flip=True,
             manual_files=("cifar-100-binary.tar.gz",),
             # A folder gives no coarse labels, so CIFAR-100 images go in under a name of their own.
-            import_command=_FOLDER_IMPORT.replace("{name}", "my_{name}"),
+            import_command=FOLDER_IMPORT.replace("{name}", "my_{name}"),
         ),
         DatasetSpec(
             name="mnist",
@@ -79,7 +79,7 @@ DATASETS: dict[str, DatasetSpec] = {
             std=(78.57,),
             flip=False,
             manual_files=_IDX_FILES,
-            import_command=_IDX_IMPORT,
+            import_command=IDX_IMPORT,
         ),
         DatasetSpec(
             name="fashion_mnist",
@@ -90,7 +90,7 @@ DATASETS: dict[str, DatasetSpec] = {
             std=(90.02,),
             flip=True,
             manual_files=_IDX_FILES,
-            import_command=_IDX_IMPORT,
+            import_command=IDX_IMPORT,
         ),
     )
 }

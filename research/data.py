@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from research import datasets
+from research import datasets, importers
+from research.errors import DataNotFoundError
 
 # Sample grid: images per class row, and the smallest cell side in pixels (small images scale up).
 GRID_COLUMNS = 10
@@ -33,14 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return args.run(args)
-    except (datasets.DataNotFoundError, FileExistsError, ValueError) as e:
+    except (DataNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
 def import_idx(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    info = datasets.import_idx(
+    info = importers.import_idx(
         args.source,
         args.dataset,
         args.data_dir,
@@ -53,7 +54,7 @@ def import_idx(args: argparse.Namespace) -> int:
 
 def import_folder(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    info = datasets.import_image_folder(
+    info = importers.import_image_folder(
         args.source,
         args.dataset,
         args.data_dir,
@@ -150,7 +151,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub.add_argument(
         "--validation_per_class",
         type=int,
-        default=datasets.DEFAULT_VALIDATION_PER_CLASS,
+        default=importers.DEFAULT_VALIDATION_PER_CLASS,
         help="with no validation split, hold out the last N train images of each class "
         "(sorted by file name); 0 holds out none",
     )

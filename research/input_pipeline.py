@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from research import datasets  # noqa: E402
-from research.configs import Config, uses_flip  # noqa: E402
+from research.configs import Config, dataset_spec, uses_flip  # noqa: E402
 
 # TensorFlow only feeds data: keep it off any accelerator so JAX has all of its memory.
 tf.config.set_visible_devices([], "GPU")
@@ -134,6 +134,17 @@ def iterate_padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dic
             )
             label = np.concatenate([label, np.zeros(batch_size - n, label.dtype)])
         yield {"image": image, "label": label, "mask": mask}
+
+
+def mean_std(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..255) the model normalizes with: the config's if set, else
+    the dataset's spec (research.configs.DATASETS), else measured on the training split."""
+    if config.mean is not None and config.std is not None:
+        return tuple(config.mean), tuple(config.std)
+    spec = dataset_spec(config.dataset)
+    if spec is not None:
+        return spec.mean, spec.std
+    return measure_mean_std(config)
 
 
 def measure_mean_std(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,4 +1,4 @@
-"""research.datasets: importers write prepared tfds datasets; missing data fails fast."""
+"""research.importers write prepared tfds datasets; research.datasets reads them or fails fast."""
 
 import gzip
 import struct
@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from research import datasets
+from research import configs, datasets, errors, importers
 
 FASHION_MNIST_NAMES = (
     "T-shirt/top",
@@ -65,7 +65,7 @@ def fashion_dir(tmp_path_factory) -> Path:
     """A data dir with fashion_mnist imported from tiny gzipped idx files."""
     tmp = tmp_path_factory.mktemp("fashion")
     source = make_idx_dir(tmp / "idx", size=28, train=30, test=10, compress=True)
-    datasets.import_idx(source, "fashion_mnist", str(tmp / "data"))
+    importers.import_idx(source, "fashion_mnist", str(tmp / "data"))
     return tmp / "data"
 
 
@@ -110,7 +110,7 @@ def test_import_idx_plain_files_under_a_custom_name(tmp_path):
     """Uncompressed idx files import under a name of one's own, with the given class names."""
     source = make_idx_dir(tmp_path / "idx", size=6, train=20, test=0, compress=False)
     names = [f"c{i}" for i in range(10)]
-    info = datasets.import_idx(source, "tiny_digits", str(tmp_path / "data"), class_names=names)
+    info = importers.import_idx(source, "tiny_digits", str(tmp_path / "data"), class_names=names)
     assert info.splits == {"train": 20}
     assert info.image_shape == (6, 6, 1)
     loaded = tfds.load("tiny_digits", split="train", data_dir=str(tmp_path / "data"))
@@ -122,13 +122,13 @@ def test_read_idx_rejects_other_files(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(b"PK\x03\x04not idx")
     with pytest.raises(ValueError, match="not an idx file"):
-        datasets.read_idx(path)
+        importers.read_idx(path)
 
 
 def test_import_folder_carves_the_last_images_of_each_class_for_validation(tmp_path):
     """With only train, the last N files of each class by name become 'validation'."""
     source = make_image_folder(tmp_path / "images", ["cat", "ant", "bee"], per_class=5)
-    info = datasets.import_image_folder(
+    info = importers.import_image_folder(
         source, "tiny_bugs", str(tmp_path / "data"), validation_per_class=2
     )
     assert info.class_names == ("ant", "bee", "cat")
@@ -143,25 +143,72 @@ def test_import_folder_carves_the_last_images_of_each_class_for_validation(tmp_p
         assert int(image[0, 0, 0]) // 20 == folder_label
 
 
+def test_import_folder_of_class_folders_is_the_train_split(tmp_path):
+    """A class/image folder (no split level) imports as 'train', minus the carved validation."""
+    source = make_image_folder(tmp_path / "images", ["b", "a"], per_class=3) / "train"
+    info = importers.import_image_folder(
+        source, "flat", str(tmp_path / "data"), validation_per_class=1
+    )
+    assert info.class_names == ("a", "b")
+    assert info.splits == {"train": 4, "validation": 2}
+    validation = tfds.load("flat", split="validation", data_dir=str(tmp_path / "data"))
+    assert sorted(ex["id"].decode() for ex in validation.as_numpy_iterator()) == [
+        "a/0002.png",
+        "b/0002.png",
+    ]
+
+
+def test_import_folder_keeps_a_validation_split_of_its_own(tmp_path):
+    """A folder with train and validation splits is imported as laid out, nothing carved."""
+    source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=3)
+    for cls in ("a", "b"):
+        (source / "validation" / cls).mkdir(parents=True)
+        (source / "train" / cls / "0002.png").rename(source / "validation" / cls / "0002.png")
+    info = importers.import_image_folder(source, "split", str(tmp_path / "data"))
+    assert info.splits == {"train": 4, "validation": 2}
+
+
+def test_import_folder_refuses_folders_without_train_or_with_a_mixed_layout(tmp_path):
+    """Splits without 'train', and class folders beside split folders, are refused by name."""
+    source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=2)
+    (source / "train").rename(source / "test")
+    with pytest.raises(ValueError, match="no 'train'"):
+        importers.import_image_folder(source, "no_train", str(tmp_path / "data"))
+    make_image_folder(tmp_path / "mixed", ["a"], per_class=2)
+    (tmp_path / "mixed" / "loose").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "mixed" / "loose" / "0.png")
+    with pytest.raises(ValueError, match="mixes class folders"):
+        importers.import_image_folder(tmp_path / "mixed", "mixed", str(tmp_path / "data"))
+
+
+def test_import_folder_missing_is_data_not_found(tmp_path):
+    """A folder that does not exist, or holds no images, raises DataNotFoundError naming it."""
+    with pytest.raises(errors.DataNotFoundError, match="does not exist"):
+        importers.import_image_folder(tmp_path / "nowhere", "x", str(tmp_path / "data"))
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(errors.DataNotFoundError, match="No images"):
+        importers.import_image_folder(tmp_path / "empty", "x", str(tmp_path / "data"))
+
+
 def test_import_folder_as_cifar10_uses_the_official_spec(tmp_path):
     """JPEGs named by the CIFAR-10 classes import as cifar10, which tfds.builder then reads."""
     source = make_image_folder(
-        tmp_path / "images", datasets.CIFAR10_CLASS_NAMES, 2, size=(32, 32), suffix=".jpg"
+        tmp_path / "images", importers.CIFAR10_CLASS_NAMES, 2, size=(32, 32), suffix=".jpg"
     )
-    info = datasets.import_image_folder(
+    info = importers.import_image_folder(
         source, "cifar10", str(tmp_path / "data"), validation_per_class=1
     )
     assert info.splits == {"train": 10, "validation": 10}
     builder = tfds.builder("cifar10", data_dir=str(tmp_path / "data"))
     assert str(builder.info.version) == "3.0.2"
-    assert tuple(builder.info.features["label"].names) == datasets.CIFAR10_CLASS_NAMES
+    assert tuple(builder.info.features["label"].names) == importers.CIFAR10_CLASS_NAMES
 
 
 def test_import_folder_refuses_classes_other_than_the_official_ones(tmp_path):
     """Folder classes that are not cifar10's are refused, pointing to another name."""
     source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=3, size=(32, 32))
     with pytest.raises(ValueError, match="import under another name"):
-        datasets.import_image_folder(
+        importers.import_image_folder(
             source, "cifar10", str(tmp_path / "data"), validation_per_class=1
         )
 
@@ -171,8 +218,8 @@ def test_import_folder_needs_one_shape_or_a_resize(tmp_path):
     source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=3)
     Image.new("RGB", (9, 7)).save(source / "train" / "b" / "0009.png")
     with pytest.raises(ValueError, match="--image_size"):
-        datasets.import_image_folder(source, "odd", str(tmp_path / "data"), validation_per_class=0)
-    info = datasets.import_image_folder(
+        importers.import_image_folder(source, "odd", str(tmp_path / "data"), validation_per_class=0)
+    info = importers.import_image_folder(
         source,
         "odd",
         str(tmp_path / "data"),
@@ -187,12 +234,12 @@ def test_import_folder_needs_one_shape_or_a_resize(tmp_path):
 def test_import_refuses_to_overwrite_without_asking(tmp_path):
     """A second import of the same dataset stops unless overwrite is set."""
     source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=2)
-    datasets.import_image_folder(source, "twice", str(tmp_path / "data"), validation_per_class=0)
+    importers.import_image_folder(source, "twice", str(tmp_path / "data"), validation_per_class=0)
     with pytest.raises(FileExistsError, match="--overwrite"):
-        datasets.import_image_folder(
+        importers.import_image_folder(
             source, "twice", str(tmp_path / "data"), validation_per_class=0
         )
-    datasets.import_image_folder(
+    importers.import_image_folder(
         source, "twice", str(tmp_path / "data"), validation_per_class=1, overwrite=True
     )
     assert datasets.get_info("twice", str(tmp_path / "data")).splits == {
@@ -201,7 +248,8 @@ def test_import_refuses_to_overwrite_without_asking(tmp_path):
     }
 
 
-def test_missing_official_dataset_fails_fast_even_if_the_network_hangs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", sorted(configs.DATASETS))
+def test_missing_official_dataset_fails_fast_even_if_the_network_hangs(name, tmp_path, monkeypatch):
     """With no data and a hanging network, the error comes within seconds and says what to do."""
 
     def hang(host, port):
@@ -211,18 +259,35 @@ def test_missing_official_dataset_fails_fast_even_if_the_network_hangs(tmp_path,
     monkeypatch.setattr(datasets, "_probe", hang)
     monkeypatch.setattr(datasets, "NETWORK_PROBE_TIMEOUT_S", 0.5)
     start = time.monotonic()
-    with pytest.raises(datasets.DataNotFoundError) as error:
-        datasets.get_info("mnist", str(tmp_path))
+    with pytest.raises(errors.DataNotFoundError) as error:
+        datasets.get_info(name, str(tmp_path))
     assert time.monotonic() - start < 5
     message = str(error.value)
-    assert "train-images-idx3-ubyte.gz" in message
-    assert str(tmp_path / "downloads" / "manual" / "mnist") in message
-    assert "python -m research.data import-idx" in message
+    spec = configs.DATASETS[name]
+    assert all(archive in message for archive in spec.manual_files)
+    assert str(tmp_path / "downloads" / "manual" / name) in message
+    source = "IDX_DIR" if "import-idx" in spec.import_command else "IMAGE_DIR(split/class/image)"
+    assert spec.import_command.format(source=source, name=name) in message
+
+
+def test_dataset_specs_name_the_archives_tfds_expects():
+    """Each spec's manual_files are the file names in tfds's own url checksums (offline)."""
+    for name, spec in configs.DATASETS.items():
+        builder = tfds.builder(name)
+        expected = {info.filename for info in builder.url_infos.values()}
+        assert set(spec.manual_files) == expected, name
+        assert builder.info.features["label"].num_classes == spec.num_classes
+        assert tuple(builder.info.features["image"].shape) == spec.image_shape
+
+
+def test_data_not_found_error_is_defined_once():
+    """research.datasets.DataNotFoundError is research.errors's class, not a second one."""
+    assert datasets.DataNotFoundError is errors.DataNotFoundError
 
 
 def test_missing_unknown_dataset_names_the_import_command(tmp_path):
     """A name tfds does not know, with nothing imported, points to the import commands."""
-    with pytest.raises(datasets.DataNotFoundError, match="research.data import-folder"):
+    with pytest.raises(errors.DataNotFoundError, match="research.data import-folder"):
         datasets.load_split("my_flowers", "train", str(tmp_path))
 
 
@@ -231,6 +296,6 @@ def test_rejected_manual_archive_points_to_the_import_command(tmp_path):
     manual = make_idx_dir(
         tmp_path / "downloads" / "manual", size=28, train=3, test=2, compress=True
     )
-    with pytest.raises(datasets.DataNotFoundError, match="checksum") as error:
+    with pytest.raises(errors.DataNotFoundError, match="checksum") as error:
         datasets.get_info("mnist", str(tmp_path))
     assert f"import-idx {manual} --dataset mnist" in str(error.value)

@@ -93,3 +93,25 @@ def test_flip_is_off_for_digits_and_on_for_objects():
     assert configs.uses_flip(configs.get_config("cifar10"))
     assert configs.uses_flip(configs.get_config("fashion_mnist"))
     assert not configs.uses_flip(configs.get_config("mnist"))
+
+
+def test_flip_follows_the_dataset_spec_unless_the_config_sets_it():
+    """uses_flip is each spec's flip, True for unknown datasets, and config.flip when given."""
+    for name, spec in configs.DATASETS.items():
+        assert configs.uses_flip(configs.get_config(name)) is spec.flip
+        assert configs.uses_flip(configs.get_config(name, flip=not spec.flip)) is not spec.flip
+    assert configs.uses_flip(configs.get_config("tiny", dataset="my_own"))
+
+
+def test_mean_std_is_the_configs_else_the_specs_else_measured(config):
+    """Normalization statistics come from the config, then the spec, then the training split."""
+    cifar = configs.get_config("cifar10")
+    spec = configs.dataset_spec("cifar10")
+    assert input_pipeline.mean_std(cifar) == (spec.mean, spec.std)
+    assert input_pipeline.mean_std(cifar.replace(mean=(1.0,) * 3, std=(2.0,) * 3)) == (
+        (1.0,) * 3,
+        (2.0,) * 3,
+    )
+    mean, std = input_pipeline.mean_std(config)  # 'colors' has no spec
+    assert (mean, std) == input_pipeline.measure_mean_std(config)
+    assert len(mean) == 3 and all(0 < m < 255 for m in mean) and all(s > 0 for s in std)

@@ -1,0 +1,326 @@
+"""Importing local files as prepared tfds datasets, which research.datasets then reads.
+
+``import_idx`` (MNIST-format idx files) and ``import_image_folder`` (images laid out
+``split/class/image`` or ``class/image``) write ``<data_dir>/<name>/<version>/``, under the official
+name, version and features when the name is a tfds dataset (``fashion_mnist``, ``cifar10``, ...),
+so that ``tfds.load(name, data_dir=...)`` reads it like the official one.
+``python -m research.data`` is their command line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.datasets import DatasetInfo, get_info, resolve_data_dir
+from research.errors import DataNotFoundError
+from research.image_folder import list_image_folder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VALIDATION_PER_CLASS = 500
+# The official CIFAR-10 labels; tfds only learns them from the archive's batches.meta.txt.
+CIFAR10_CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+_IDX_PATTERNS = {
+    "train": ("train-images*idx3*", "train-labels*idx1*"),
+    "test": ("t10k-images*idx3*", "t10k-labels*idx1*"),
+}
+
+
+def import_idx(
+    source_dir: str | os.PathLike,
+    name: str,
+    data_dir: str | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> DatasetInfo:
+    """Imports MNIST-format idx files (gzipped or not) as splits 'train' and 't10k' -> 'test'.
+
+    ``source_dir`` holds ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]`` and,
+    optionally, the ``t10k-*`` pair.
+    """
+    source = Path(source_dir).expanduser()
+    arrays = {}
+    for split, (images_glob, labels_glob) in _IDX_PATTERNS.items():
+        images_path = _find_one(source, images_glob)
+        labels_path = _find_one(source, labels_glob)
+        if images_path is None and labels_path is None and split != "train":
+            continue
+        if images_path is None or labels_path is None:
+            wanted = images_glob if images_path is None else labels_glob
+            raise DataNotFoundError(f"No file matching {wanted!r} (.gz or not) in {source}")
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{images_path.name} {images.shape} and {labels_path.name} {labels.shape} "
+                "are not an image array [N, H, W] and its label vector [N]"
+            )
+        if not len(labels):
+            continue
+        arrays[split] = (images[..., None], labels.astype(np.int64))
+        logger.info("Read %d %s images from %s", len(images), split, images_path)
+
+    num_classes = int(max(labels.max() for _, labels in arrays.values())) + 1
+    image_shape = next(iter(arrays.values()))[0].shape[1:]
+
+    def make_generator(split: str) -> Callable[[], Iterator[tuple[int, dict[str, Any]]]]:
+        images, labels = arrays[split]
+        return lambda: ((i, {"image": images[i], "label": labels[i]}) for i in range(len(labels)))
+
+    return _write_dataset(
+        name,
+        data_dir,
+        image_shape=image_shape,
+        class_names=list(class_names) if class_names else [str(i) for i in range(num_classes)],
+        class_names_given=bool(class_names),
+        split_generators={split: make_generator(split) for split in arrays},
+        overwrite=overwrite,
+    )
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads an idx file (the MNIST format), gzipped or not, into an array."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    zero, dtype_code, ndim = data[0:2], data[2], data[3]
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if zero != b"\x00\x00" or dtype_code not in dtypes:
+        raise ValueError(f"{path} is not an idx file (header {data[:4].hex()})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape}, file holds {array.size} values")
+    return array.reshape(shape).astype(array.dtype.newbyteorder("="))
+
+
+def _find_one(directory: Path, pattern: str) -> Path | None:
+    matches = sorted(directory.glob(pattern))
+    if len(matches) > 1:
+        raise ValueError(f"Several files match {pattern!r} in {directory}: {matches}")
+    return matches[0] if matches else None
+
+
+def import_image_folder(
+    source_dir: str | os.PathLike,
+    name: str,
+    data_dir: str | None = None,
+    *,
+    validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
+    image_size: tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> DatasetInfo:
+    """Imports images laid out ``split/class/image`` (or ``class/image``: one 'train' split).
+
+    Class names are the sorted folder names. With no 'validation' split in the folder, the last
+    ``validation_per_class`` images of each class of 'train' (sorted by file name) become
+    'validation'. Images keep their size unless ``image_size`` (height, width) is given; then all
+    must share one shape.
+    """
+    source = Path(source_dir).expanduser()
+    files = _list_splits(source)
+    class_names = sorted({cls for split in files.values() for cls in split})
+    for split, by_class in files.items():
+        if set(by_class) != set(class_names):
+            raise ValueError(
+                f"Split {split!r} of {source} lacks classes "
+                f"{sorted(set(class_names) - set(by_class))}"
+            )
+    if "validation" not in files and validation_per_class > 0:
+        files["validation"] = {}
+        for cls, paths in files["train"].items():
+            if len(paths) <= validation_per_class:
+                raise ValueError(
+                    f"Class {cls!r} has {len(paths)} training images, too few to hold out "
+                    f"{validation_per_class} for validation (see --validation_per_class)"
+                )
+            files["train"][cls] = paths[:-validation_per_class]
+            files["validation"][cls] = paths[-validation_per_class:]
+
+    first = next(iter(next(iter(files.values())).values()))[0]
+    image_shape = _decode_image(first, image_size, mode=None).shape
+    mode = "L" if image_shape[-1] == 1 else "RGB"
+
+    def make_generator(split: str) -> Callable[[], Iterator[tuple[int, dict[str, Any]]]]:
+        examples = [
+            (path, label)
+            for label, cls in enumerate(class_names)
+            for path in files[split].get(cls, [])
+        ]
+
+        def generate() -> Iterator[tuple[int, dict[str, Any]]]:
+            for path, label in examples:
+                image = _decode_image(path, image_size, mode)
+                if image.shape != image_shape:
+                    raise ValueError(
+                        f"{path} is {image.shape}, but {first} is {image_shape}; all images "
+                        f"must share a shape: pass --image_size HxW to resize them"
+                    )
+                key = path.relative_to(source).as_posix()
+                yield key, {"image": image, "label": label, "id": key}
+
+        return generate
+
+    return _write_dataset(
+        name,
+        data_dir,
+        image_shape=image_shape,
+        class_names=class_names,
+        class_names_given=True,
+        split_generators={split: make_generator(split) for split in files},
+        overwrite=overwrite,
+        with_id=True,
+    )
+
+
+def _list_splits(source: Path) -> dict[str, dict[str, list[Path]]]:
+    """{split: {class: sorted image paths}} of the folder; a class/image folder is 'train'."""
+    files = {
+        "train" if split is None else split: by_class
+        for split, by_class in list_image_folder(source).items()
+    }
+    if "train" not in files:
+        raise ValueError(f"{source} has splits {sorted(files)} but no 'train'")
+    return files
+
+
+def _decode_image(path: Path, image_size: tuple[int, int] | None, mode: str | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if mode is None:
+            mode = "L" if image.mode in ("1", "L", "I;16", "I") else "RGB"
+        image = image.convert(mode)
+        if image_size is not None and image.size != (image_size[1], image_size[0]):
+            image = image.resize((image_size[1], image_size[0]), Image.Resampling.BICUBIC)
+        array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _write_dataset(
+    name: str,
+    data_dir: str | None,
+    *,
+    image_shape: tuple[int, ...],
+    class_names: Sequence[str],
+    class_names_given: bool,
+    split_generators: Mapping[str, Callable[[], Iterator[tuple[Any, dict[str, Any]]]]],
+    overwrite: bool,
+    with_id: bool = False,
+) -> DatasetInfo:
+    """Writes examples as a prepared tfds dataset, with the official spec for a tfds name."""
+    data_dir = resolve_data_dir(data_dir)
+    image_shape = tuple(int(d) for d in image_shape)
+    try:
+        base = tfds.builder_cls(name)
+    except tfds.core.registered.DatasetNotFoundError:
+        base = None
+
+    if base is not None:
+        official = base(data_dir=data_dir).info.features
+        official_names = list(official["label"].names)
+        if name == "cifar10":
+            official_names = list(CIFAR10_CLASS_NAMES)
+        expected_shape = tuple(official["image"].shape)
+        if expected_shape != image_shape:
+            raise ValueError(
+                f"{name} images are {expected_shape}, these are {image_shape}; resize them "
+                f"(--image_size) or import under another name"
+            )
+        unsupported = set(official.keys()) - {"image", "label", "id"}
+        if unsupported:
+            raise ValueError(
+                f"{name}'s features {sorted(unsupported)} cannot be filled from these files; "
+                f"import under another name (e.g. --dataset my_{name})"
+            )
+        if class_names_given and list(class_names) != official_names:
+            raise ValueError(
+                f"Classes {list(class_names)} differ from {name}'s {official_names}; import "
+                f"under another name (e.g. --dataset my_{name})"
+            )
+        class_names = official_names
+        with_id = "id" in official
+        bases: tuple[type, ...] = (base,)
+    else:
+        bases = (tfds.core.GeneratorBasedBuilder,)
+
+    builder_cls = _make_import_builder(
+        name, bases, image_shape, class_names, split_generators, with_id=with_id
+    )
+    builder = builder_cls(data_dir=data_dir)
+    if builder.is_prepared() or Path(builder.data_dir).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{builder.data_dir} already exists; pass --overwrite to replace it"
+            )
+        shutil.rmtree(builder.data_dir)
+    logger.info("Writing %s to %s", name, builder.data_dir)
+    builder.download_and_prepare()
+    return get_info(name, data_dir)
+
+
+def _make_import_builder(
+    name: str,
+    bases: tuple[type, ...],
+    image_shape: tuple[int, ...],
+    class_names: Sequence[str],
+    split_generators: Mapping[str, Callable[[], Iterator[tuple[Any, dict[str, Any]]]]],
+    *,
+    with_id: bool,
+) -> type:
+    """Returns a builder class that writes the given examples instead of downloading."""
+    official = bases[0] is not tfds.core.GeneratorBasedBuilder
+
+    def _info(self: tfds.core.GeneratorBasedBuilder) -> tfds.core.DatasetInfo:
+        features = {
+            "image": tfds.features.Image(shape=image_shape),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+        }
+        if with_id:
+            features["id"] = tfds.features.Text()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{name}, imported from local files by research.data.",
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self: tfds.core.GeneratorBasedBuilder, dl_manager: Any) -> dict:
+        del dl_manager
+        if official:  # the official spec may leave the label names to the archive (cifar10)
+            self.info.features["label"].names = list(class_names)
+        return {split: make() for split, make in split_generators.items()}
+
+    def _generate_examples(self: Any, **kwargs: Any) -> Iterator[Any]:
+        raise NotImplementedError
+
+    namespace: dict[str, Any] = {
+        "name": name,
+        "_split_generators": _split_generators,
+        "_generate_examples": _generate_examples,
+        "__module__": __name__,
+    }
+    if not official:
+        namespace.update(VERSION=tfds.core.Version("1.0.0"), _info=_info)
+    return type(f"Imported_{name}", bases, namespace, skip_registration=True)
