@@ -91,3 +91,22 @@ def test_stem_whitening_applies_only_to_matching_stems():
     assert models.init_stem_whitening(model, images)
     assert not np.allclose(before, np.asarray(model.stem.kernel[...]))
     assert not models.init_stem_whitening(_model("tiny"), images)  # 8-channel stem
+
+
+def test_airbench94_recipe_maps_airbench_units_to_mean_loss_units():
+    """cifar10 is the recipe: airbench's lr 11.5 and decay 0.0153 per 1024 at momentum 0.85."""
+    config = configs.get_config("cifar10")
+    assert config == configs.Config(dataset="cifar10", **configs.AIRBENCH94_RECIPE)
+    airbench_scale = 1 + 1 / (1 - config.momentum)  # airbench's kilostep_scale / 1024
+    assert config.learning_rate == pytest.approx(11.5 / airbench_scale)
+    assert config.learning_rate * config.weight_decay == pytest.approx(0.0153 / airbench_scale)
+    assert config.warmup_epochs == pytest.approx(0.23 * config.epochs)
+    assert configs.dataset_spec("cifar10").flip and config.flip_tta
+
+
+def test_tiny_derives_from_the_airbench94_recipe():
+    """tiny trains airbench94's net with its lookahead and stem freezing, at toy size."""
+    tiny, recipe = configs.get_config("tiny"), configs.AIRBENCH94_RECIPE
+    assert tiny.model == recipe["model"] == "airbench94"
+    assert tiny.lookahead_every > 0 and tiny.whiten_bias_epochs is not None
+    assert tiny.batch_size < recipe["batch_size"] and max(tiny.widths) < min(recipe["widths"])
