@@ -62,7 +62,8 @@ class AirbenchVariant:
     norm_scale: bool  # batch norm learns a scale (else: only a bias)
     norm_momentum: float  # Flax convention: the weight of the old running average
     norm_epsilon: float
-    kernel_init: nnx.Initializer
+    kernel_init: nnx.Initializer  # the 3x3 convolutions
+    stem_init: nnx.Initializer  # the stem, unless whitening replaces it (Config.whiten_stem)
     head_init: nnx.Initializer
     head_scale: float  # logits = head(features) * head_scale
 
@@ -74,6 +75,7 @@ AIRBENCH_VARIANTS = {
         norm_momentum=0.9,
         norm_epsilon=1e-5,
         kernel_init=nnx.initializers.lecun_normal(),
+        stem_init=nnx.initializers.lecun_normal(),
         # Zero-initialised: max-pooled features are large, and random head weights would start
         # the loss far above log(num_classes).
         head_init=nnx.initializers.zeros_init(),
@@ -85,6 +87,7 @@ AIRBENCH_VARIANTS = {
         norm_momentum=0.4,  # PyTorch momentum 0.6
         norm_epsilon=1e-12,
         kernel_init=dirac_init(TORCH_KERNEL_INIT),
+        stem_init=TORCH_KERNEL_INIT,
         head_init=TORCH_KERNEL_INIT,
         head_scale=1 / 9,
     ),
@@ -150,7 +153,7 @@ class AirbenchNet(nnx.Module):
             padding="VALID",
             use_bias=not v.stem_norm,
             impl=conv_impl,
-            kernel_init=v.kernel_init if v.stem_norm else TORCH_KERNEL_INIT,
+            kernel_init=v.stem_init,
             rngs=rngs,
         )
         self.stem_norm = (

@@ -110,3 +110,14 @@ def test_tiny_derives_from_the_airbench94_recipe():
     assert tiny.model == recipe["model"] == "airbench94"
     assert tiny.lookahead_every > 0 and tiny.whiten_bias_epochs is not None
     assert tiny.batch_size < recipe["batch_size"] and max(tiny.widths) < min(recipe["widths"])
+
+
+def test_stem_init_is_the_variants_own():
+    """airbench94's stem starts PyTorch-uniform (|w| <= 1/sqrt(fan_in)); airbench's LeCun-normal."""
+    bound = 1 / np.sqrt(2 * 2 * 3)  # fan_in of the 2x2 RGB stem
+    assert models.AIRBENCH_VARIANTS["airbench94"].stem_init is models.TORCH_KERNEL_INIT
+    torch_like = np.asarray(_model("cifar10", stem_width=256).stem.kernel[...])
+    assert np.abs(torch_like).max() <= bound and np.abs(torch_like).max() > 0.9 * bound
+    lecun = np.asarray(_model("cifar10", model="airbench", stem_width=256).stem.kernel[...])
+    assert np.abs(lecun).max() > 1.5 * bound
+    np.testing.assert_allclose(lecun.std(), bound, rtol=0.15)
