@@ -5,9 +5,10 @@
     python -m research.evaluate --checkpoint models/cifar10 --image_folder ~/photos
 
 A tfds split goes through training's evaluation path (input_pipeline + train.evaluate_model);
-an image folder (class/image, or split/class/image) goes through research.inference.preprocess,
-the serving preprocessing. Both write metrics.json and confusion.png to --out
-(default: <checkpoint>/eval_<split>/).
+an image folder (class/image, or split/class/image, listed by research.image_folder) goes through
+research.inference.preprocess_image, the serving preprocessing. Both apply the model's serving
+record (test-time flip, temperature) and write metrics.json and confusion.png (drawn by
+research.plots) to --out (default: <checkpoint>/eval_<split>/).
 """
 
 from __future__ import annotations
@@ -24,17 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from research.inference import Classifier, ModelNotFoundError, preprocess
+from research import image_folder, plots
+from research.errors import DataNotFoundError, ModelNotFoundError
+from research.inference import Classifier, preprocess_image
 
-# As research.datasets.IMAGE_SUFFIXES; not imported from there, which would load TensorFlow.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Above this many classes the text confusion matrix is left to the PNG.
 MAX_TEXT_CONFUSION_CLASSES = 20
-# Confusion PNG: cell side (pixels) and font size, shrunk for many classes.
-PNG_CELL = 44
-PNG_FONT_SIZE = 14
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -44,10 +42,10 @@ def evaluate_split(
     clf: Classifier, split: str, *, data_dir: str | None = None, batch_size: int | None = None
 ) -> dict[str, Any]:
     """Metrics of `clf` on a tfds split of its dataset, through the training evaluation path."""
-    from research import datasets, input_pipeline, train  # TensorFlow only on this path
+    from research import datasets, input_pipeline  # TensorFlow only on this path
     from research.configs import Config
 
-    config = Config.from_dict(clf.meta["model"]).replace(data_dir=data_dir)
+    config = Config.from_dict(clf.record.config).replace(data_dir=data_dir)
     info = datasets.get_info(config.dataset, config.data_dir)
     if list(info.class_names) != clf.class_names:
         raise ValueError(
@@ -56,14 +54,7 @@ def evaluate_split(
         )
     eval_ds = input_pipeline.create_eval_dataset(config, split, clf.image_shape)
     batch_size = batch_size or config.batch_size
-    metrics = train.evaluate_model(
-        clf.model,
-        input_pipeline.iterate_padded_batches(eval_ds, batch_size),
-        num_classes=len(clf.class_names),
-        flip_tta=bool(clf.meta.get("flip_tta", False)),
-        sharding=_data_sharding(batch_size),
-    )
-    return metrics
+    return _evaluate(clf, input_pipeline.iterate_padded_batches(eval_ds, batch_size), batch_size)
 
 
 def evaluate_folder(
@@ -75,66 +66,65 @@ def evaluate_folder(
     only one, else 'validation', else 'test'). Folder names must name the model's classes
     (case, spaces and punctuation aside, or as class indices); not every class needs a folder.
     """
-    from research import train
-
-    files, split = list_image_folder(folder, clf.class_names, split=split)
+    files, split = label_image_folder(folder, clf.class_names, split=split)
     skipped: list[str] = []
-    metrics = train.evaluate_model(
-        clf.model,
-        _folder_batches(files, clf.image_shape, batch_size, skipped),
-        num_classes=len(clf.class_names),
-        flip_tta=bool(clf.meta.get("flip_tta", False)),
-        sharding=_data_sharding(batch_size),
+    metrics = _evaluate(
+        clf, _folder_batches(files, clf.image_shape, batch_size, skipped), batch_size
     )
     metrics["skipped"] = skipped
     metrics["folder_split"] = split
     return metrics
 
 
-def list_image_folder(
+def _evaluate(
+    clf: Classifier, batches: Iterator[dict[str, np.ndarray]], batch_size: int
+) -> dict[str, Any]:
+    """train.evaluate_model with what the serving record says: flip and temperature."""
+    from research import train
+
+    return train.evaluate_model(
+        clf.model,
+        batches,
+        num_classes=clf.record.num_classes,
+        flip_tta=clf.record.flip_tta,
+        temperature=clf.record.temperature,
+        sharding=_data_sharding(batch_size),
+    )
+
+
+def label_image_folder(
     folder: str | Path, class_names: Sequence[str], *, split: str | None = None
 ) -> tuple[list[tuple[Path, int]], str | None]:
-    """[(image path, label)] of class/image or split/class/image, and the split it read."""
+    """[(image path, label)] of class/image or split/class/image, and the split it read.
+
+    Of several splits, `split` picks one; by default the only one, else 'validation', else
+    'test'. Each class folder must name one of `class_names` (see `_match_class`).
+    """
     root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"Image folder {root} does not exist")
-    subdirs = _subdirs(root)
-    chosen = None
-    if not any(_images_in(d) for d in subdirs):  # split/class/image
-        splits = [d.name for d in subdirs if any(_images_in(c) for c in _subdirs(d))]
-        if not splits:
-            raise FileNotFoundError(
-                f"No images laid out class/image or split/class/image in {root}"
-            )
+    layout = image_folder.list_image_folder(root)
+    if None in layout:
+        if split is not None:
+            raise ValueError(f"{root} is laid out class/image, without splits; leave out --split")
+        chosen = None
+    else:
+        splits = list(layout)
         if split is None:
             preferred = [s for s in ("validation", "test") if s in splits]
             if len(splits) > 1 and not preferred:
                 raise ValueError(f"{root} has splits {splits}: choose one with --split")
             split = splits[0] if len(splits) == 1 else preferred[0]
-        if split not in splits:
+        if split not in layout:
             raise ValueError(f"{root} has no split {split!r}; it has {splits}")
         chosen = split
-        subdirs = _subdirs(root / split)
-    elif split is not None:
-        raise ValueError(f"{root} is laid out class/image, without splits; leave out --split")
-    labels = {d.name: _match_class(d.name, class_names) for d in subdirs if _images_in(d)}
+    classes = layout[chosen]
+    labels = {name: _match_class(name, class_names) for name in classes}
     unknown = sorted(name for name, label in labels.items() if label is None)
     if unknown:
         raise ValueError(
             f"Folders {unknown} in {root} name none of the model's classes: {list(class_names)}"
         )
-    files = [(path, labels[d.name]) for d in subdirs if d.name in labels for path in _images_in(d)]
+    files = [(path, labels[name]) for name, paths in classes.items() for path in paths]
     return files, chosen
-
-
-def _subdirs(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _images_in(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
 
 
 def _normalize(name: str) -> str:
@@ -168,7 +158,7 @@ def _folder_batches(
             try:
                 with Image.open(path) as image:
                     image.load()
-                    images.append(preprocess([image], image_shape)[0])
+                    images.append(preprocess_image(image, image_shape))
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 skipped.append(f"{path}: {error}")
                 continue
@@ -222,51 +212,6 @@ def format_report(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def render_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Image.Image:
-    """A confusion-matrix image: rows are true classes, columns predicted ones, each cell
-    shaded by its share of the row and labelled with its count."""
-    confusion = np.asarray(confusion)
-    n = len(class_names)
-    cell = PNG_CELL if n <= 20 else max(8, PNG_CELL * 20 // n)
-    font_size = PNG_FONT_SIZE if n <= 20 else max(8, PNG_FONT_SIZE * 20 // n + 2)
-    font = ImageFont.load_default(size=font_size)
-    small = ImageFont.load_default(size=max(8, font_size - 3))
-    label_w = int(max(font.getlength(name) for name in class_names)) + 12
-    top, margin = label_w + 2 * font_size + 28, font_size + 12
-    left = label_w + margin
-    size = (max(left + n * cell, int(font.getlength(title)) + 8) + 10, top + n * cell + margin)
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((8, 6), title, fill="black", font=font)
-    row_sums = np.maximum(confusion.sum(1, keepdims=True), 1)
-    shares = confusion / row_sums
-    for i in range(n):
-        for j in range(n):
-            x, y = left + j * cell, top + i * cell
-            shade = shares[i, j]
-            color = tuple(int(255 - shade * (255 - c)) for c in (8, 48, 107))  # white to navy
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=color, outline=(220, 220, 220))
-            if cell >= 24 and confusion[i, j]:
-                text = str(confusion[i, j])
-                fill = "white" if shade > 0.5 else "black"
-                draw.text((x + cell / 2, y + cell / 2), text, fill=fill, font=small, anchor="mm")
-    for k, name in enumerate(class_names):  # row labels, then column labels rotated
-        y = top + k * cell + cell / 2
-        draw.text((left - 6, y), name, fill="black", font=font, anchor="rm")
-        text = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(text).text((6, cell / 2), name, fill="black", font=font, anchor="lm")
-        image.paste(text.rotate(90, expand=True), (left + k * cell, top - label_w))
-    draw.text(
-        (left + n * cell / 2, top - label_w - 4), "predicted", fill="black", font=font, anchor="mb"
-    )
-    axis = Image.new("RGB", (n * cell, margin), "white")
-    ImageDraw.Draw(axis).text(
-        (n * cell / 2, margin / 2), "true", fill="black", font=font, anchor="mm"
-    )
-    image.paste(axis.rotate(90, expand=True), (4, top))
-    return image
-
-
 def write_results(
     out_dir: str | Path, metrics: dict[str, Any], class_names: Sequence[str], title: str
 ) -> tuple[Path, Path]:
@@ -275,7 +220,7 @@ def write_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "metrics.json", out_dir / "confusion.png"
     json_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    render_confusion(np.asarray(metrics["confusion"]), class_names, title).save(png_path)
+    plots.render_confusion(np.asarray(metrics["confusion"]), class_names, title).save(png_path)
     return json_path, png_path
 
 
@@ -290,14 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return _run(args)
-    except (ModelNotFoundError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except RuntimeError as error:  # research.datasets.DataNotFoundError, if TensorFlow is loaded
-        datasets = sys.modules.get("research.datasets")
-        if datasets is None or not isinstance(error, datasets.DataNotFoundError):
-            raise
-        print(f"error: {error}", file=sys.stderr)
+    except (ModelNotFoundError, DataNotFoundError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)  # IncompatibleModelError is a ValueError
         return 1
 
 
@@ -328,9 +267,10 @@ def _run(args: argparse.Namespace) -> int:
         "model": clf.name,
         "version": clf.version,
         "checkpoint": str(Path(args.checkpoint).absolute()),
-        "step": clf.meta.get("step"),
+        "step": clf.record.step,
         "source": source,
-        "flip_tta": bool(clf.meta.get("flip_tta", False)),
+        "flip_tta": clf.record.flip_tta,
+        "temperature": clf.record.temperature,
         "seconds": round(seconds, 2),
         **metrics,
         "class_names": clf.class_names,
@@ -361,7 +301,7 @@ def _default_split(clf: Classifier, data_dir: str | None) -> str:
 
 def _saved_data_dir(clf: Classifier) -> str | None:
     """The training run's --data_dir when it exists here, else tfds's default."""
-    saved = clf.meta.get("model", {}).get("data_dir")
+    saved = clf.record.config.get("data_dir")
     return saved if saved and Path(saved).is_dir() else None
 
 

@@ -3,8 +3,9 @@
     python -m research.export --workdir workdirs/cifar10 --out models/cifar10 \\
         --command "python -m research.train --dataset=cifar10" --notes "2-core Debian CPU"
 
-Takes the checkpoint with the best evaluation accuracy in the workdir (as Classifier.load
-does), writes its weights without optimizer state, and MODEL_CARD.md beside them.
+Takes the checkpoint research.model_dir picks in the workdir (best evaluation accuracy, else
+latest; as Classifier.load does), writes its weights and serving record without optimizer
+state, and MODEL_CARD.md beside them, written from that record.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from research import models
+from research import model_dir, models
 from research.configs import Config, get_config
-from research.inference import Classifier, ModelNotFoundError, find_checkpoints
+from research.errors import ModelNotFoundError
+from research.inference import Classifier
+from research.record import ServingRecord
 
 CARD_NAME = "MODEL_CARD.md"
 
@@ -42,7 +44,7 @@ def export_model(
         if not overwrite:
             raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite")
         try:
-            find_checkpoints(out_dir)
+            model_dir.find_checkpoints(out_dir)
         except ModelNotFoundError:
             raise FileExistsError(f"{out_dir} holds no model: not replacing it") from None
     clf = Classifier.load(workdir)
@@ -52,10 +54,10 @@ def export_model(
     return clf
 
 
-def training_command(meta: dict[str, Any]) -> str:
-    """The research.train command that gives the saved config: the dataset's defaults plus
-    a flag for each field that differs from them."""
-    saved = Config.from_dict(meta["model"])
+def training_command(record: ServingRecord) -> str:
+    """The research.train command that gives the record's training config: the dataset's
+    defaults plus a flag for each field that differs from them."""
+    saved = Config.from_dict(record.config)
     defaults = get_config(saved.dataset)
     flags = [f"--dataset={saved.dataset}"]
     for field in dataclasses.fields(Config):
@@ -74,10 +76,11 @@ def render_model_card(
     command: str | None = None,
     notes: str | None = None,
 ) -> str:
-    """MODEL_CARD.md for an exported model, from its metadata."""
-    meta, metrics = clf.meta, clf.metrics
-    config = Config.from_dict(meta["model"])
-    height, width, channels = clf.image_shape
+    """MODEL_CARD.md for an exported model, from its serving record."""
+    record = clf.record
+    metrics = record.metrics
+    config = Config.from_dict(record.config)
+    height, width, channels = record.image_shape
     accuracy, split = metrics.get("eval_accuracy"), metrics.get("eval_split", "?")
     count, seconds = metrics.get("eval_count"), metrics.get("train_seconds")
     shown_accuracy = "not evaluated"
@@ -89,21 +92,21 @@ def render_model_card(
     rows = [
         (
             "Dataset",
-            f"`{clf.dataset}`: {len(clf.class_names)} classes, {height}x{width}x{channels}",
+            f"`{record.dataset}`: {record.num_classes} classes, {height}x{width}x{channels}",
         ),
         ("Accuracy", shown_accuracy),
-        ("Training wall time", f"{wall}, {meta.get('step')} steps"),
-        ("Trained", f"{meta.get('created', '?')[:10]} (version `{clf.version}`)"),
+        ("Training wall time", f"{wall}, {record.step} steps"),
+        ("Trained", f"{record.created[:10] or '?'} (version `{record.version}`)"),
         ("Model", f"`{config.model}`, {models.count_params(clf.model):,} parameters"),
-        ("Test-time augmentation", "horizontal flip" if meta.get("flip_tta") else "none"),
+        ("Test-time augmentation", "horizontal flip" if record.flip_tta else "none"),
         ("Size on disk", format_size(size_bytes)),
         ("Exported", dt.date.today().isoformat()),
     ]
     out = Path(out_dir)
     lines = [
-        f"# {clf.name}",
+        f"# {record.name}",
         "",
-        f"An image classifier for `{clf.dataset}`, trained with `research.train` and exported "
+        f"An image classifier for `{record.dataset}`, trained with `research.train` and exported "
         "with `research.export` (inference weights only).",
         "",
         "| | |",
@@ -113,7 +116,7 @@ def render_model_card(
         "## Reproduce",
         "",
         "```",
-        command or training_command(meta),
+        command or training_command(record),
         "```",
         "",
         "## Use",
@@ -125,7 +128,7 @@ def render_model_card(
         "",
         "## Classes",
         "",
-        ", ".join(f"{i} `{name}`" for i, name in enumerate(clf.class_names)),
+        ", ".join(f"{i} `{name}`" for i, name in enumerate(record.class_names)),
         "",
     ]
     if notes:
@@ -165,11 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             clf, out_dir=args.out, size_bytes=size, command=args.command, notes=args.notes
         )
     )
-    accuracy = clf.metrics.get("eval_accuracy")
+    record = clf.record
+    accuracy = record.eval_accuracy
     shown = f"{accuracy:.4f}" if accuracy is not None else "not evaluated"
     print(
-        f"exported {clf.name} ({clf.version}, step {clf.meta.get('step')}) to {args.out}: "
-        f"{format_size(size)}; {clf.metrics.get('eval_split', 'eval')} accuracy {shown}"
+        f"exported {record.name} ({record.version}, step {record.step}) to {args.out}: "
+        f"{format_size(size)}; {record.metrics.get('eval_split', 'eval')} accuracy {shown}"
     )
     print(f"wrote {card}")
     return 0

@@ -3,28 +3,37 @@
     from research.inference import Classifier
     clf = Classifier.load("models/cifar10")      # or any workdir written by research.train
     probs = clf.predict([Image.open("cat.jpg")])  # [N, num_classes], rows sum to 1
+    clf.top_k(probs, 3)                           # [[(label, probability), ...], ...]
 
-No TensorFlow here: this module imports JAX, Flax, Orbax, NumPy and Pillow only. The same
-`preprocess` feeds evaluation of image folders (research.evaluate) and serving.
+No TensorFlow here: this module imports JAX, Flax, Orbax, NumPy and Pillow only. Which
+checkpoint to load and what it needs come from research.model_dir and its ServingRecord; the
+same `preprocess_image` makes the model input for evaluation of image folders
+(research.evaluate) and for serving.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from PIL import Image, ImageOps
 
-from research import models
+from research import model_dir, models
 from research.configs import Config
+from research.errors import IncompatibleModelError
+from research.record import ServingRecord
+
+log = logging.getLogger(__name__)
 
 # Compiled batch sizes: a request of n images runs in the smallest bucket >= n (zero-padded),
 # larger requests in chunks of the largest, so no new image count or size ever recompiles.
@@ -32,9 +41,15 @@ BATCH_BUCKETS = (1, 8, 32, 128)
 
 ImageLike = Image.Image | np.ndarray
 
+# Modes whose samples are 16-bit; 'I' (32-bit) is judged by its values instead.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# What a malformed EXIF block makes ImageOps.exif_transpose raise (Pillow parses and
+# re-serializes the whole block to rotate the image).
+_EXIF_ERRORS = (SyntaxError, ValueError, TypeError, KeyError, IndexError, OSError, struct.error)
 
-class ModelNotFoundError(FileNotFoundError):
-    pass
+
+# ----------------------------------------------------------------------------- preprocessing
 
 
 def _to_pil(image: ImageLike) -> Image.Image:
@@ -50,32 +65,62 @@ def _to_pil(image: ImageLike) -> Image.Image:
     return Image.fromarray(array)
 
 
-def _to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Any Pillow mode -> 'RGB' or 'L'; transparency is composited onto white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image).astype(np.float64)
-        if image.mode.startswith("I;16") or array.max(initial=0) > 255:
-            array = array / 257.0  # 16-bit range onto 8-bit
-        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+def upright(image: Image.Image) -> Image.Image:
+    """The image as its EXIF orientation says to display it; unrotated when the EXIF block is
+    malformed (a broken camera tag is no reason to refuse a picture)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except _EXIF_ERRORS as error:
+        log.debug("Ignoring malformed EXIF orientation: %s", error)
+        return image
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Single-channel images of more than 8 bits -> mode 'L', by these rules:
+
+    - 'I;16*' modes are 16-bit: divided by 257, so 65535 is 255.
+    - 'I' (32-bit integers, as PNG and TIFF decoders give 16-bit data) is 16-bit when its
+      maximum exceeds 255, else its values are already 0..255.
+    - 'F' (float) in [0, 1] is scaled by 255; any other range is clipped to 0..255.
+
+    Values are rounded to the nearest integer. Other modes are returned unchanged.
+    """
+    if image.mode not in (*SIXTEEN_BIT_MODES, "I", "F"):
+        return image
+    array = np.asarray(image).astype(np.float64)
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and array.max(initial=0) > 255):
+        array = array / 257.0
+    elif image.mode == "F" and array.min(initial=0) >= 0 and array.max(initial=0) <= 1:
+        array = array * 255.0
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+
+
+def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Any Pillow mode -> 'RGB' (3 channels) or 'L' (1): more than 8 bits as `to_8bit`,
+    transparency (an alpha band or a palette's transparent index) composited onto white,
+    CMYK, YCbCr, bilevel and the rest through Pillow's conversions."""
+    image = to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in ALPHA_MODES:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB" if channels == 3 else "L")
 
 
 def preprocess_image(image: ImageLike, image_shape: Sequence[int]) -> np.ndarray:
-    """One image of any size and mode -> uint8 [H, W, C] at the model's input size."""
+    """One image of any size and mode -> uint8 [H, W, C] at the model's input size: EXIF
+    orientation applied, then `to_model_mode`, then a bilinear resize. The one conversion of
+    an image for the model, in evaluation and in serving."""
     height, width, channels = image_shape
-    pil = _to_mode(ImageOps.exif_transpose(_to_pil(image)), channels)
+    pil = to_model_mode(upright(_to_pil(image)), channels)
     if pil.size != (width, height):
         pil = pil.resize((width, height), Image.Resampling.BILINEAR)  # antialiased when shrinking
     return np.asarray(pil, np.uint8).reshape(height, width, channels)
 
 
 def preprocess(images: Sequence[ImageLike], image_shape: Sequence[int]) -> np.ndarray:
-    """Images of any size and mode -> uint8 [N, H, W, C]; what evaluation and serving use."""
+    """Images of any size and mode -> uint8 [N, H, W, C], each by `preprocess_image`."""
     height, width, channels = image_shape
     out = np.empty((len(images), height, width, channels), np.uint8)
     for i, image in enumerate(images):
@@ -83,16 +128,7 @@ def preprocess(images: Sequence[ImageLike], image_shape: Sequence[int]) -> np.nd
     return out
 
 
-def find_checkpoints(path: str | Path) -> Path:
-    """The Orbax checkpoint directory under a workdir, an exported model, or itself."""
-    path = Path(path)
-    for candidate in (path / "checkpoints", path):
-        if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
-            return candidate.absolute()
-    raise ModelNotFoundError(
-        f"No model checkpoint in {path}: expected a workdir written by `python -m research.train`"
-        " or a model exported by `python -m research.export`."
-    )
+# ----------------------------------------------------------------------------- model
 
 
 def _manager(directory: Path, *, read_only: bool) -> ocp.CheckpointManager:
@@ -108,82 +144,102 @@ def _manager(directory: Path, *, read_only: bool) -> ocp.CheckpointManager:
         absl_logger.setLevel(level)
 
 
-def _pick_step(mngr: ocp.CheckpointManager) -> tuple[int, dict[str, Any]]:
-    """The step with the best eval accuracy, else the latest; with its metadata."""
-    best: tuple[float, int, dict[str, Any]] | None = None
-    for step in mngr.all_steps():
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        key = (meta.get("metrics", {}).get("eval_accuracy", -1.0), step, meta)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    if best is None:
-        raise ModelNotFoundError(f"No finished checkpoint in {mngr.directory}")
-    return best[1], best[2]
-
-
-def build_model(meta: dict[str, Any], *, abstract: bool = False) -> nnx.Module:
-    config = Config.from_dict(meta["model"])
+def build_model(record: ServingRecord, *, abstract: bool = False) -> nnx.Module:
+    """The network `record` describes, randomly initialised (or only its shapes)."""
 
     def create() -> nnx.Module:
         return models.create_model(
-            config,
-            num_classes=len(meta["class_names"]),
-            image_shape=tuple(meta["image_shape"]),
-            mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
+            Config.from_dict(record.config),
+            num_classes=record.num_classes,
+            image_shape=record.image_shape,
+            mean=record.mean,
+            std=record.std,
             rngs=nnx.Rngs(0),
         )
 
-    return nnx.eval_shape(create) if abstract else create()
+    try:
+        return nnx.eval_shape(create) if abstract else create()
+    except (TypeError, ValueError, KeyError) as error:
+        raise IncompatibleModelError(
+            f"Model {record.name} ({record.version}) has a training config this code cannot "
+            f"build: {error}"
+        ) from None
 
 
 class Classifier:
-    """A trained model with its class names and preprocessing, ready to classify images."""
+    """A trained model with its serving record, ready to classify images."""
 
-    def __init__(self, model: nnx.Module, meta: dict[str, Any]):
-        self.meta = meta
-        self.class_names: list[str] = list(meta["class_names"])
-        self.image_shape: tuple[int, int, int] = tuple(meta["image_shape"])
-        self.name: str = meta["name"]
-        self.dataset: str = meta["dataset"]
-        self.version: str = meta["version"]
-        self.metrics: dict[str, Any] = dict(meta.get("metrics", {}))
+    def __init__(self, model: nnx.Module, record: ServingRecord | dict[str, Any]):
+        if not isinstance(record, ServingRecord):  # a checkpoint's meta dict, checked
+            record = ServingRecord.from_meta(record, source="The model's metadata")
+        self.record = record
         model.eval()
         self.model = model  # the NNX module, in eval mode (research.evaluate uses it)
         graphdef, state = nnx.split(model)
-        self._forward = jax.jit(
-            functools.partial(_forward, graphdef, flip_tta=bool(meta.get("flip_tta", False)))
-        )
+        self._forward = jax.jit(functools.partial(_forward, graphdef, flip_tta=record.flip_tta))
         self._state = state
+        # An argument of the compiled function, not a constant in it: another temperature
+        # reuses the same compilation.
+        self._temperature = np.float32(record.temperature)
         self._warm = threading.Event()
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.record.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.record.image_shape
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def dataset(self) -> str:
+        return self.record.dataset
+
+    @property
+    def version(self) -> str:
+        return self.record.version
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.record.metrics)
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
-        directory = find_checkpoints(path)
+        """The checkpoint research.model_dir.pick_checkpoint chooses (best eval accuracy, else
+        latest). ModelNotFoundError when `path` holds no usable checkpoint, and
+        IncompatibleModelError when its weights do not fit its record."""
+        directory, step, record = model_dir.pick_checkpoint(path)
+        abstract = models.inference_state(build_model(record, abstract=True))
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
         mngr = _manager(directory, read_only=True)
         try:
-            step, meta = _pick_step(mngr)
-            abstract = models.inference_state(build_model(meta, abstract=True))
-            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
             restored = mngr.restore(
                 step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))
             )["model"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise IncompatibleModelError(
+                f"Checkpoint {directory / str(step)} holds weights that do not fit its record "
+                f"({record.name}): {error}"
+            ) from None
         finally:
             mngr.close()
-        model = build_model(meta)
+        model = build_model(record)
         nnx.update(model, restored)
-        return cls(model, meta)
+        return cls(model, record)
 
     def export(self, out_dir: str | Path) -> Path:
-        """Writes inference-only weights and metadata (no optimizer state) to `out_dir`."""
+        """Writes inference-only weights and the serving record (no optimizer state)."""
         out_dir = Path(out_dir).absolute()
         mngr = _manager(out_dir, read_only=False)
-        step = int(self.meta.get("step", 0))
         mngr.save(
-            step,
+            self.record.step,
             args=ocp.args.Composite(
                 model=ocp.args.StandardSave(models.inference_state(self.model)),
-                meta=ocp.args.JsonSave(self.meta),
+                meta=ocp.args.JsonSave(self.record.to_meta()),
             ),
             force=True,
         )
@@ -199,13 +255,13 @@ class Classifier:
         """Compiles every batch bucket, so no request ever waits on compilation."""
         for size in BATCH_BUCKETS:
             zeros = np.zeros((size, *self.image_shape), np.uint8)
-            jax.block_until_ready(self._forward(self._state, zeros))
+            jax.block_until_ready(self._forward(self._state, self._temperature, zeros))
         self._warm.set()
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for already-preprocessed uint8 [N, H, W, C] images."""
         n = len(batch)
-        out = np.empty((n, len(self.class_names)), np.float32)
+        out = np.empty((n, self.record.num_classes), np.float32)
         largest = BATCH_BUCKETS[-1]
         for start in range(0, n, largest):
             chunk = batch[start : start + largest]
@@ -213,27 +269,35 @@ class Classifier:
             if len(chunk) < size:
                 padding = np.zeros((size - len(chunk), *chunk.shape[1:]), np.uint8)
                 chunk = np.concatenate([chunk, padding])
-            probs = np.asarray(self._forward(self._state, chunk))
+            probs = np.asarray(self._forward(self._state, self._temperature, chunk))
             out[start : start + largest] = probs[: min(largest, n - start)]
         return out
 
     def predict(self, images: Sequence[ImageLike]) -> np.ndarray:
         """PIL images or uint8 HxWxC arrays of any size/mode -> probabilities [N, classes]."""
         if len(images) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
+            return np.zeros((0, self.record.num_classes), np.float32)
         return self.predict_arrays(preprocess(images, self.image_shape))
 
     def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
-        """[(label, probability), ...] best first, for each row of `probs`."""
-        k = max(1, min(k, len(self.class_names)))
-        order = np.argsort(-probs, axis=-1)[:, :k]
+        """[(label, probability), ...] best first, for each row of `probs`: the one ranking
+        of predictions, for the CLI and the web alike."""
+        names = self.record.class_names
+        k = max(1, min(k, len(names)))
+        order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
         return [
-            [(self.class_names[i], float(row[i])) for i in idx]
-            for row, idx in zip(probs, order, strict=True)
+            [(names[i], float(row[i])) for i in idx] for row, idx in zip(probs, order, strict=True)
         ]
 
 
-def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, flip_tta: bool):
+def _forward(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    temperature: jax.Array,
+    images: jax.Array,
+    *,
+    flip_tta: bool,
+) -> jax.Array:
     model = nnx.merge(graphdef, state)
     logits = models.predict_logits(model, images, flip_tta=flip_tta)
-    return jax.nn.softmax(logits.astype(np.float32), axis=-1)
+    return jnp.exp(models.log_probabilities(logits, temperature))

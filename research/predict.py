@@ -17,7 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from research.inference import Classifier, ModelNotFoundError
+from research.errors import IncompatibleModelError, ModelNotFoundError
+from research.inference import Classifier
 
 
 def read_images(paths: Sequence[str | Path]) -> tuple[dict[str, Image.Image], dict[str, str]]:
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if images:
         try:
             clf = Classifier.load(args.checkpoint)
-        except ModelNotFoundError as error:
+        except (ModelNotFoundError, IncompatibleModelError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         probs = clf.predict(list(images.values()))

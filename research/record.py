@@ -102,6 +102,16 @@ class ServingRecord:
                 "research.train or by another program. Retrain it, or export it again with "
                 "the version that trained it."
             )
+        # A string is iterable too: "323" must not read as the shape (3, 2, 3).
+        not_lists = [
+            k
+            for k in ("class_names", "image_shape", "mean", "std")
+            if not isinstance(meta[k], (list, tuple))
+        ]
+        if not_lists:
+            raise IncompatibleModelError(
+                f"{source} has a malformed serving record: {not_lists} must be JSON lists"
+            )
         try:
             return cls(
                 name=str(meta["name"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import evaluate, export, models, predict
+from research import evaluate, export, model_dir, models, plots, predict
 from research.configs import get_config
-from research.inference import Classifier
+from research.errors import DataNotFoundError
+from research.image_folder import list_image_folder
+from research.inference import Classifier, preprocess
+from research.record import ServingRecord
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -67,7 +71,8 @@ def test_evaluate_on_an_image_folder_writes_metrics_json_and_confusion_png(
     assert np.asarray(metrics["confusion"]).shape == (10, 10)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and np.isfinite(metrics["loss"])
     with Image.open(out / "confusion.png") as png:
-        assert png.format == "PNG" and png.width > 10 * evaluate.PNG_CELL
+        assert png.format == "PNG" and png.width > 10 * plots.PNG_CELL
+    assert metrics["flip_tta"] is True and metrics["temperature"] == 1.0
 
 
 def test_evaluate_skips_unreadable_files_and_names_them(
@@ -104,7 +109,7 @@ def test_image_folder_classes_match_model_names_up_to_case_punctuation_or_index(
     for folder in ("t_shirt_top", "TROUSER", "9", "Ankle boot"):
         (tmp_path / folder).mkdir()
         Image.new("L", (28, 28)).save(tmp_path / folder / "a.png")
-    files, split = evaluate.list_image_folder(tmp_path, names)
+    files, split = evaluate.label_image_folder(tmp_path, names)
     assert split is None
     assert {path.parent.name: label for path, label in files} == {
         "t_shirt_top": 0,
@@ -119,12 +124,98 @@ def test_image_folder_with_splits_reads_validation_by_default_or_the_chosen_spli
     for split in ("train", "validation"):
         (tmp_path / split / "cat").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / f"{split}.png")
-    files, split = evaluate.list_image_folder(tmp_path, CIFAR10_CLASSES)
+    files, split = evaluate.label_image_folder(tmp_path, CIFAR10_CLASSES)
     assert split == "validation" and [p.name for p, _ in files] == ["validation.png"]
-    files, split = evaluate.list_image_folder(tmp_path, CIFAR10_CLASSES, split="train")
+    files, split = evaluate.label_image_folder(tmp_path, CIFAR10_CLASSES, split="train")
     assert [(p.name, label) for p, label in files] == [("train.png", 3)]
     with pytest.raises(ValueError, match="no split 'test'"):
-        evaluate.list_image_folder(tmp_path, CIFAR10_CLASSES, split="test")
+        evaluate.label_image_folder(tmp_path, CIFAR10_CLASSES, split="test")
+    with pytest.raises(ValueError, match="leave out --split"):
+        evaluate.label_image_folder(tmp_path / "train", CIFAR10_CLASSES, split="train")
+
+
+def test_folder_evaluation_feeds_the_model_what_serving_feeds_it(image_folder):
+    """Evaluation's folder batches are research.inference.preprocess of the same files."""
+    files, _ = evaluate.label_image_folder(image_folder, CIFAR10_CLASSES)
+    batch = next(evaluate._folder_batches(files[:6], (32, 32, 3), 8, skipped=[]))
+    served = preprocess([Image.open(path) for path, _ in files[:6]], (32, 32, 3))
+    np.testing.assert_array_equal(batch["image"][:6], served)
+    assert batch["mask"].tolist() == [True] * 6 + [False] * 2
+    assert batch["label"][:6].tolist() == [label for _, label in files[:6]]
+
+
+def test_a_missing_image_folder_is_an_error_line(
+    reuse_classifier, tiny_model_dir, tmp_path, capsys
+):
+    """A folder that does not exist is DataNotFoundError, and `error:` with status 1 from main."""
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        evaluate.label_image_folder(tmp_path / "nope", CIFAR10_CLASSES)
+    args = ["--checkpoint", str(tiny_model_dir), "--image_folder", str(tmp_path / "nope")]
+    assert evaluate.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "does not exist" in err and "Traceback" not in err
+
+
+def test_the_image_folder_lister_tells_the_two_layouts_apart(tmp_path):
+    """class/image -> {None: ...}; split/class/image -> {split: ...}; other files ignored."""
+    flat, nested = tmp_path / "flat", tmp_path / "nested"
+    for root, rel in ((flat, "cat"), (nested, "train/cat"), (nested, "test/dog")):
+        (root / rel).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / rel / "b.png")
+        Image.new("RGB", (4, 4)).save(root / rel / "a.JPG")
+        (root / rel / "README.txt").write_text("not an image")
+    (flat / "empty").mkdir()
+    (flat / ".hidden").mkdir()
+    assert {
+        split: {name: [p.name for p in paths] for name, paths in classes.items()}
+        for split, classes in list_image_folder(flat).items()
+    } == {None: {"cat": ["a.JPG", "b.png"]}}
+    assert {
+        split: {name: [p.name for p in paths] for name, paths in classes.items()}
+        for split, classes in list_image_folder(nested).items()
+    } == {"test": {"dog": ["a.JPG", "b.png"]}, "train": {"cat": ["a.JPG", "b.png"]}}
+
+
+def test_the_image_folder_lister_refuses_empty_and_mixed_folders(tmp_path):
+    """No images anywhere is DataNotFoundError; class folders beside split folders a ValueError."""
+    (tmp_path / "cat").mkdir()
+    with pytest.raises(DataNotFoundError, match="No images laid out"):
+        list_image_folder(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "cat" / "0.png")
+    (tmp_path / "train" / "dog").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "dog" / "0.png")
+    with pytest.raises(ValueError, match="mixes class folders"):
+        list_image_folder(tmp_path)
+
+
+def test_the_confusion_png_shades_each_cell_by_its_share_of_the_row():
+    """A row's only cell is navy, an empty cell white; the image grows with the classes."""
+    confusion = np.array([[4, 0, 0], [0, 2, 2], [0, 0, 0]])
+    image = plots.render_confusion(confusion, ["a", "b", "c"], "title")
+    cell = plots.PNG_CELL
+    left = image.width - 10 - 3 * cell  # the grid ends 10 pixels from the right edge
+    top = image.height - (plots.PNG_FONT_SIZE + 12) - 3 * cell
+
+    def color(i, j):
+        return image.getpixel((left + j * cell + 3, top + i * cell + 3))
+
+    assert color(0, 0) == plots.NAVY and color(0, 1) == (255, 255, 255)
+    assert color(1, 1) == color(1, 2) != color(0, 0) and color(2, 2) == (255, 255, 255)
+    many = plots.render_confusion(np.eye(60, dtype=int), [f"c{i}" for i in range(60)], "t")
+    assert many.width < 60 * cell  # cells shrink beyond 20 classes
+
+
+def test_predict_refuses_a_foreign_checkpoint_with_an_error_line(
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
+    """A checkpoint whose record this code cannot read is an `error:` line, not a traceback."""
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    meta_path = model_dir.meta_path(tmp_path / "model", model_dir.list_steps(tmp_path / "model")[0])
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "record_format": 99}))
+    args = ["--checkpoint", str(tmp_path / "model"), str(image_folder / "cat" / "0.png")]
+    assert predict.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "format 99" in err
 
 
 def test_predict_prints_the_top_k_labels_of_each_image(
@@ -170,9 +261,11 @@ def test_export_round_trips_the_model_and_writes_a_model_card(
     np.testing.assert_array_equal(exported.predict(images), classifier.predict(images))
     weights = [models.inference_state(c.model) for c in (exported, classifier)]
     jax.tree.map(np.testing.assert_array_equal, *weights)  # the tiny head starts at zero
-    assert exported.meta == classifier.meta
+    assert exported.record == classifier.record
+    assert model_dir.pick_checkpoint(out)[2] == classifier.record
     card = (out / export.CARD_NAME).read_text()
-    for fact in ("cifar10", "10.00%", "`test`", command, "Trained on 2 cores.", "parameters"):
+    facts = ("cifar10", "10.00%", "`test`", command, "Trained on 2 cores.", "parameters")
+    for fact in (*facts, "horizontal flip", classifier.record.version, "1 steps"):
         assert fact in card
 
     assert export.main(args) == 1  # an existing export is only replaced with --overwrite
@@ -182,8 +275,19 @@ def test_export_round_trips_the_model_and_writes_a_model_card(
 def test_training_command_is_the_dataset_defaults_plus_the_overrides():
     """The card's default command names only the fields that differ from the defaults."""
     config = get_config("fashion_mnist", epochs=3.0, widths=(16, 32, 64))
-    meta = {"model": config.to_dict()}
-    assert export.training_command(meta) == (
+    record = ServingRecord(
+        name="fashion_mnist-airbench94",
+        dataset="fashion_mnist",
+        version="20250101-step3",
+        step=3,
+        class_names=tuple("0123456789"),
+        image_shape=(28, 28, 1),
+        mean=(73.0,),
+        std=(90.0,),
+        flip_tta=False,
+        config=config.to_dict(),
+    )
+    assert export.training_command(record) == (
         "python -m research.train --dataset=fashion_mnist --widths=16,32,64 --epochs=3.0"
     )
 

@@ -1,0 +1,84 @@
+"""Drawing for research.evaluate: the confusion-matrix PNG. Pillow only, no JAX.
+
+The numbers come from research.evaluate (or train.evaluate_model); this module only lays them
+out, so evaluation can be read and tested without the drawing, and the drawing without a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Cell side (pixels) and font size for up to CLASSES_AT_FULL_SIZE classes; shrunk beyond.
+PNG_CELL = 44
+PNG_FONT_SIZE = 14
+CLASSES_AT_FULL_SIZE = 20
+# Cells narrower than this show only their shade, not their count.
+MIN_LABELLED_CELL = 24
+NAVY = (8, 48, 107)  # the colour of a cell holding its whole row
+GRID = (220, 220, 220)
+
+
+def _sizes(num_classes: int) -> tuple[int, int]:
+    """(cell side, font size): full size up to 20 classes, then shrunk to keep the image small."""
+    if num_classes <= CLASSES_AT_FULL_SIZE:
+        return PNG_CELL, PNG_FONT_SIZE
+    cell = max(8, PNG_CELL * CLASSES_AT_FULL_SIZE // num_classes)
+    font_size = max(8, PNG_FONT_SIZE * CLASSES_AT_FULL_SIZE // num_classes + 2)
+    return cell, font_size
+
+
+def _fonts(font_size: int) -> tuple[ImageFont.FreeTypeFont, ImageFont.FreeTypeFont]:
+    """Pillow's bundled font (no system fonts needed): for labels, and smaller for counts."""
+    return ImageFont.load_default(size=font_size), ImageFont.load_default(
+        size=max(8, font_size - 3)
+    )
+
+
+def _shade(share: float) -> tuple[int, int, int]:
+    """White for an empty cell to navy for one holding its whole row."""
+    return tuple(int(255 - share * (255 - c)) for c in NAVY)
+
+
+def render_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str) -> Image.Image:
+    """A confusion-matrix image: rows are true classes, columns predicted ones, each cell
+    shaded by its share of the row and labelled with its count."""
+    confusion = np.asarray(confusion)
+    n = len(class_names)
+    cell, font_size = _sizes(n)
+    font, small = _fonts(font_size)
+    label_w = int(max(font.getlength(name) for name in class_names)) + 12
+    top, margin = label_w + 2 * font_size + 28, font_size + 12
+    left = label_w + margin
+    size = (max(left + n * cell, int(font.getlength(title)) + 8) + 10, top + n * cell + margin)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title, fill="black", font=font)
+    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    for i in range(n):
+        for j in range(n):
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle(
+                [x, y, x + cell - 1, y + cell - 1], fill=_shade(shares[i, j]), outline=GRID
+            )
+            if cell >= MIN_LABELLED_CELL and confusion[i, j]:
+                fill = "white" if shares[i, j] > 0.5 else "black"
+                center = (x + cell / 2, y + cell / 2)
+                draw.text(center, str(confusion[i, j]), fill=fill, font=small, anchor="mm")
+    for k, name in enumerate(class_names):  # row labels, then column labels rotated
+        y = top + k * cell + cell / 2
+        draw.text((left - 6, y), name, fill="black", font=font, anchor="rm")
+        text = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(text).text((6, cell / 2), name, fill="black", font=font, anchor="lm")
+        image.paste(text.rotate(90, expand=True), (left + k * cell, top - label_w))
+    draw.text(
+        (left + n * cell / 2, top - label_w - 4), "predicted", fill="black", font=font, anchor="mb"
+    )
+    axis = Image.new("RGB", (n * cell, margin), "white")
+    ImageDraw.Draw(axis).text(
+        (n * cell / 2, margin / 2), "true", fill="black", font=font, anchor="mm"
+    )
+    image.paste(axis.rotate(90, expand=True), (4, top))
+    return image
