@@ -5,12 +5,14 @@
     python benchmarks/train_speed.py --dataset=cifar10 --checkpoint=models/cifar10
 
 Takes the same flags as `python -m research.train` (any Config field). Training and evaluation
-run the real jitted train_step / eval_step on synthetic uint8 batches of the config's shape,
-sharded as training shards them; each figure is the median over --steps timed steps, after a
-compiling step and a warm-up step. Predict latency is Classifier.predict on one PIL image, as
-the web product calls it, from --checkpoint or a randomly initialised model exported to a
-temporary folder. The input pipeline is create_train_iterator on the real dataset (skipped if
-it is not available), timed after its first batch, which reads the split into the cache.
+run the real jitted train_step / eval_step on the state training builds
+(`train.create_train_state`, replicated and sharded as in training) with synthetic uint8
+batches of the config's shape; each figure is the median over --steps timed steps, after a
+compiling step and a warm-up step. Without the dataset, its shape comes from
+research.configs.DATASETS. Predict latency is Classifier.predict on one PIL image, as the web
+product calls it, from --checkpoint or the benchmarked model exported to a temporary folder.
+The input pipeline is create_train_iterator on the real dataset (skipped if it is not
+available), timed after its first batch, which reads the split into the cache.
 """
 
 from __future__ import annotations
@@ -22,30 +24,22 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from research import configs, datasets, input_pipeline, models, train  # noqa: E402
+from research import checkpoints, configs, datasets, input_pipeline, models, train  # noqa: E402
 from research.configs import Config  # noqa: E402
+from research.errors import DataNotFoundError  # noqa: E402
 from research.inference import Classifier  # noqa: E402
 
-# Image shape and class count of the tfds datasets, for benchmarking without their data.
-KNOWN_SHAPES = {
-    "cifar10": ((32, 32, 3), 10),
-    "cifar100": ((32, 32, 3), 100),
-    "mnist": ((28, 28, 1), 10),
-    "fashion_mnist": ((28, 28, 1), 10),
-}
 WARMUP_STEPS = 2  # the first compiles; the second settles allocations
+# The schedule's length sets learning rates, not the cost of a step.
+STEPS_PER_EPOCH = 100
 
 
 def time_calls(fn: Callable[[], object], runs: int, warmup: int = WARMUP_STEPS) -> list[float]:
@@ -60,11 +54,6 @@ def time_calls(fn: Callable[[], object], runs: int, warmup: int = WARMUP_STEPS) 
     return times
 
 
-def _shardings() -> tuple[NamedSharding, NamedSharding]:
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
-    return NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-
-
 def _synthetic_batch(config: Config, image_shape, num_classes: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(config.seed)
     return {
@@ -73,63 +62,58 @@ def _synthetic_batch(config: Config, image_shape, num_classes: int) -> dict[str,
     }
 
 
-def _create_model(config: Config, image_shape, num_classes: int, mean, std) -> nnx.Module:
-    return models.create_model(
-        config,
-        num_classes=num_classes,
-        image_shape=image_shape,
-        mean=mean,
-        std=std,
-        rngs=nnx.Rngs(config.seed),
-    )
-
-
-def measure_train(config: Config, image_shape, num_classes: int, mean, std, steps: int):
+def measure_train(state: train.TrainState, config: Config, batch: dict[str, np.ndarray], steps):
     """Seconds per train_step on host batches (device_put included, as in training)."""
-    data_sharding, replicated = _shardings()
-    model = _create_model(config, image_shape, num_classes, mean, std)
-    opt = nnx.Optimizer(model, train.create_optimizer(config, steps_per_epoch=100), wrt=nnx.Param)
-    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
-    for node in (model, opt, metrics):  # as training does, so the step compiles once
-        nnx.update(node, jax.device_put(nnx.state(node), replicated))
-    batch = _synthetic_batch(config, image_shape, num_classes)
 
     def step() -> None:
-        on_device = jax.device_put(batch, data_sharding)
-        loss = train.train_step(model, opt, metrics, on_device, config.label_smoothing)
+        on_device = jax.device_put(batch, state.data_sharding)
+        loss = train.train_step(
+            state.model, state.opt, state.metrics, on_device, config.label_smoothing
+        )
         loss.block_until_ready()
 
-    return time_calls(step, steps), models.count_params(model)
+    return time_calls(step, steps)
 
 
-def measure_eval(config: Config, image_shape, num_classes: int, mean, std, steps: int):
-    """Seconds per eval_step (with the config's flip TTA) on host batches."""
-    data_sharding, _ = _shardings()
-    model = _create_model(config, image_shape, num_classes, mean, std)
-    model.eval()
-    images = _synthetic_batch(config, image_shape, num_classes)["image"]
+def measure_eval(state: train.TrainState, config: Config, images: np.ndarray, steps: int):
+    """Seconds per eval_step (with the config's flip TTA) on host batches, as evaluate_model."""
     flip_tta = bool(config.flip_tta and configs.uses_flip(config))
 
     def step() -> None:
-        on_device = jax.device_put(images, data_sharding)
-        train.eval_step(model, on_device, flip_tta).block_until_ready()
+        on_device = jax.device_put(images, state.data_sharding)
+        train.eval_step(state.model, on_device, flip_tta).block_until_ready()
 
-    return time_calls(step, steps), flip_tta
+    state.model.eval()
+    try:
+        return time_calls(step, steps), flip_tta
+    finally:
+        state.model.train()
 
 
 def load_or_export_classifier(
-    config: Config, checkpoint: str | None, image_shape, num_classes: int, mean, std
+    config: Config,
+    checkpoint: str | None,
+    state: train.TrainState,
+    *,
+    num_classes: int,
+    image_shape,
+    mean,
+    std,
 ) -> Classifier:
-    """The model at `checkpoint`, else a random one exported and loaded back like a real one."""
+    """The model at `checkpoint`, else the benchmark's own, exported and loaded back like a
+    real one."""
     if checkpoint:
         return Classifier.load(checkpoint)
-    model = _create_model(config, image_shape, num_classes, mean, std)
-    info = types.SimpleNamespace(
-        class_names=[f"class_{i}" for i in range(num_classes)], image_shape=image_shape
+    record = checkpoints.serving_record(
+        config,
+        class_names=[f"class_{i}" for i in range(num_classes)],
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+        step=0,
     )
-    meta = train.build_meta(config, info=info, mean=mean, std=std, step=0)
     with tempfile.TemporaryDirectory() as tmp:
-        Classifier(model, meta).export(tmp)
+        Classifier(state.model, record).export(tmp)
         return Classifier.load(tmp)
 
 
@@ -173,16 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    spec = configs.dataset_spec(config.dataset)
     try:
         info = datasets.get_info(config.dataset, config.data_dir)
         image_shape, num_classes = tuple(info.image_shape), len(info.class_names)
-    except datasets.DataNotFoundError as error:
-        info = None
-        if config.dataset not in KNOWN_SHAPES:
+    except DataNotFoundError as error:
+        if spec is None:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        image_shape, num_classes = KNOWN_SHAPES[config.dataset]
-    spec = configs.dataset_spec(config.dataset)
+        info, image_shape, num_classes = None, spec.image_shape, spec.num_classes
     mean, std = (
         (spec.mean, spec.std) if spec else ((127.5,) * image_shape[-1], (64.0,) * image_shape[-1])
     )
@@ -192,19 +175,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"images {image_shape}, on {_device_name()}; {steps} timed steps after {WARMUP_STEPS}",
         flush=True,
     )
+    # The state training creates, without a workdir (nothing saved) or a whitened stem (the
+    # stem's values do not change its cost).
+    state = train.create_train_state(
+        config,
+        None,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+        steps_per_epoch=STEPS_PER_EPOCH,
+    )
+    synthetic = _synthetic_batch(config, image_shape, num_classes)
 
     start = time.perf_counter()
-    train_times, params = measure_train(config, image_shape, num_classes, mean, std, steps)
+    train_times = measure_train(state, config, synthetic, steps)
     train_rate = _images_per_s(batch, train_times)
     print(
         f"train     {train_rate:8.1f} images/s  "
-        f"({statistics.median(train_times) * 1e3:.0f} ms/step, {params:,} params; "
+        f"({statistics.median(train_times) * 1e3:.0f} ms/step, "
+        f"{models.count_params(state.model):,} params; "
         f"{time.perf_counter() - start:.0f}s with compiling)",
         flush=True,
     )
 
     start = time.perf_counter()
-    eval_times, flip_tta = measure_eval(config, image_shape, num_classes, mean, std, steps)
+    eval_times, flip_tta = measure_eval(state, config, synthetic["image"], steps)
     eval_rate = _images_per_s(batch, eval_times)
     print(
         f"evaluate  {eval_rate:8.1f} images/s  "
@@ -214,7 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     start = time.perf_counter()
-    clf = load_or_export_classifier(config, checkpoint, image_shape, num_classes, mean, std)
+    clf = load_or_export_classifier(
+        config,
+        checkpoint,
+        state,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+    )
     predict_ms = statistics.median(measure_predict(clf, predict_runs)) * 1e3
     print(
         f"predict   {predict_ms:8.1f} ms for one image  (median of {predict_runs}, "

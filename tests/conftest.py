@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import pytest
 from flax import nnx
 
 from research import configs, models
+from research.checkpoints import serving_record
 from research.inference import Classifier
 
 CIFAR10_CLASSES = (
@@ -32,30 +32,27 @@ FASHION_MNIST_CLASSES = (
 def export_random_model(
     out_dir: Path, *, dataset: str, class_names: tuple[str, ...], image_shape: tuple[int, ...]
 ) -> Path:
-    """Exports a randomly initialised tiny model in the format research.train writes."""
-    from research.train import build_meta
-
+    """Exports a randomly initialised tiny model with the serving record research.train writes."""
     config = configs.get_config("tiny", dataset=dataset)
     spec = configs.DATASETS[dataset]
-    mean, std = spec.mean, spec.std
     model = models.create_model(
         config,
         num_classes=len(class_names),
         image_shape=image_shape,
-        mean=mean,
-        std=std,
+        mean=spec.mean,
+        std=spec.std,
         rngs=nnx.Rngs(0),
     )
-    info = types.SimpleNamespace(class_names=class_names, image_shape=image_shape)
-    meta = build_meta(
+    record = serving_record(
         config,
-        info=info,
-        mean=mean,
-        std=std,
+        class_names=class_names,
+        image_shape=image_shape,
+        mean=spec.mean,
+        std=spec.std,
         step=1,
         metrics={"eval_accuracy": 0.1, "eval_split": "test"},
     )
-    return Classifier(model, meta).export(out_dir)
+    return Classifier(model, record).export(out_dir)
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from research import configs, models, train
+from research import checkpoints, configs, model_dir, models, optim, train
+from research.errors import IncompatibleModelError, NonFiniteLossError
 from research.inference import Classifier
+from research.record import ServingRecord
 
 
 def _config(color_dataset, **overrides):
@@ -42,122 +47,169 @@ def test_checkpoints_keep_the_latest_and_the_best(trained):
 
 
 def test_checkpoint_carries_what_inference_needs(trained):
-    """The metadata names dataset, classes, preprocessing constants, config and metrics."""
-    _, workdir, _ = trained
-    meta = Classifier.load(workdir).meta
-    assert meta["dataset"] == "colors"
-    assert meta["class_names"] == ["blue", "green", "red"]
-    assert meta["image_shape"] == [32, 32, 3]
-    assert len(meta["mean"]) == len(meta["std"]) == 3
-    assert meta["model"]["widths"] == [8, 16, 16] or meta["model"]["widths"] == (8, 16, 16)
-    assert meta["metrics"]["eval_accuracy"] == 1.0
-
-
-def test_checkpoint_save_then_restore_is_bitwise_equal(trained, tmp_path):
-    """Weights, batch statistics and optimizer state come back bit for bit."""
+    """Each checkpoint's meta is a ServingRecord: dataset, classes, preprocessing constants,
+    flip TTA as evaluated, the training config, metrics, and a name and version built from
+    the dataset, model, date and step."""
     config, workdir, _ = trained
-    info = type("Info", (), {"class_names": ("a", "b", "c"), "image_shape": (32, 32, 3)})
-
-    def fresh(seed):
-        model = models.create_model(
-            config, num_classes=3, image_shape=(32, 32, 3), mean=(1,) * 3, std=(2,) * 3,
-            rngs=nnx.Rngs(seed),
-        )  # fmt: skip
-        return model, nnx.Optimizer(model, train.create_optimizer(config, 10), wrt=nnx.Param)
-
-    model, opt = fresh(1)
-    lookahead = train.Lookahead(model, config.lookahead_every)
-    mngr = train.checkpoint_manager(tmp_path / "ckpt", config)
-    meta = train.build_meta(config, info=info, mean=(1,) * 3, std=(2,) * 3, step=7)
-    train.save_checkpoint(mngr, 7, model, opt, meta, lookahead)
-    mngr.wait_until_finished()
-    restored_model, restored_opt = fresh(2)
-    restored_lookahead = train.Lookahead(restored_model, config.lookahead_every)
-    assert (
-        train.restore_checkpoint(mngr, config, restored_model, restored_opt, restored_lookahead)
-        == 7
-    )
-    for a, b in zip(
-        jax.tree.leaves((nnx.state((model, opt)), lookahead.ema)),
-        jax.tree.leaves((nnx.state((restored_model, restored_opt)), restored_lookahead.ema)),
-        strict=True,
-    ):
-        a, b = (
-            np.asarray(jax.random.key_data(a) if a.dtype == jax.dtypes.prng_key else a),
-            (np.asarray(jax.random.key_data(b) if b.dtype == jax.dtypes.prng_key else b)),
-        )
-        assert a.tobytes() == b.tobytes()
+    directory = model_dir.find_checkpoints(workdir)
+    record = model_dir.read_record(directory, 12)
+    assert record.dataset == "colors" and record.name == "colors-airbench94"
+    assert record.class_names == ("blue", "green", "red")
+    assert record.image_shape == (32, 32, 3)
+    assert len(record.mean) == len(record.std) == 3
+    assert record.flip_tta is True  # the tiny config flips; unknown datasets flip by default
+    assert record.step == 12 and record.version == f"{record.created[:10].replace('-', '')}-step12"
+    assert configs.Config.from_dict(record.config) == config
+    assert record.metrics["eval_accuracy"] == 1.0 and record.metrics["eval_split"] == "train"
+    assert Classifier.load(workdir).record.class_names == record.class_names
 
 
-def _tiny_model(config, seed=0):
-    return models.create_model(
+def test_serving_record_tta_follows_the_flip_setting(trained):
+    """flip_tta is stored only when training flips: a no-flip config serves without TTA."""
+    config, _, _ = trained
+    record = checkpoints.serving_record(
+        config.replace(flip=False), class_names=("a", "b"), image_shape=(8, 8, 1), mean=(1.0,),
+        std=(2.0,), step=3,
+    )  # fmt: skip
+    assert record.flip_tta is False and record.metrics == {}
+    assert ServingRecord.from_meta(record.to_meta()) == record
+
+
+def _trained_a_little(config, seed):
+    """A tiny model and optimizer after two updates, so momentum and the EMA are non-trivial."""
+    model = models.create_model(
         config, num_classes=3, image_shape=(32, 32, 3), mean=(1,) * 3, std=(2,) * 3,
         rngs=nnx.Rngs(seed),
     )  # fmt: skip
+    opt = nnx.Optimizer(model, optim.create_optimizer(config, 10), wrt=nnx.Param)
+    lookahead = optim.Lookahead(model, config.lookahead_every)
+    for step in (1, 2):
+        grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1 * seed), nnx.state(model, nnx.Param))
+        opt.update(model, grads)
+        lookahead.after_step(model, step, total_steps=10)
+    return model, opt, lookahead
 
 
-def _params(model):
-    return {
-        "/".join(str(k.key) for k in path if hasattr(k, "key")): np.array(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
-    }
+def _leaf_bytes(tree):
+    return [
+        np.asarray(jax.random.key_data(x) if x.dtype == jax.dtypes.prng_key else x).tobytes()
+        for x in jax.tree.leaves(tree)
+    ]
 
 
-def test_parameter_groups_freeze_the_stem_and_speed_up_batch_norm():
-    """airbench94's groups: the whitened stem kernel never moves, the stem bias stops after
-    `whiten_bias_epochs`, batch-norm parameters take `bias_lr_scale` times larger steps than
-    the other parameters, and weight decay reaches kernels only."""
-    config = configs.get_config(
-        "tiny", whiten_bias_epochs=1.0, bias_lr_scale=8.0, warmup_epochs=0.0, momentum=0.0,
-        weight_decay=0.0, learning_rate=0.1, end_lr_fraction=1.0,
+def test_checkpoint_save_then_restore_is_bitwise_equal(trained, tmp_path):
+    """Weights, batch statistics, optimizer and lookahead state come back bit for bit."""
+    config, _, _ = trained
+    model, opt, lookahead = _trained_a_little(config, seed=1)
+    mngr = checkpoints.checkpoint_manager(tmp_path / "ckpt", config)
+    record = checkpoints.serving_record(
+        config, class_names=("a", "b", "c"), image_shape=(32, 32, 3), mean=(1,) * 3,
+        std=(2,) * 3, step=7,
     )  # fmt: skip
-    model = _tiny_model(config)
-    opt = nnx.Optimizer(model, train.create_optimizer(config, steps_per_epoch=2), wrt=nnx.Param)
-    ones = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
-    history = [_params(model)]
-    for _ in range(3):
-        opt.update(model, ones)
-        history.append(_params(model))
-    first = {name: history[1][name] - history[0][name] for name in history[0]}
-    np.testing.assert_array_equal(first["stem/kernel"], 0.0)
-    np.testing.assert_allclose(first["stem/bias"], -0.1, rtol=1e-6)
-    np.testing.assert_allclose(first["blocks/0/conv1/kernel"], -0.1, rtol=1e-5)
-    np.testing.assert_allclose(first["head/kernel"], -0.1, rtol=1e-5)
-    np.testing.assert_allclose(first["blocks/0/norm1/bias"], -0.8, rtol=1e-6)
-    # One epoch is two steps: the stem bias moved in steps 1 and 2, not in step 3.
-    np.testing.assert_allclose(history[2]["stem/bias"] - history[0]["stem/bias"], -0.2, rtol=1e-5)
-    np.testing.assert_array_equal(history[3]["stem/bias"], history[2]["stem/bias"])
-    np.testing.assert_array_equal(history[3]["stem/kernel"], history[0]["stem/kernel"])
-
-    decayed = configs.get_config("tiny", weight_decay=0.5, learning_rate=0.1, warmup_epochs=0.0)
-    model = _tiny_model(decayed)
-    nnx.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
-    opt = nnx.Optimizer(model, train.create_optimizer(decayed, steps_per_epoch=2), wrt=nnx.Param)
-    opt.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
-    after = _params(model)
-    assert (after["blocks/1/conv2/kernel"] < 1.0).all() and (after["head/kernel"] < 1.0).all()
-    np.testing.assert_array_equal(after["blocks/1/norm2/bias"], 1.0)
+    checkpoints.save_checkpoint(mngr, 7, model, opt, record, lookahead)
+    mngr.wait_until_finished()
+    restored_model, restored_opt, restored_lookahead = _trained_a_little(config, seed=2)
+    assert _leaf_bytes(nnx.state(opt)) != _leaf_bytes(nnx.state(restored_opt))
+    step = checkpoints.restore_checkpoint(
+        mngr, config, restored_model, restored_opt, restored_lookahead
+    )
+    assert step == 7
+    assert _leaf_bytes((nnx.state((model, opt)), lookahead.ema)) == _leaf_bytes(
+        (nnx.state((restored_model, restored_opt)), restored_lookahead.ema)
+    )
+    saved = model_dir.read_record(tmp_path / "ckpt", 7).to_meta()
+    assert saved == json.loads(json.dumps(record.to_meta()))  # the record, as JSON keeps it
+    mngr.close()
 
 
-def test_lookahead_pulls_weights_to_their_average_and_ends_on_it():
-    """Every k steps the model becomes the EMA moved towards it; nothing happens in between;
-    after the last step of the schedule the model is the EMA."""
-    model = _tiny_model(configs.get_config("tiny"))
-    start = _params(model)
-    lookahead = train.Lookahead(model, every=2)
-    nnx.update(model, jax.tree.map(lambda p: p + 1.0, nnx.state(model, nnx.Param)))
-    lookahead.after_step(model, 1, total_steps=10)
-    np.testing.assert_allclose(_params(model)["head/kernel"], start["head/kernel"] + 1.0)
-    lookahead.after_step(model, 2, total_steps=10)
-    decay = 0.95**2 * 0.2**3
-    for name in start:
-        np.testing.assert_allclose(_params(model)[name], start[name] + 1 - decay, rtol=1e-5)
-    ema = _params(model)
-    nnx.update(model, jax.tree.map(lambda p: p + 1.0, nnx.state(model, nnx.Param)))
-    lookahead.after_step(model, 10, total_steps=10)
-    decay = 0.95**2
-    for name in start:
-        np.testing.assert_allclose(_params(model)[name], ema[name] + 1 - decay, rtol=1e-5)
+def test_restoring_a_checkpoint_without_a_serving_record_is_refused(trained, tmp_path):
+    """A checkpoint whose meta is not a serving record fails with IncompatibleModelError."""
+    config, _, _ = trained
+    model, opt, lookahead = _trained_a_little(config, seed=1)
+    mngr = checkpoints.checkpoint_manager(tmp_path / "ckpt", config)
+    mngr.save(
+        3,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardSave(models.inference_state(model)),
+            train=ocp.args.StandardSave({"opt": 0}),
+            meta=ocp.args.JsonSave({"model": config.to_dict()}),
+        ),
+    )
+    mngr.wait_until_finished()
+    with pytest.raises(IncompatibleModelError, match="lacks serving-record fields"):
+        checkpoints.restore_checkpoint(mngr, config, model, opt, lookahead)
+    mngr.close()
+
+
+def test_step_counts_follow_epochs_batch_size_and_max_steps():
+    """Steps per epoch drop the last partial batch; max_steps shortens the run, not the
+    schedule; too large a batch is refused."""
+    config = configs.get_config("tiny", batch_size=16, epochs=2.5, eval_every_epochs=0.5)
+    assert train.count_steps(config, 100) == train.StepCounts(
+        per_epoch=6, schedule=15, total=15, eval_every=3
+    )
+    short = train.count_steps(config.replace(max_steps=4), 100)
+    assert (short.schedule, short.total) == (15, 4)
+    with pytest.raises(ValueError, match="exceeds the 10 examples"):
+        train.count_steps(config, 10)
+
+
+def test_create_train_state_starts_fresh_or_resumes_the_latest_checkpoint(trained):
+    """Without a workdir: step 0, no checkpoints, the stem whitened on the given images.
+    On a finished workdir: its latest step, optimizer and weights, and no whitening."""
+    config, workdir, _ = trained
+    record = model_dir.read_record(model_dir.find_checkpoints(workdir), 12)
+    shapes = dict(
+        num_classes=3, image_shape=(32, 32, 3), mean=record.mean, std=record.std,
+        steps_per_epoch=3,
+    )  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    whitened = config.replace(stem_width=24)  # 2x2x3 patches: 12 eigenvectors and negatives
+    fresh = train.create_train_state(whitened, None, whitening_images=lambda: images, **shapes)
+    assert fresh.step == 0 and fresh.checkpoints is None
+    normalized = (images.astype(np.float32) - np.asarray(record.mean)) / np.asarray(record.std)
+    np.testing.assert_allclose(
+        np.asarray(fresh.model.stem.kernel[...]), models.whitening_kernel(normalized, 2), rtol=1e-6
+    )
+
+    def refuse():
+        raise AssertionError("a resumed run must not re-whiten its stem")
+
+    resumed = train.create_train_state(config, workdir, whitening_images=refuse, **shapes)
+    try:
+        assert resumed.step == 12 and int(resumed.opt.step[...]) == 12
+        assert resumed.model.head.kernel[...].sharding == resumed.replicated
+        saved = Classifier.load(workdir)  # step 12: the latest of the best
+        assert saved.record.step == 12
+        assert _leaf_bytes(models.inference_state(resumed.model)) == _leaf_bytes(
+            models.inference_state(saved.model)
+        )
+    finally:
+        resumed.checkpoints.close()
+
+
+def test_evaluate_model_uses_the_temperature_and_skips_padding(trained):
+    """Loss is the mean negative log-probability at the temperature over unmasked rows;
+    accuracy does not depend on the temperature."""
+    _, workdir, _ = trained
+    model = Classifier.load(workdir).model
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+        "label": np.array([0, 1, 2, 0, 1, 2], np.int32),
+        "mask": np.array([True] * 5 + [False]),
+    }
+    logits = np.asarray(models.predict_logits(model, batch["image"], flip_tta=True))[:5]
+    for temperature in (1.0, 2.5):
+        metrics = train.evaluate_model(
+            model, [batch], num_classes=3, flip_tta=True, temperature=temperature
+        )
+        log_probs = np.asarray(jax.nn.log_softmax(logits / temperature, axis=-1))
+        assert metrics["count"] == 5
+        np.testing.assert_allclose(
+            metrics["loss"], -log_probs[np.arange(5), batch["label"][:5]].mean(), rtol=1e-5
+        )
+        assert metrics["accuracy"] == np.mean(logits.argmax(-1) == batch["label"][:5])
 
 
 def test_interrupted_run_resumes_at_its_step_and_matches_an_uninterrupted_one(
@@ -197,8 +249,9 @@ def test_sigterm_saves_a_checkpoint_and_stops(color_dataset, tmp_path):
 def test_non_finite_loss_stops_the_run_naming_the_step(color_dataset, tmp_path):
     """An exploding learning rate raises NonFiniteLossError that names the step."""
     config = _config(color_dataset, learning_rate=1e30, label_smoothing=0.0)
-    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         train.train_and_evaluate(config, tmp_path)
+    assert train.NonFiniteLossError is NonFiniteLossError  # still importable from train
 
 
 def test_cli_reports_bad_options_without_a_traceback(capsys):
@@ -215,3 +268,22 @@ def test_resuming_with_a_different_recipe_is_refused_with_the_field_named(traine
     with pytest.raises(ValueError, match="lookahead_every=2"):
         train.train_and_evaluate(config.replace(lookahead_every=0), workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+def test_help_imports_no_tensorflow():
+    """`python -m research.train --help` lists the flags without importing TensorFlow."""
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['research.train', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('research.train', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--learning_rate" in done.stdout and "--workdir" in done.stdout

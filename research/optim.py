@@ -1,0 +1,132 @@
+"""The optimizer of a training run: parameter groups, learning-rate schedule, lookahead.
+
+tx = create_optimizer(config, steps_per_epoch)
+opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+lookahead = Lookahead(model, config.lookahead_every)   # airbench's, when configured
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from research.configs import Config
+
+
+def parameter_path(path: tuple) -> tuple[str, ...]:
+    """The module and parameter names on a tree path of model state, e.g.
+    ('blocks', '0', 'norm1', 'bias'): the one reading of parameter paths, for the weight-decay
+    mask and the parameter groups alike (attribute and index keys that NNX adds are skipped)."""
+    return tuple(str(k.key) for k in path if hasattr(k, "key"))
+
+
+def _is_kernel(path: tuple, _: Any) -> bool:
+    return parameter_path(path)[-1] == "kernel"
+
+
+def param_label(config: Config) -> Any:
+    """Labels each parameter with its optimizer group: 'other', 'norm', 'stem_bias' or 'frozen'.
+
+    'norm' are batch-norm parameters (learning rate x `bias_lr_scale`, no weight decay). With
+    `whiten_bias_epochs` set, the whitening stem's kernel is 'frozen' and its bias trains for
+    that many epochs, as in airbench94.
+    """
+    return functools.partial(
+        jax.tree_util.tree_map_with_path,
+        functools.partial(_group, whiten_stem_bias=config.whiten_bias_epochs is not None),
+    )
+
+
+def _group(path: tuple, _: Any, *, whiten_stem_bias: bool) -> str:
+    names = parameter_path(path)
+    if names[0] == "stem" and whiten_stem_bias:
+        return "stem_bias" if names[-1] == "bias" else "frozen"
+    if any(name.startswith("norm") or name.endswith("norm") for name in names[:-1]):
+        return "norm"
+    return "other"
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warm-up from `warmup_start_fraction` to the peak, then linear decay."""
+    total = max(int(config.epochs * steps_per_epoch), 1)
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    peak, end = config.learning_rate, config.learning_rate * config.end_lr_fraction
+    if warmup <= 0:
+        return optax.linear_schedule(peak, end, total)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(peak * config.warmup_start_fraction, peak, warmup),
+            optax.linear_schedule(peak, end, total - warmup),
+        ],
+        [warmup],
+    )
+
+
+def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Optax optimizer: the schedule above, weight decay on kernels only, parameter groups.
+
+    SGD is Nesterov momentum with L2 weight decay added to the gradient (as PyTorch's SGD);
+    AdamW decays decoupled.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    stem_bias_steps = int((config.whiten_bias_epochs or 0) * steps_per_epoch)
+    return optax.multi_transform(
+        {
+            "other": _group_optimizer(config, schedule, weight_decay=config.weight_decay),
+            "norm": _group_optimizer(config, schedule, scale=config.bias_lr_scale),
+            "stem_bias": optax.chain(
+                _group_optimizer(config, schedule),
+                optax.scale_by_schedule(lambda count: (count < stem_bias_steps).astype(float)),
+            ),
+            "frozen": optax.set_to_zero(),
+        },
+        param_label(config),
+    )
+
+
+def _group_optimizer(
+    config: Config, schedule: optax.Schedule, *, scale: float = 1.0, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
+    lr = schedule if scale == 1.0 else (lambda count: schedule(count) * scale)
+    decay_mask = functools.partial(jax.tree_util.tree_map_with_path, _is_kernel)
+    if config.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.sgd(lr, momentum=config.momentum, nesterov=True),
+    )
+
+
+_AVERAGED = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
+@nnx.jit
+def _lookahead_pull(model: nnx.Module, ema: nnx.State, decay: jax.Array) -> nnx.State:
+    ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, nnx.state(model, _AVERAGED))
+    nnx.update(model, ema)
+    return ema
+
+
+class Lookahead:
+    """airbench's lookahead: every k steps, move an EMA of the weights (and batch-norm
+    statistics) towards the model, then set the model to it; at the end, the model is the EMA.
+
+    The EMA's decay rises as 0.95**k * (step / total)**3: no averaging early, strong at the end.
+    """
+
+    def __init__(self, model: nnx.Module, every: int):
+        self.every = every
+        self.ema = jax.tree.map(jnp.copy, nnx.state(model, _AVERAGED))
+
+    def after_step(self, model: nnx.Module, step: int, total_steps: int) -> None:
+        """Call after each step (1-based) of a `total_steps` schedule, `max_steps` aside."""
+        if step % self.every == 0:
+            decay = 0.95**self.every * (step / total_steps) ** 3
+            self.ema = _lookahead_pull(model, self.ema, jnp.float32(decay))
+        if step == total_steps:
+            nnx.update(model, jax.tree.map(jnp.copy, self.ema))
