@@ -62,10 +62,6 @@ class DatasetInfo:
     splits: dict[str, int]  # split name -> number of examples
 
 
-# --------------------------------------------------------------------------------------------
-# Reading
-
-
 def get_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     """Returns class names, image shape and split sizes of a dataset, preparing it if needed."""
     builder = _get_prepared_builder(name, data_dir)

@@ -1,8 +1,11 @@
 """python -m research.data: import, summary, and a clean error when data is missing."""
 
+import gzip
+import struct
 import subprocess
 import sys
 
+import numpy as np
 from PIL import Image
 
 from research import data
@@ -38,6 +41,26 @@ def test_import_folder_then_summary_prints_counts_and_writes_the_grid(tmp_path, 
         rows = len(CLASSES)
         assert grid.format == "PNG"
         assert grid.height % rows == 0 and grid.width > data.GRID_LABEL_WIDTH
+
+
+def test_import_idx_with_class_names_then_summary(tmp_path, capsys):
+    """import-idx reads gzipped idx files under a name of one's own, with --class_names."""
+    source = tmp_path / "idx"
+    source.mkdir()
+    images = np.arange(6, dtype=np.uint8)[:, None, None] * np.ones((6, 5, 5), np.uint8)
+    for kind, array in (("images-idx3", images), ("labels-idx1", np.arange(6) % 2)):
+        header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+            f">{array.ndim}I", *array.shape
+        )
+        payload = gzip.compress(header + array.astype(np.uint8).tobytes())
+        (source / f"train-{kind}-ubyte.gz").write_bytes(payload)
+    args = ["--dataset", "pairs", "--data_dir", str(tmp_path / "data")]
+    assert data.main(["import-idx", str(source), *args, "--class_names", "even,odd"]) == 0
+    assert "imported pairs: train 6; 2 classes; images (5, 5, 1)" in capsys.readouterr().out
+    assert data.main(["summary", *args]) == 0
+    out = capsys.readouterr().out
+    assert "classes      2: even, odd" in out
+    assert any(line.split() == ["odd", "3"] for line in out.splitlines())
 
 
 def test_import_over_an_existing_dataset_is_an_error_without_traceback(tmp_path, capsys):
