@@ -1,180 +1,351 @@
-"""The JSON API: predict, browse predictions, list models, health. No CSRF: no cookies used."""
+"""The JSON API on Django REST framework: predict, browse predictions, list models, health.
 
-import json
+Anonymous by design: no authentication, so no session and no CSRF token (the HTML form keeps
+both). Every error is {'error': human-readable message, 'code': machine-readable code}, made
+by `handle_exception`. Throttling, parsers and renderers are settings (REST_FRAMEWORK); the
+OpenAPI schema at /api/openapi.json is generated from these views and uploads.serializers.
+"""
+
 import logging
-from functools import cache
-from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import SuspiciousOperation
-from django.core.paginator import EmptyPage, Paginator
-from django.http import HttpRequest, JsonResponse
-from django.http.multipartparser import MultiPartParserError
+from django.core.exceptions import SuspiciousOperation, TooManyFilesSent
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerSplitView
+from rest_framework import exceptions, status
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from uploads import classifiers, services
 from uploads.images import UploadRejected
 from uploads.models import Prediction
+from uploads.serializers import (
+    ErrorSerializer,
+    HealthSerializer,
+    ModelListSerializer,
+    PredictionSerializer,
+    PredictRequestSerializer,
+    read_whole_number,
+)
 
 logger = logging.getLogger(__name__)
 
-OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+_MAX_PAGE = 10**9
 
 
-def json_error(message: str, *, code: str, status: int) -> JsonResponse:
-    """An error the client can show as is: {'error': message, 'code': code}."""
-    return JsonResponse({"error": message, "code": code}, status=status)
+class ApiError(exceptions.APIException):
+    """An error answered as {'error': message, 'code': code} with the given HTTP status."""
+
+    def __init__(self, message: str, *, code: str, status_code: int):
+        super().__init__(message, code)
+        self.status_code = status_code
 
 
-def _allow(request: HttpRequest, *methods: str) -> JsonResponse | None:
-    if request.method in methods:
-        return None
-    response = json_error(
-        f"Use {' or '.join(methods)} on this endpoint.", code="method_not_allowed", status=405
-    )
-    response["Allow"] = ", ".join(methods)
+def handle_exception(exc: Exception, context: dict) -> Response | None:
+    """REST_FRAMEWORK's EXCEPTION_HANDLER: every refusal becomes {'error', 'code'} JSON.
+
+    Public messages never name settings, paths or internals; the operator's detail of an
+    unavailable model goes to the log.
+    """
+    if isinstance(exc, UploadRejected):
+        exc = ApiError(exc.message, code=exc.code, status_code=exc.status)
+    elif isinstance(exc, classifiers.ModelUnavailableError):
+        logger.error("%s", exc)
+        exc = ApiError(exc.public_message, code="model_unavailable", status_code=503)
+    elif isinstance(exc, TooManyFilesSent):  # Django's parser limit, far above one image
+        exc = ApiError(
+            "Too many files in one request; send one image per request.",
+            code="too_many_files",
+            status_code=400,
+        )
+    elif isinstance(exc, SuspiciousOperation):  # too many fields, a field too large, ...
+        exc = ApiError("The request could not be understood.", code="bad_request", status_code=400)
+    elif isinstance(exc, exceptions.ParseError):
+        exc = ApiError(
+            f"The upload could not be read: {exc.detail}", code="bad_request", status_code=400
+        )
+    response = drf_exception_handler(exc, context)  # adds Retry-After, rolls back, ...
+    if response is not None:
+        message, code = _describe(exc, context)
+        response.data = {"error": message, "code": code}
     return response
 
 
-@csrf_exempt
-def predict(request: HttpRequest) -> JsonResponse:
+def _describe(exc: exceptions.APIException, context: dict) -> tuple[str, str]:
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        methods = context["view"].allowed_methods
+        return f"Use {' or '.join(methods)} on this endpoint.", "method_not_allowed"
+    detail = exc.detail
+    while isinstance(detail, dict | list) and detail:  # a serializer's first field error
+        detail = next(iter(detail.values())) if isinstance(detail, dict) else detail[0]
+    code = getattr(detail, "code", None) or exc.default_code
+    return str(detail), str(code)
+
+
+ERRORS = OpenApiResponse(ErrorSerializer, description="{'error': message, 'code': code}")
+
+
+class PredictView(APIView):
     """POST /api/predict: multipart 'image' (+ optional 'model', 'top_k') -> 201 prediction."""
-    if refused := _allow(request, "POST"):
-        return refused
+
+    http_method_names = ["post"]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        operation_id="predict",
+        summary="Classify one image",
+        request={"multipart/form-data": PredictRequestSerializer},
+        responses={
+            201: PredictionSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="No image, several images, an empty, corrupt or truncated file, "
+                "an unknown model or a bad top_k",
+            ),
+            413: OpenApiResponse(
+                ErrorSerializer,
+                description="Over the byte or pixel limit (decompression bombs included)",
+            ),
+            415: OpenApiResponse(
+                ErrorSerializer, description="Not an image, or a format outside the allow-list"
+            ),
+            429: OpenApiResponse(ErrorSerializer, description="Too many requests; see Retry-After"),
+            503: OpenApiResponse(
+                ErrorSerializer, description="The model is not installed on this server"
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        _refuse_oversized_body(request)
+        try:
+            data = request.data
+        except exceptions.UnsupportedMediaType:
+            data = {}  # a JSON or raw body has no 'image' field: say which field to send
+        fields = PredictRequestSerializer(data=data)
+        fields.is_valid(raise_exception=True)
+        prediction = services.classify_upload(
+            file=fields.validated_data["image"],
+            model_name=fields.validated_data.get("model"),
+            top_k=fields.validated_data.get("top_k"),
+        )
+        return Response(
+            PredictionSerializer(prediction).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Location": reverse("uploads:api-prediction", args=[prediction.pk])},
+        )
+
+
+class PredictionPagination(PageNumberPagination):
+    """?page= and ?page_size= (1 to 100), strictly checked; links relative to the site."""
+
+    page_size = DEFAULT_PAGE_SIZE
+    page_size_query_param = "page_size"
+    max_page_size = MAX_PAGE_SIZE
+
+    def paginate_queryset(self, queryset, request: Request, view=None) -> list:
+        self.request = request
+        page_number = _read_page_param(request, "page", 1)
+        page_size = _read_page_param(request, "page_size", DEFAULT_PAGE_SIZE)
+        if page_number < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ApiError(
+                f"page must be ≥ 1 and page_size between 1 and {MAX_PAGE_SIZE}.",
+                code="bad_page",
+                status_code=400,
+            )
+        paginator = self.django_paginator_class(queryset, page_size)
+        if page_number > paginator.num_pages:
+            raise ApiError(
+                f"Page {page_number} is past the last page ({paginator.num_pages}).",
+                code="bad_page",
+                status_code=404,
+            )
+        self.page = paginator.page(page_number)
+        return list(self.page)
+
+    def get_paginated_response(self, data: list) -> Response:
+        return Response(
+            {
+                "count": self.page.paginator.count,
+                "page": self.page.number,
+                "num_pages": self.page.paginator.num_pages,
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+                "results": data,
+            }
+        )
+
+    def get_next_link(self) -> str | None:
+        return self._page_url(self.page.next_page_number()) if self.page.has_next() else None
+
+    def get_previous_link(self) -> str | None:
+        if not self.page.has_previous():
+            return None
+        return self._page_url(self.page.previous_page_number())
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        link = {"type": ["string", "null"], "example": "/api/predictions?page=2"}
+        return {
+            "type": "object",
+            "required": ["count", "page", "num_pages", "next", "previous", "results"],
+            "properties": {
+                "count": {"type": "integer"},
+                "page": {"type": "integer"},
+                "num_pages": {"type": "integer"},
+                "next": link,
+                "previous": link,
+                "results": schema,
+            },
+        }
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        page, page_size = super().get_schema_operation_parameters(view)
+        page["schema"].update(minimum=1, default=1)
+        page_size["schema"].update(minimum=1, maximum=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)
+        return [page, page_size]
+
+    def _page_url(self, number: int) -> str:
+        query = self.request.query_params.copy()
+        query["page"] = str(number)
+        return f"{self.request.path}?{query.urlencode()}"
+
+
+class PredictionListView(ListAPIView):
+    """GET /api/predictions?page=&page_size=&label=&model=: newest first."""
+
+    http_method_names = ["get"]
+    serializer_class = PredictionSerializer
+    pagination_class = PredictionPagination
+
+    def get_queryset(self):
+        return Prediction.objects.recent().filter_by(
+            label=self.request.query_params.get("label", ""),
+            model_name=self.request.query_params.get("model", ""),
+        )
+
+    @extend_schema(
+        operation_id="listPredictions",
+        summary="List predictions, newest first",
+        parameters=[
+            OpenApiParameter("label", str, description="Only this top label"),
+            OpenApiParameter("model", str, description="Only this model name"),
+        ],
+        responses={
+            200: PredictionSerializer(many=True),
+            400: OpenApiResponse(ErrorSerializer, description="Malformed page or page_size"),
+            404: OpenApiResponse(ErrorSerializer, description="Page past the last page"),
+        },
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return self.list(request, *args, **kwargs)
+
+
+class PredictionDetailView(APIView):
+    """GET /api/predictions/<id>."""
+
+    http_method_names = ["get"]
+
+    @extend_schema(
+        operation_id="getPrediction",
+        summary="Get one prediction",
+        responses={
+            200: PredictionSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="No such prediction"),
+        },
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        prediction = Prediction.objects.recent().filter(pk=pk).first()
+        if prediction is None:
+            raise exceptions.NotFound(f"There is no prediction {pk}.")
+        return Response(PredictionSerializer(prediction).data)
+
+
+class ModelListView(APIView):
+    """GET /api/models: every configured model, whether installed and warmed up."""
+
+    http_method_names = ["get"]
+
+    @extend_schema(
+        operation_id="listModels",
+        summary="List the models this server can use",
+        responses={200: ModelListSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        models = {
+            "default": classifiers.get_default_model_name(),
+            "models": classifiers.list_model_infos(),
+        }
+        return Response(ModelListSerializer(models).data)
+
+
+class HealthView(APIView):
+    """GET /healthz: 200 once every model is loaded and compiled, 503 before."""
+
+    http_method_names = ["get", "head"]
+    throttle_classes = []  # load balancers and orchestrators poll it
+
+    @extend_schema(
+        operation_id="health",
+        summary="Readiness: 200 once every model is loaded and compiled",
+        responses={
+            200: OpenApiResponse(HealthSerializer, description="Ready"),
+            503: OpenApiResponse(
+                HealthSerializer, description="Still warming up, or a model failed to load"
+            ),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        health = classifiers.get_health()
+        health["status"] = "ready" if health["ready"] else "starting"
+        return Response(health, status=200 if health["ready"] else 503)
+
+
+class SchemaView(SpectacularJSONAPIView):
+    """GET /api/openapi.json: the OpenAPI 3.1 description, generated from the views."""
+
+    http_method_names = ["get"]
+    # application/json first, as this URL has always answered; the OpenAPI type on request.
+    renderer_classes = [OpenApiJsonRenderer2, OpenApiJsonRenderer]
+
+
+class DocsView(SpectacularSwaggerSplitView):
+    """GET /api/docs/: Swagger UI from drf-spectacular-sidecar's files, so it works offline.
+
+    The split view loads its start-up script from a URL of its own, as the site's
+    Content-Security-Policy (no inline script) requires.
+    """
+
+    http_method_names = ["get"]
+    template_name = "uploads/api_docs.html"
+    url_name = "uploads:api-openapi"
+
+
+def _refuse_oversized_body(request: Request) -> None:
+    """Refuse a body far over the limit from its Content-Length, before parsing a byte."""
     limit = settings.UPLOAD_MAX_BYTES + 1024 * 1024
     if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
-        return json_error(
+        raise ApiError(
             f"The request is larger than the {settings.UPLOAD_MAX_BYTES / 2**20:g} MB limit.",
             code="file_too_large",
-            status=413,
+            status_code=413,
         )
-    try:
-        files = request.FILES.getlist("image")
-        fields = request.POST
-    except (SuspiciousOperation, MultiPartParserError) as err:
-        return json_error(f"The upload could not be read: {err}", code="bad_request", status=400)
-    if not files:
-        return json_error(
-            "Send the image as the multipart/form-data field 'image'.", code="no_file", status=400
+
+
+def _read_page_param(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return default
+    value = read_whole_number(text, cap=_MAX_PAGE)
+    if value is None:
+        raise ApiError(
+            "page and page_size must be whole numbers.", code="bad_page", status_code=400
         )
-    if len(files) > 1:
-        return json_error(
-            f"{len(files)} images were sent; send one image per request.",
-            code="too_many_files",
-            status=400,
-        )
-    top_k = fields.get("top_k", "").strip()
-    if top_k and not top_k.isdigit():
-        return json_error("top_k must be a whole number.", code="invalid_top_k", status=400)
-    try:
-        prediction = services.classify_upload(
-            file=files[0],
-            model_name=fields.get("model") or None,
-            top_k=int(top_k) if top_k else None,
-        )
-    except UploadRejected as err:
-        return json_error(err.message, code=err.code, status=err.status)
-    except classifiers.ModelUnavailableError as err:
-        logger.error("%s", err)
-        return json_error(err.public_message, code="model_unavailable", status=503)
-    response = JsonResponse(prediction.as_dict(), status=201)
-    response["Location"] = reverse("uploads:api-prediction", args=[prediction.pk])
-    return response
-
-
-@csrf_exempt
-def list_predictions(request: HttpRequest) -> JsonResponse:
-    """GET /api/predictions?page=&page_size=&label=&model=: newest first."""
-    if refused := _allow(request, "GET"):
-        return refused
-    try:
-        page_number = int(request.GET.get("page", 1))
-        page_size = int(request.GET.get("page_size", DEFAULT_PAGE_SIZE))
-    except ValueError:
-        return json_error("page and page_size must be whole numbers.", code="bad_page", status=400)
-    if page_number < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        return json_error(
-            f"page must be ≥ 1 and page_size between 1 and {MAX_PAGE_SIZE}.",
-            code="bad_page",
-            status=400,
-        )
-    queryset = Prediction.objects.recent().filter_by(
-        label=request.GET.get("label", ""), model_name=request.GET.get("model", "")
-    )
-    paginator = Paginator(queryset, page_size)
-    try:
-        page = paginator.page(page_number)
-    except EmptyPage:
-        return json_error(
-            f"Page {page_number} is past the last page ({paginator.num_pages}).",
-            code="bad_page",
-            status=404,
-        )
-    return JsonResponse(
-        {
-            "count": paginator.count,
-            "page": page.number,
-            "num_pages": paginator.num_pages,
-            "next": _page_url(request, page.next_page_number()) if page.has_next() else None,
-            "previous": (
-                _page_url(request, page.previous_page_number()) if page.has_previous() else None
-            ),
-            "results": [prediction.as_dict() for prediction in page],
-        }
-    )
-
-
-@csrf_exempt
-def get_prediction(request: HttpRequest, pk: int) -> JsonResponse:
-    """GET /api/predictions/<id>."""
-    if refused := _allow(request, "GET"):
-        return refused
-    prediction = Prediction.objects.recent().filter(pk=pk).first()
-    if prediction is None:
-        return json_error(f"There is no prediction {pk}.", code="not_found", status=404)
-    return JsonResponse(prediction.as_dict())
-
-
-@csrf_exempt
-def list_models(request: HttpRequest) -> JsonResponse:
-    """GET /api/models: every configured model, whether installed and warmed up."""
-    if refused := _allow(request, "GET"):
-        return refused
-    return JsonResponse(
-        {
-            "default": classifiers.get_default_model_name(),
-            "models": [info.as_dict() for info in classifiers.list_model_infos()],
-        }
-    )
-
-
-@csrf_exempt
-def healthz(request: HttpRequest) -> JsonResponse:
-    """GET /healthz: 200 once every model is loaded and compiled, 503 before."""
-    if refused := _allow(request, "GET", "HEAD"):
-        return refused
-    health = classifiers.get_health()
-    health["status"] = "ready" if health["ready"] else "starting"
-    return JsonResponse(health, status=200 if health["ready"] else 503)
-
-
-@csrf_exempt
-def openapi(request: HttpRequest) -> JsonResponse:
-    """GET /api/openapi.json: the OpenAPI 3.1 description of this API."""
-    if refused := _allow(request, "GET"):
-        return refused
-    return JsonResponse(_read_openapi(), json_dumps_params={"indent": 2})
-
-
-@cache
-def _read_openapi() -> dict:
-    return json.loads(OPENAPI_PATH.read_text())
-
-
-def _page_url(request: HttpRequest, number: int) -> str:
-    query = request.GET.copy()
-    query["page"] = str(number)
-    return f"{request.path}?{query.urlencode()}"
+    return value

@@ -6,7 +6,6 @@ same research.inference.Classifier instance then serves every thread of the proc
 """
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -16,9 +15,11 @@ from typing import Any
 
 from django.conf import settings
 
-logger = logging.getLogger(__name__)
+from research import model_dir  # JAX-free: reads model directories without loading a model
+from research.configs import dataset_title
+from research.record import ServingRecord
 
-DATASET_TITLES = {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _classifiers: dict[tuple[str, str], Any] = {}
@@ -48,33 +49,41 @@ class ModelUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the site says about a configured model, read from its meta.json without loading."""
+    """What the site says about a configured model, from its serving record, without loading.
+
+    `record` is None when the directory holds no readable model (not installed, or broken).
+    """
 
     name: str
     directory: Path
-    dataset: str
-    version: str
-    class_names: tuple[str, ...]
-    accuracy: float | None
+    record: ServingRecord | None
     available: bool
 
     @property
     def title(self) -> str:
         """A human name for the model, from its dataset."""
-        return DATASET_TITLES.get(self.dataset, self.dataset or self.name)
+        return dataset_title(self.dataset) if self.dataset else self.name
 
-    def as_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready description used by the API."""
-        return {
-            "name": self.name,
-            "title": self.title,
-            "dataset": self.dataset,
-            "version": self.version,
-            "class_names": list(self.class_names),
-            "accuracy": self.accuracy,
-            "available": self.available,
-            "ready": is_model_ready(self.name),
-        }
+    @property
+    def dataset(self) -> str:
+        return self.record.dataset if self.record else ""
+
+    @property
+    def version(self) -> str:
+        return self.record.version if self.record else ""
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.record.class_names if self.record else ()
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.record.eval_accuracy if self.record else None
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and compiled in this process."""
+        return is_model_ready(self.name)
 
 
 def get_model_names() -> list[str]:
@@ -99,23 +108,14 @@ def get_model_dir(name: str) -> Path:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """Describe a configured model: from the loaded model, else its metadata on disk.
+    """Describe a configured model: from the loaded model, else its record on disk.
 
     Never loads a model, so pages can list models before (or without) warm-up.
     """
     directory = get_model_dir(name)
     loaded = _classifiers.get((name, str(directory)))
-    meta = (loaded.meta if loaded is not None else _read_meta(directory)) or {}
-    accuracy = (meta.get("metrics") or {}).get("eval_accuracy")
-    return ModelInfo(
-        name=name,
-        directory=directory,
-        dataset=str(meta.get("dataset", "")),
-        version=str(meta.get("version", "")),
-        class_names=tuple(meta.get("class_names", ())),
-        accuracy=float(accuracy) if accuracy is not None else None,
-        available=directory.is_dir(),
-    )
+    record = loaded.record if loaded is not None else model_dir.describe(directory)
+    return ModelInfo(name=name, directory=directory, record=record, available=directory.is_dir())
 
 
 def list_model_infos() -> list[ModelInfo]:
@@ -219,35 +219,6 @@ def _warm_up_quietly() -> None:
     warm_up_codecs()
     with contextlib.suppress(Exception):  # already logged, and shown by /healthz
         warm_up_models()
-
-
-def _read_meta(directory: Path) -> dict[str, Any] | None:
-    """Read a model's metadata without loading it: meta.json, else the Orbax 'meta' item.
-
-    Like Classifier.load, it prefers the checkpoint with the best eval accuracy (then the
-    latest) in an exported model dir or a training workdir's checkpoints/.
-    """
-    try:
-        return json.loads((directory / "meta.json").read_text())
-    except (OSError, ValueError):
-        pass
-    best: tuple[float, int, dict[str, Any]] | None = None
-    for metadata in [
-        *directory.glob("checkpoints/*/meta/metadata"),
-        *directory.glob("*/meta/metadata"),
-    ]:
-        step_name = metadata.parent.parent.name
-        try:
-            meta = json.loads(metadata.read_text())
-        except (OSError, ValueError):
-            continue
-        if not step_name.isdigit() or not isinstance(meta, dict):
-            continue
-        accuracy = (meta.get("metrics") or {}).get("eval_accuracy", -1.0)
-        key = (float(accuracy), int(step_name), meta)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
 
 
 def _load_classifier(name: str, directory: Path):

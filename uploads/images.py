@@ -1,8 +1,11 @@
-"""Validate untrusted image bytes and re-encode them; nothing here touches the database.
+"""Validate untrusted image bytes and re-encode them for storage; no database, no model input.
 
 Every check that can run on the header runs before a single pixel is decoded: byte size,
-format allow-list, pixel count (which also stops decompression bombs). The decoded image is
-then upright (EXIF orientation), in a plain mode (RGB, RGBA or L) and stripped of metadata.
+format allow-list, pixel count (which also stops decompression bombs). The decoded first frame
+goes to the classifier as it is: research.inference alone turns an image into the model's
+input (orientation, mode, size). What is stored and shown is re-encoded from the decoded
+pixels: upright (EXIF orientation), in a mode PNG and JPEG hold (RGB, RGBA or L), without
+metadata.
 """
 
 import hashlib
@@ -12,6 +15,7 @@ import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,21 +49,26 @@ class UploadRejected(Exception):  # noqa: N818  (a user-facing outcome, not a cr
 
 @dataclass(frozen=True)
 class ValidatedImage:
-    """A decoded, upright, plain-mode image and facts about the bytes it came from."""
+    """An accepted upload: its decoded first frame and facts about the bytes it came from."""
 
-    image: Image.Image
+    image: Image.Image  # as decoded, any mode and orientation: what the classifier is given
     format: str
     sha256: str
     size_bytes: int
     original_name: str
 
+    @cached_property
+    def display_image(self) -> Image.Image:
+        """The pixels stored and shown: upright, in RGB, RGBA or L."""
+        return _to_storable_mode(_transpose(self.image))
+
     @property
     def width(self) -> int:
-        return self.image.width
+        return self.display_image.width
 
     @property
     def height(self) -> int:
-        return self.image.height
+        return self.display_image.height
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,6 @@ def read_validated_image(
     check_byte_size(len(data), name=original_name, max_bytes=max_bytes)
     image_format = _check_header(data, original_name, max_pixels)
     image = _decode(data, original_name, max_pixels)
-    image = _normalize_mode(image)
     return ValidatedImage(
         image=image,
         format=image_format,
@@ -121,7 +129,7 @@ def read_validated_image(
 
 def encode_for_storage(validated: ValidatedImage) -> EncodedImage:
     """Re-encode the decoded pixels (JPEG stays JPEG, everything else becomes PNG)."""
-    image = validated.image
+    image = validated.display_image
     if validated.format == "JPEG" and image.mode in ("RGB", "L"):
         return EncodedImage(_save(image, "JPEG", quality=JPEG_QUALITY, optimize=False), "jpg")
     return EncodedImage(_save(image, "PNG", compress_level=3), "png")
@@ -129,7 +137,7 @@ def encode_for_storage(validated: ValidatedImage) -> EncodedImage:
 
 def encode_thumbnail(validated: ValidatedImage) -> EncodedImage | None:
     """Return a small copy for listings, or None when the image is already small."""
-    image = validated.image
+    image = validated.display_image
     if image.width <= THUMBNAIL_SIZE[0] and image.height <= THUMBNAIL_SIZE[1]:
         return None
     thumbnail = image.copy()
@@ -151,15 +159,6 @@ def warm_up_codecs() -> None:
         encode_thumbnail(validated)
 
 
-def to_model_input(image: Image.Image) -> Image.Image:
-    """Return the image the classifier sees: alpha composited onto white, else unchanged."""
-    if image.mode != "RGBA":
-        return image
-    background = Image.new("RGB", image.size, (255, 255, 255))
-    background.paste(image, mask=image.getchannel("A"))
-    return background
-
-
 def _check_header(data: bytes, original_name: str, max_pixels: int) -> str:
     """Identify the format and size from the header alone, then verify the file's structure."""
     with _open_image(data, original_name, max_pixels) as image:
@@ -172,13 +171,13 @@ def _check_header(data: bytes, original_name: str, max_pixels: int) -> str:
 
 
 def _decode(data: bytes, original_name: str, max_pixels: int) -> Image.Image:
-    """Decode the first frame and return it upright (a copy, independent of the bytes)."""
+    """Decode the first frame, as the file has it (its pixels no longer read the bytes)."""
     with _open_image(data, original_name, max_pixels) as image:
         try:
             image.load()
         except Exception as err:
             raise _corrupt(original_name) from err
-        return _transpose(image)
+        return image
 
 
 @contextmanager
@@ -234,8 +233,11 @@ def _transpose(image: Image.Image) -> Image.Image:
         return image
 
 
-def _normalize_mode(image: Image.Image) -> Image.Image:
-    """Convert any decoded mode to RGB, RGBA (when there is alpha) or L (grayscale)."""
+def _to_storable_mode(image: Image.Image) -> Image.Image:
+    """Convert any decoded mode to one PNG and JPEG store: RGB, RGBA (alpha kept) or L.
+
+    For storage and display only; the classifier's input is made by research.inference.
+    """
     mode = image.mode
     if mode in ("RGB", "RGBA", "L"):
         return image

@@ -23,7 +23,6 @@ from uploads.images import (
     encode_for_storage,
     encode_thumbnail,
     read_validated_image,
-    to_model_input,
 )
 from uploads.models import Prediction, Upload
 
@@ -37,7 +36,6 @@ class _ModelAnswer:
     version: str
     accuracy: float | None
     class_names: list[str]
-    top_k: int
     inference_ms: float
 
 
@@ -66,19 +64,21 @@ def classify_uploads(
         classifier = classifiers.get_classifier(model_name)
     except classifiers.UnknownModelError as err:
         raise UploadRejected(str(err), code="unknown_model") from err
-    top_k = _check_top_k(top_k, len(classifier.class_names))
+    top_k = _check_top_k(top_k, classifier.record.num_classes)
 
     images = [_read(file) for file in files]
     inference_started = time.perf_counter()
-    probabilities = np.asarray(classifier.predict([to_model_input(v.image) for v in images]))
+    # The decoded images as they came: the seam alone makes the model's input from them.
+    probabilities = np.asarray(classifier.predict([validated.image for validated in images]))
+    ranked = classifier.top_k(probabilities, top_k)
     inference_ms = (time.perf_counter() - inference_started) * 1000 / len(images)
+    record = classifier.record
     answer = _ModelAnswer(
         name=model_name,
-        dataset=str(classifier.dataset),
-        version=str(classifier.version),
-        accuracy=(classifier.meta.get("metrics") or {}).get("eval_accuracy"),
-        class_names=list(classifier.class_names),
-        top_k=top_k,
+        dataset=record.dataset,
+        version=record.version,
+        accuracy=record.eval_accuracy,
+        class_names=list(record.class_names),
         inference_ms=inference_ms,
     )
 
@@ -88,8 +88,10 @@ def classify_uploads(
         latency_ms = (time.perf_counter() - started) * 1000 / len(images)
         with transaction.atomic():
             return [
-                _record(validated, names, row, answer=answer, latency_ms=latency_ms)
-                for validated, names, row in zip(images, stored_names, probabilities, strict=True)
+                _record(validated, names, row, best_first, answer=answer, latency_ms=latency_ms)
+                for validated, names, row, best_first in zip(
+                    images, stored_names, probabilities, ranked, strict=True
+                )
             ]
     except BaseException:
         for name in written:
@@ -158,8 +160,9 @@ def _record(
     validated: ValidatedImage,
     names: tuple[str, str],
     probabilities: np.ndarray,
+    best_first: list[tuple[str, float]],
     *,
-    answer: "_ModelAnswer",
+    answer: _ModelAnswer,
     latency_ms: float,
 ) -> Prediction:
     upload = Upload.objects.create(
@@ -172,22 +175,19 @@ def _record(
         height=validated.height,
         format=validated.format,
     )
-    class_names = answer.class_names
-    order = np.argsort(-probabilities, kind="stable")
-    best = int(order[0])
+    label, confidence = best_first[0]
     return Prediction.objects.create(
         upload=upload,
         model_name=answer.name,
         model_dataset=answer.dataset,
         model_version=answer.version,
-        model_accuracy=float(answer.accuracy) if answer.accuracy is not None else None,
-        label=class_names[best],
-        confidence=float(probabilities[best]),
-        top_k=[
-            {"label": class_names[i], "probability": float(probabilities[i])}
-            for i in order[: answer.top_k]
-        ],
-        probabilities={name: float(p) for name, p in zip(class_names, probabilities, strict=True)},
+        model_accuracy=answer.accuracy,
+        label=label,
+        confidence=confidence,
+        top_k=[{"label": name, "probability": probability} for name, probability in best_first],
+        probabilities={
+            name: float(p) for name, p in zip(answer.class_names, probabilities, strict=True)
+        },
         inference_ms=answer.inference_ms,
         latency_ms=latency_ms,
     )

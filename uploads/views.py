@@ -5,7 +5,11 @@ import re
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.core.exceptions import SuspiciousFileOperation
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousFileOperation,
+    TooManyFilesSent,
+)
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -124,9 +128,9 @@ def serve_media(request: HttpRequest, name: str) -> FileResponse:
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     message = "The request could not be understood."
-    if type(exception).__name__ == "TooManyFilesSent":
+    if isinstance(exception, TooManyFilesSent):
         message = f"Too many files in one request; at most {settings.UPLOAD_MAX_FILES} at once."
-    elif type(exception).__name__ == "RequestDataTooBig":
+    elif isinstance(exception, RequestDataTooBig):
         message = "The request is too large."
     return _error(request, 400, "bad_request", message)
 

@@ -5,7 +5,7 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_CSRF_TRUSTED_ORIGINS (comma-separated), DATABASE_URL (default: SQLite db.sqlite3),
     DJANGO_MEDIA_ROOT, DJANGO_STATIC_ROOT, DJANGO_CLASSIFIER_MODELS ("name=dir,name=dir"),
     DJANGO_CLASSIFIER_DEFAULT_MODEL, DJANGO_UPLOAD_MAX_BYTES, DJANGO_UPLOAD_MAX_PIXELS,
-    DJANGO_UPLOAD_MAX_FILES, DJANGO_LOG_LEVEL.
+    DJANGO_UPLOAD_MAX_FILES, DJANGO_API_THROTTLE_RATE, DJANGO_LOG_LEVEL.
 """
 
 import os
@@ -93,6 +93,9 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from this site (no CDN)
     "uploads",
 ]
 
@@ -177,6 +180,40 @@ CLASSIFIER_DEFAULT_MODEL = os.environ.get(
     "DJANGO_CLASSIFIER_DEFAULT_MODEL", next(iter(CLASSIFIER_MODELS), "")
 )
 CLASSIFIER_TOP_K = 5
+
+# The JSON API (uploads.api). Anonymous: no authentication classes, so no session and no
+# CSRF check (the HTML form keeps both). Throttling counts requests per client address in the
+# default cache, which is per process: a shared cache makes the rate hold across workers.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"anon": os.environ.get("DJANGO_API_THROTTLE_RATE", "120/min")},
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "uploads.api.handle_exception",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Image classifier API",
+    "DESCRIPTION": (
+        "Classify an image with one of the site's models and browse the prediction history. "
+        "No authentication and no CSRF token are needed. Errors are JSON objects "
+        '{"error": human-readable message, "code": machine-readable code} with a 4xx status '
+        "(429 when throttled, 503 when a model is not installed)."
+    ),
+    "VERSION": "1.0.0",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,  # the schema endpoint describing itself is noise
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # validatorUrl: null keeps Swagger UI from sending the schema to swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+}
 
 LOGGING = {
     "version": 1,

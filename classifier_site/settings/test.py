@@ -21,3 +21,9 @@ MEDIA_ROOT = Path(tempfile.gettempdir()) / f"classifier_site_test_media_{os.getp
 
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = None
+
+# Throttling stays on (tests exercise it by lowering the rate), far above what a test sends.
+REST_FRAMEWORK = {  # noqa: F405
+    **REST_FRAMEWORK,  # noqa: F405
+    "DEFAULT_THROTTLE_RATES": {"anon": os.environ.get("DJANGO_API_THROTTLE_RATE", "100000/min")},
+}

@@ -154,7 +154,11 @@ def test_files_beyond_the_parser_limit_get_a_clear_json_error(client, media_file
     files = [SimpleUploadedFile(f"{i}.png", PNG) for i in range(3)]
     response = client.post(reverse("uploads:api-predict"), {"image": files})
     assert response.status_code == 400
-    assert "error" in response.json()
+    assert response.json() == {
+        "error": "Too many files in one request; send one image per request.",
+        "code": "too_many_files",
+    }
+    assert "settings" not in response.content.decode()  # nothing about the server's setup
     assert_nothing_stored(media_files)
 
 

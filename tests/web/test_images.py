@@ -1,4 +1,4 @@
-"""uploads.images: decoding untrusted bytes into an upright, plain-mode, re-encoded image."""
+"""uploads.images: validating untrusted bytes, decoding them, and re-encoding them for storage."""
 
 import io
 import struct
@@ -14,7 +14,6 @@ from uploads.images import (
     clean_original_name,
     encode_for_storage,
     read_validated_image,
-    to_model_input,
 )
 
 pytestmark = pytest.mark.no_models
@@ -42,15 +41,27 @@ def png_with_declared_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def test_exif_orientation_is_applied():
-    """A JPEG tagged 'rotate 90°' comes out upright, with the tag gone from what is stored."""
+def test_exif_orientation_is_applied_to_what_is_stored():
+    """A JPEG tagged 'rotate 90°' is stored and measured upright, with the tag gone."""
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(Image.new("RGB", (40, 20), "red"), "JPEG", exif=exif)
     validated = read(data, "photo.jpg")
-    assert validated.image.size == (20, 40)
+    assert (validated.width, validated.height) == (20, 40)
     stored = Image.open(io.BytesIO(encode_for_storage(validated).data))
     assert stored.size == (20, 40) and stored.getexif().get(0x0112) is None
+
+
+def test_the_decoded_image_is_handed_on_unconverted():
+    """The web converts nothing for the model: the image keeps the file's mode and orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.new("CMYK", (40, 20), (0, 200, 30, 10)), "JPEG", exif=exif)
+    validated = read(data, "photo.jpg")
+    with Image.open(io.BytesIO(data)) as original:
+        assert validated.image.mode == original.mode == "CMYK"
+        assert validated.image.size == original.size == (40, 20)
+        assert validated.image.tobytes() == original.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -68,36 +79,32 @@ def test_exif_orientation_is_applied():
         ("CMYK", "TIFF", "RGB"),
     ],
 )
-def test_modes_are_converted_to_rgb_rgba_or_grayscale(mode, image_format, expected_mode):
-    """CMYK, palette, bilevel and alpha images decode to RGB, RGBA or L."""
+def test_modes_are_stored_as_rgb_rgba_or_grayscale(mode, image_format, expected_mode):
+    """CMYK, palette, bilevel and alpha images are stored as RGB, RGBA or L."""
     image = Image.new("RGB", (16, 16), (10, 200, 30)).convert(mode)
     validated = read(encode(image, image_format))
-    assert validated.image.mode == expected_mode
+    assert validated.display_image.mode == expected_mode
+    stored = Image.open(io.BytesIO(encode_for_storage(validated).data))
+    assert stored.mode == expected_mode
     assert validated.format == image_format
 
 
 def test_palette_with_transparency_keeps_alpha():
-    """A palette PNG with a transparent colour becomes RGBA."""
+    """A palette PNG with a transparent colour is stored as RGBA."""
     image = Image.new("P", (8, 8), 0)
     image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     data = encode(image, "PNG", transparency=0)
-    assert read(data).image.mode == "RGBA"
+    assert read(data).display_image.mode == "RGBA"
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "TIFF"])
-def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(image_format):
-    """16-bit samples are scaled (65535 -> 255), not clipped."""
+def test_sixteen_bit_grayscale_is_stored_scaled_to_eight_bits(image_format):
+    """16-bit samples are stored scaled (65535 -> 255), not clipped."""
     array = np.array([[0, 32896, 65535, 257]], dtype=np.uint16)
     data = encode(Image.fromarray(array), image_format)
     validated = read(data)
-    assert validated.image.mode == "L"
-    assert np.asarray(validated.image).tolist() == [[0, 128, 255, 1]]
-
-
-def test_alpha_is_composited_onto_white_for_the_model():
-    """The classifier sees a transparent pixel as white."""
-    image = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
-    assert to_model_input(image).getpixel((0, 0)) == (255, 255, 255)
+    assert validated.display_image.mode == "L"
+    assert np.asarray(validated.display_image).tolist() == [[0, 128, 255, 1]]
 
 
 def test_jpeg_is_stored_as_jpeg_and_others_as_png():

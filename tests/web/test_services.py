@@ -42,6 +42,9 @@ def test_prediction_matches_the_classifier(upload_file, image_bytes):
     assert [item["label"] for item in prediction.top_k] == [
         classifier.class_names[i] for i in np.argsort(-expected, kind="stable")[:3]
     ]
+    assert [(item["label"], item["probability"]) for item in prediction.top_k] == (
+        classifier.top_k(expected[None], 3)[0]
+    )
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -52,7 +55,7 @@ def test_prediction_names_the_model_version(upload_file):
     assert prediction.model_name == "fashion_mnist"
     assert prediction.model_dataset == "fashion_mnist"
     assert prediction.model_version == classifier.version
-    assert prediction.model_accuracy == pytest.approx(classifier.meta["metrics"]["eval_accuracy"])
+    assert prediction.model_accuracy == pytest.approx(classifier.record.eval_accuracy)
     assert prediction.label in classifier.class_names
     assert prediction.latency_ms >= prediction.inference_ms > 0
 

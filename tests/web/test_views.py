@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from uploads import services
 from uploads.models import Prediction
+from uploads.templatetags.uploads_extras import milliseconds
 
 pytestmark = pytest.mark.django_db
 
@@ -44,7 +45,8 @@ def test_result_page_shows_label_bars_model_and_latency(client, upload_file):
     assert page.count('<meter class="bar-meter"') == len(prediction.top_k) == 5
     assert "CIFAR-10" in page and prediction.model_version in page
     assert "10.0%" in page  # the tiny model's eval accuracy
-    assert " ms" in page
+    assert f"<dt>Latency</dt><dd>{milliseconds(prediction.latency_ms)} " in page
+    assert f"({milliseconds(prediction.inference_ms)} in the model)" in page
     assert prediction.upload.get_image_url() in page
 
 

@@ -2,7 +2,7 @@
 
 from django import template
 
-from uploads.classifiers import DATASET_TITLES
+from research import configs
 
 register = template.Library()
 
@@ -18,7 +18,7 @@ def percent(value: float | None, digits: int = 1) -> str:
 @register.filter
 def dataset_title(dataset: str) -> str:
     """'cifar10' -> 'CIFAR-10'."""
-    return DATASET_TITLES.get(dataset, dataset)
+    return configs.dataset_title(dataset)
 
 
 @register.filter

@@ -1,0 +1,189 @@
+"""What the JSON API reads and writes: request validation, and the shapes the schema documents.
+
+The OpenAPI schema (drf-spectacular) is generated from these classes and the views in
+uploads.api, so the description and the behaviour cannot drift apart.
+"""
+
+import re
+
+from django.core.files.uploadedfile import UploadedFile
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from uploads import classifiers
+from uploads.images import describe_allowed_formats
+
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+MAX_TOP_K = 10**6  # any larger top_k means "every class" too
+
+
+def read_whole_number(text: str, *, cap: int) -> int | None:
+    """ASCII digits -> their value, at most `cap`; None for anything else.
+
+    Stricter than int(), which also takes ' +3' and '٣' (and fails on '²' or 5000 digits).
+    """
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    return min(int(digits), cap) if len(digits) <= len(str(cap)) else cap
+
+
+@extend_schema_field(OpenApiTypes.BINARY)
+class SingleFileField(serializers.FileField):
+    """Exactly one uploaded file under the field's name (a form can send several)."""
+
+    default_error_messages = {
+        "no_file": "Send the image as the multipart/form-data field '{name}'.",
+        "too_many_files": "{count} images were sent; send one image per request.",
+    }
+
+    def get_value(self, dictionary) -> list[UploadedFile]:
+        values = dictionary.getlist(self.field_name) if hasattr(dictionary, "getlist") else []
+        return [value for value in values if isinstance(value, UploadedFile)]  # text isn't a file
+
+    def to_internal_value(self, data: list[UploadedFile]) -> UploadedFile:
+        # The service checks what the file holds (size, format, pixels) for the form and the
+        # API alike, with the status each failure deserves.
+        if not data:
+            self.fail("no_file", name=self.field_name)
+        if len(data) > 1:
+            self.fail("too_many_files", count=len(data))
+        return data[0]
+
+
+class TopKField(serializers.IntegerField):
+    """A whole number of at least 1 written in ASCII digits; blank means the default."""
+
+    default_error_messages = {"invalid_top_k": "top_k must be a whole number of at least 1."}
+
+    def run_validation(self, data=serializers.empty):
+        if isinstance(data, str) and not data.strip():
+            data = None  # a blank field asks for the default, as a missing one does
+        return super().run_validation(data)
+
+    def to_internal_value(self, data) -> int:
+        value = read_whole_number(str(data).strip(), cap=MAX_TOP_K)
+        if value is None or value < 1:
+            self.fail("invalid_top_k")
+        return value
+
+
+class PredictRequestSerializer(serializers.Serializer):
+    """POST /api/predict: one image, and optionally the model and how many classes to return."""
+
+    image = SingleFileField(
+        help_text=f"{describe_allowed_formats()}; one file, within the server's byte and pixel "
+        "limits (10 MB and 40 megapixels by default)."
+    )
+    model = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="A model name from GET /api/models; the default model when omitted.",
+    )
+    top_k = TopKField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="How many classes to return (capped at the number of classes; default 5).",
+    )
+
+    def validate_model(self, value: str) -> str | None:
+        if not value:
+            return None
+        try:
+            classifiers.get_model_dir(value)
+        except classifiers.UnknownModelError as err:
+            raise serializers.ValidationError(str(err), code="unknown_model") from err
+        return value
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every API error: a message to show people as is, and a code for programs."""
+
+    error = serializers.CharField(help_text="Human-readable message")
+    code = serializers.CharField(
+        help_text="Machine-readable code, e.g. no_file, empty_file, unsupported_format, "
+        "corrupt_image, file_too_large, too_many_pixels, too_many_files, unknown_model, "
+        "invalid_top_k, model_unavailable, bad_page, not_found, method_not_allowed, throttled"
+    )
+
+
+class RankedClassSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    probability = serializers.FloatField()
+
+
+class ModelVersionSerializer(serializers.Serializer):
+    """Which model version made a prediction."""
+
+    name = serializers.CharField(source="model_name")
+    dataset = serializers.CharField(source="model_dataset")
+    version = serializers.CharField(source="model_version")
+    accuracy = serializers.FloatField(
+        source="model_accuracy",
+        allow_null=True,
+        help_text="Accuracy on the model's evaluation split",
+    )
+
+
+class StoredImageSerializer(serializers.Serializer):
+    url = serializers.CharField(source="get_image_url")
+    original_name = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    format = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+
+
+class MillisecondsField(serializers.FloatField):
+    def to_representation(self, value: float) -> float:
+        return round(float(value), 2)
+
+
+class IsoDateTimeField(serializers.DateTimeField):
+    """datetime.isoformat() ('+00:00', not DRF's 'Z'), as the API has always answered."""
+
+    def to_representation(self, value) -> str:
+        return value.isoformat()
+
+
+class PredictionSerializer(serializers.Serializer):
+    """One stored prediction, as every endpoint returns it."""
+
+    id = serializers.IntegerField()
+    label = serializers.CharField()
+    confidence = serializers.FloatField(min_value=0, max_value=1)
+    top_k = RankedClassSerializer(many=True)
+    model = ModelVersionSerializer(source="*")
+    latency_ms = MillisecondsField(
+        help_text="Server-side time to validate, classify and store the image"
+    )
+    inference_ms = MillisecondsField(help_text="Time spent in the classifier")
+    image = StoredImageSerializer(source="upload")
+    created_at = IsoDateTimeField()
+
+
+class ModelInfoSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    title = serializers.CharField()
+    dataset = serializers.CharField()
+    version = serializers.CharField()
+    class_names = serializers.ListField(child=serializers.CharField())
+    accuracy = serializers.FloatField(allow_null=True)
+    available = serializers.BooleanField(help_text="The model directory exists")
+    ready = serializers.BooleanField(help_text="Loaded and compiled in the process that answered")
+
+
+class ModelListSerializer(serializers.Serializer):
+    default = serializers.CharField()
+    models = ModelInfoSerializer(many=True)
+
+
+class HealthSerializer(serializers.Serializer):
+    ready = serializers.BooleanField()
+    models = serializers.DictField(
+        child=serializers.CharField(), help_text="Per model: ready, loading or 'error: ...'"
+    )
+    status = serializers.ChoiceField(choices=["ready", "starting"])
