@@ -163,15 +163,13 @@ def build_model(record: ServingRecord, *, abstract: bool = False) -> nnx.Module:
         raise IncompatibleModelError(
             f"Model {record.name} ({record.version}) has a training config this code cannot "
             f"build: {error}"
-        ) from None
+        ) from error
 
 
 class Classifier:
     """A trained model with its serving record, ready to classify images."""
 
-    def __init__(self, model: nnx.Module, record: ServingRecord | dict[str, Any]):
-        if not isinstance(record, ServingRecord):  # a checkpoint's meta dict, checked
-            record = ServingRecord.from_meta(record, source="The model's metadata")
+    def __init__(self, model: nnx.Module, record: ServingRecord):
         self.record = record
         model.eval()
         self.model = model  # the NNX module, in eval mode (research.evaluate uses it)
@@ -224,7 +222,7 @@ class Classifier:
             raise IncompatibleModelError(
                 f"Checkpoint {directory / str(step)} holds weights that do not fit its record "
                 f"({record.name}): {error}"
-            ) from None
+            ) from error
         finally:
             mngr.close()
         model = build_model(record)
