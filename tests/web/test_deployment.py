@@ -71,6 +71,20 @@ def test_database_url_selects_postgresql():
     ], result.stderr
 
 
+@pytest.mark.no_models
+def test_api_throttle_rate_is_read_from_the_environment():
+    """DJANGO_API_THROTTLE_RATE sets the API's anonymous rate; 120/min without it."""
+    code = (
+        "from django.conf import settings\n"
+        "from rest_framework.throttling import AnonRateThrottle\n"
+        "print(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_CLASSES'][0], AnonRateThrottle().rate)"
+    )
+    throttle = "rest_framework.throttling.AnonRateThrottle"
+    result = run_python(code, {**PRODUCTION, "DJANGO_API_THROTTLE_RATE": "7/min"})
+    assert result.stdout.split() == [throttle, "7/min"], result.stderr
+    assert run_python(code, PRODUCTION).stdout.split() == [throttle, "120/min"]
+
+
 def test_wsgi_warms_up_models_and_never_imports_tensorflow(model_dirs):
     """The WSGI app warms every model in the background: /healthz is 503 'loading' until
     then and 200 'ready' after; TensorFlow is never imported."""
