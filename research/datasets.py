@@ -23,7 +23,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -256,12 +255,3 @@ def _describe_missing_data(
         )
     lines.append(f"  - import local files: {_import_command(name, data_dir)}")
     return "\n".join(lines)
-
-
-def __getattr__(name: str) -> Any:
-    # Until every caller imports research.importers, its two entry points stay reachable here.
-    if name in ("import_idx", "import_image_folder"):
-        from research import importers
-
-        return getattr(importers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,7 +53,7 @@ def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], label_smoothing: flo
     logits = model(batch["image"])
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    loss = -(targets * models.log_probabilities(logits)).sum(-1).mean()
     return loss, logits
 
 

@@ -28,12 +28,12 @@ def write_color_folder(root: Path, per_class: int, size: int = 32, seed: int = 0
 @pytest.fixture(scope="session")
 def color_dataset(tmp_path_factory) -> tuple[str, str]:
     """A tfds dataset 'colors' (3 classes; 60 train, 12 validation) -> (name, data_dir)."""
-    from research import datasets
+    from research import importers
 
     root = tmp_path_factory.mktemp("colors")
     write_color_folder(root / "folder", per_class=24)
     data_dir = str(root / "tfds")
-    datasets.import_image_folder(root / "folder", "colors", data_dir, validation_per_class=4)
+    importers.import_image_folder(root / "folder", "colors", data_dir, validation_per_class=4)
     return "colors", data_dir
 
 
