@@ -32,6 +32,9 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     flip: bool  # horizontal flips suit natural images and clothes, not digits or text
+    # Class names, in label order, when the data does not carry them (CIFAR-10's archive keeps
+    # them in a side file that tfds only reads when it prepares the archive itself).
+    class_names: tuple[str, ...] = ()
     # The original archives tfds reads from its manual-download folder (offline preparation).
     manual_files: tuple[str, ...] = ()
     # How to import local files when the archives are missing ({source}: where they are).
@@ -58,6 +61,18 @@ DATASETS: dict[str, DatasetSpec] = {
             mean=(125.31, 122.95, 113.87),
             std=(62.99, 62.09, 66.70),
             flip=True,
+            class_names=(
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ),  # fmt: skip
             manual_files=("cifar-10-binary.tar.gz",),
             import_command=FOLDER_IMPORT,
         ),
@@ -92,6 +107,18 @@ DATASETS: dict[str, DatasetSpec] = {
             mean=(72.94,),
             std=(90.02,),
             flip=True,
+            class_names=(
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ),  # fmt: skip
             manual_files=_IDX_FILES,
             import_command=IDX_IMPORT,
         ),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research import configs
 from research.datasets import DatasetInfo, get_info, resolve_data_dir
 from research.errors import DataNotFoundError
 from research.image_folder import list_image_folder
@@ -28,18 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VALIDATION_PER_CLASS = 500
 # The official CIFAR-10 labels; tfds only learns them from the archive's batches.meta.txt.
-CIFAR10_CLASS_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
+CIFAR10_CLASS_NAMES = configs.DATASETS["cifar10"].class_names
 _IDX_PATTERNS = {
     "train": ("train-images*idx3*", "train-labels*idx1*"),
     "test": ("t10k-images*idx3*", "t10k-labels*idx1*"),

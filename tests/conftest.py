@@ -11,22 +11,8 @@ from research import configs, models
 from research.checkpoints import serving_record
 from research.inference import Classifier
 
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+CIFAR10_CLASSES = configs.DATASETS["cifar10"].class_names
+FASHION_MNIST_CLASSES = configs.DATASETS["fashion_mnist"].class_names
 
 
 def export_random_model(

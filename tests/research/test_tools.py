@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import evaluate, export, model_dir, models, plots, predict
+from research import configs, evaluate, export, model_dir, models, plots, predict
 from research.configs import get_config
 from research.errors import DataNotFoundError
 from research.image_folder import list_image_folder
 from research.inference import Classifier, preprocess
 from research.record import ServingRecord
 
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+CIFAR10_CLASSES = configs.DATASETS["cifar10"].class_names
 PER_CLASS = 2
 
 
