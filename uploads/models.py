@@ -65,6 +65,12 @@ class Prediction(models.Model):
     confidence = models.FloatField()
     top_k = models.JSONField(help_text="[{label, probability}], most probable first")
     probabilities = models.JSONField(help_text="{label: probability} for every class")
+    # Trust: the temperature the probabilities were computed at (1: uncalibrated), the
+    # "unknown" score and whether it fell below the model's threshold (null: made before
+    # the model had one).
+    temperature = models.FloatField(default=1.0)
+    unknown_score = models.FloatField(null=True, blank=True)
+    unknown = models.BooleanField(null=True, blank=True, db_index=True)
     inference_ms = models.FloatField("classifier time (ms)")
     latency_ms = models.FloatField("total processing time (ms)")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -106,3 +112,20 @@ class Prediction(models.Model):
             },
             "created_at": self.created_at.isoformat(),
         }
+
+
+class Feedback(models.Model):
+    """A person's verdict on a prediction: right, or the label it should have had."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="feedback")
+    correct = models.BooleanField(db_index=True)
+    label = models.CharField("true label", max_length=100, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "feedback"
+
+    def __str__(self) -> str:
+        verdict = "right" if self.correct else f"wrong, is {self.label}"
+        return f"{self.prediction}: {verdict}"
