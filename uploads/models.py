@@ -1,6 +1,7 @@
 """Uploaded images and the predictions made for them."""
 
 from django.db import models
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.urls import reverse
 
 
@@ -51,6 +52,22 @@ class PredictionQuerySet(models.QuerySet):
     def model_names(self) -> list[str]:
         """Distinct model names, alphabetically."""
         return list(self.order_by("model_name").values_list("model_name", flat=True).distinct())
+
+    def with_verdict(self) -> "PredictionQuerySet":
+        """Annotate `verdict_correct` and `verdict_label` from the latest feedback (or None)."""
+        latest = Feedback.objects.filter(prediction=OuterRef("pk")).order_by("-created_at", "-id")
+        return self.annotate(
+            verdict_correct=Subquery(latest.values("correct")[:1]),
+            verdict_label=Subquery(latest.values("label")[:1]),
+        )
+
+    def with_feedback(self) -> "PredictionQuerySet":
+        """Keep predictions that have at least one feedback."""
+        return self.filter(feedback__isnull=False).distinct()
+
+    def needing_recalibration(self, temperature: float) -> "PredictionQuerySet":
+        """Keep predictions stored at a temperature other than `temperature`."""
+        return self.exclude(temperature=temperature)
 
 
 class Prediction(models.Model):
@@ -114,6 +131,25 @@ class Prediction(models.Model):
         }
 
 
+class FeedbackQuerySet(models.QuerySet):
+    def latest_per_prediction(self) -> "FeedbackQuerySet":
+        """Keep only the newest feedback on each prediction (later verdicts replace earlier)."""
+        newest = Feedback.objects.filter(prediction=OuterRef("prediction")).order_by(
+            "-created_at", "-id"
+        )
+        return self.filter(pk=Subquery(newest.values("pk")[:1]))
+
+    def for_model(self, model_name: str) -> "FeedbackQuerySet":
+        """Keep feedback on predictions made by this model."""
+        return self.filter(prediction__model_name=model_name)
+
+    def accuracy(self) -> tuple[float | None, int]:
+        """(share marked correct, count); the share is None when there is none."""
+        counts = self.aggregate(total=Count("pk"), right=Count("pk", filter=Q(correct=True)))
+        total = counts["total"]
+        return (counts["right"] / total if total else None), total
+
+
 class Feedback(models.Model):
     """A person's verdict on a prediction: right, or the label it should have had."""
 
@@ -121,6 +157,8 @@ class Feedback(models.Model):
     correct = models.BooleanField(db_index=True)
     label = models.CharField("true label", max_length=100, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = FeedbackQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
