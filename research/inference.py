@@ -4,6 +4,8 @@
     clf = Classifier.load("models/cifar10")      # or any workdir written by research.train
     probs = clf.predict([Image.open("cat.jpg")])  # [N, num_classes], rows sum to 1
     clf.top_k(probs, 3)                           # [[(label, probability), ...], ...]
+    result = clf.classify([Image.open("cat.jpg")])  # probs, "unknown" scores and flags
+    clf.model_input(Image.open("cat.jpg"))        # the uint8 pixels the model sees
 
 No TensorFlow here: this module imports JAX, Flax, Orbax, NumPy and Pillow only. Which
 checkpoint to load and what it needs come from research.model_dir and its ServingRecord; the
@@ -13,6 +15,7 @@ same `preprocess_image` makes the model input for evaluation of image folders
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import struct
@@ -129,6 +132,15 @@ def preprocess(images: Sequence[ImageLike], image_shape: Sequence[int]) -> np.nd
 
 
 # ----------------------------------------------------------------------------- model
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """What the model says about N images."""
+
+    probs: np.ndarray  # float32 [N, classes]: calibrated (at the record's temperature)
+    scores: np.ndarray  # float32 [N]: the "unknown" score; higher = more like the known classes
+    unknown: np.ndarray  # bool [N]: score < record.unknown_threshold (all False without one)
 
 
 def _manager(directory: Path, *, read_only: bool) -> ocp.CheckpointManager:
@@ -256,10 +268,11 @@ class Classifier:
             jax.block_until_ready(self._forward(self._state, self._temperature, zeros))
         self._warm.set()
 
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for already-preprocessed uint8 [N, H, W, C] images."""
+    def classify_arrays(self, batch: np.ndarray) -> Classification:
+        """Probabilities, scores and flags for already-preprocessed uint8 [N, H, W, C] images."""
         n = len(batch)
-        out = np.empty((n, self.record.num_classes), np.float32)
+        probs = np.empty((n, self.record.num_classes), np.float32)
+        scores = np.empty(n, np.float32)
         largest = BATCH_BUCKETS[-1]
         for start in range(0, n, largest):
             chunk = batch[start : start + largest]
@@ -267,15 +280,43 @@ class Classifier:
             if len(chunk) < size:
                 padding = np.zeros((size - len(chunk), *chunk.shape[1:]), np.uint8)
                 chunk = np.concatenate([chunk, padding])
-            probs = np.asarray(self._forward(self._state, self._temperature, chunk))
-            out[start : start + largest] = probs[: min(largest, n - start)]
-        return out
+            chunk_probs, chunk_scores = self._forward(self._state, self._temperature, chunk)
+            kept = min(largest, n - start)
+            probs[start : start + kept] = np.asarray(chunk_probs)[:kept]
+            scores[start : start + kept] = np.asarray(chunk_scores)[:kept]
+        return Classification(probs=probs, scores=scores, unknown=self.is_unknown(scores))
+
+    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
+        """bool [N]: which scores fall below the record's threshold (none without one)."""
+        threshold = self.record.unknown_threshold
+        scores = np.asarray(scores)
+        if threshold is None:
+            return np.zeros(scores.shape, bool)
+        return scores < threshold
+
+    def classify(self, images: Sequence[ImageLike]) -> Classification:
+        """PIL images or uint8 HxWxC arrays of any size/mode -> probabilities, "unknown" scores
+        and flags (see Classification)."""
+        return self.classify_arrays(preprocess(images, self.image_shape))
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for already-preprocessed uint8 [N, H, W, C] images."""
+        return self.classify_arrays(batch).probs
 
     def predict(self, images: Sequence[ImageLike]) -> np.ndarray:
         """PIL images or uint8 HxWxC arrays of any size/mode -> probabilities [N, classes]."""
-        if len(images) == 0:
-            return np.zeros((0, self.record.num_classes), np.float32)
-        return self.predict_arrays(preprocess(images, self.image_shape))
+        return self.classify(images).probs
+
+    def model_input(self, image: ImageLike) -> np.ndarray:
+        """uint8 [H, W, C]: exactly the pixels the model sees for `image` (preprocess_image)."""
+        return preprocess_image(image, self.image_shape)
+
+    def explain(self, image: ImageLike) -> np.ndarray:
+        """float32 [H0, W0] in [0, 1] over the original image: where the model looked
+        (research.saliency)."""
+        from research import saliency
+
+        return saliency.explain(self, image)
 
     def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """[(label, probability), ...] best first, for each row of `probs`: the one ranking
@@ -295,7 +336,9 @@ def _forward(
     images: jax.Array,
     *,
     flip_tta: bool,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
+    """(probabilities [N, classes], "unknown" scores [N]) at `temperature`."""
     model = nnx.merge(graphdef, state)
     logits = models.predict_logits(model, images, flip_tta=flip_tta)
-    return jnp.exp(models.log_probabilities(logits, temperature))
+    probs = jnp.exp(models.log_probabilities(logits, temperature))
+    return probs, probs.max(axis=-1)

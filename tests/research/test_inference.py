@@ -75,7 +75,7 @@ def test_the_record_temperature_softens_probabilities_without_recompiling(traine
 
     compiled = warm._forward._cache_size()
     padded = np.concatenate([batch, np.zeros((BATCH_BUCKETS[1] - 2, 32, 32, 3), np.uint8)])
-    sharper = np.asarray(warm._forward(warm._state, np.float32(0.5), padded))[:2]
+    sharper = np.asarray(warm._forward(warm._state, np.float32(0.5), padded)[0])[:2]
     np.testing.assert_allclose(sharper, _softmax(logits / 0.5), rtol=1e-4, atol=1e-6)
     assert warm._forward._cache_size() == compiled
 
@@ -179,6 +179,39 @@ def test_new_batch_sizes_and_image_sizes_never_recompile(classifier):
     for n in (1, 2, 9, 33, BATCH_BUCKETS[-1] + 5):
         classifier.predict([np.zeros((17 + n, 23, 3), np.uint8)] * n)
     assert classifier._forward._cache_size() == compiled
+
+
+def test_classify_returns_predict_probabilities_with_scores_and_no_recompiles(classifier):
+    """classify's probs equal predict's; one score per image; no threshold, nothing unknown."""
+    compiled = classifier._forward._cache_size()
+    images = [np.full((20 + n, 30, 3), 40 * n, np.uint8) for n in range(5)]
+    result = classifier.classify(images)
+    assert classifier.record.unknown_threshold is None
+    np.testing.assert_array_equal(result.probs, classifier.predict(images))
+    assert result.scores.shape == (5,) and result.scores.dtype == np.float32
+    assert np.isfinite(result.scores).all()
+    assert result.unknown.dtype == bool and not result.unknown.any()
+    assert classifier._forward._cache_size() == compiled
+
+
+def test_the_unknown_flag_follows_the_stored_threshold(classifier):
+    """unknown is score < record.unknown_threshold, for a threshold between the scores."""
+    images = [np.full((32, 32, 3), v, np.uint8) for v in (0, 60, 120, 180, 255)]
+    scores = classifier.classify(images).scores
+    assert np.ptp(scores) > 0
+    threshold = float(np.median(scores))
+    strict = Classifier(classifier.model, classifier.record.replace(unknown_threshold=threshold))
+    result = strict.classify(images)
+    np.testing.assert_array_equal(result.unknown, scores < threshold)
+    assert result.unknown.any() and not result.unknown.all()
+
+
+def test_model_input_is_the_preprocessed_image(classifier):
+    """model_input gives exactly preprocess_image's uint8 pixels at the model's input size."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70), np.uint8))
+    pixels = classifier.model_input(image)
+    assert pixels.dtype == np.uint8 and pixels.shape == classifier.image_shape
+    np.testing.assert_array_equal(pixels, preprocess_image(image, classifier.image_shape))
 
 
 def test_top_k_lists_labels_best_first(classifier):
