@@ -1,4 +1,4 @@
-"""Staff views of uploads and predictions: read-only, filterable, exportable as CSV."""
+"""Staff views of uploads, predictions and feedback: read-only, filterable, exportable as CSV."""
 
 import csv
 
@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from uploads.models import Prediction, Upload
+from uploads.models import Feedback, Prediction, PredictionQuerySet, Upload
 from uploads.services import delete_uploads
 
 CSV_COLUMNS = [
@@ -167,19 +167,64 @@ class UploadAdmin(ReadOnlyAdmin):
         return export_predictions_csv(Prediction.objects.filter(upload__in=queryset))
 
 
+def _verdict(correct: bool | None, label: str | None) -> str:
+    if correct is None:
+        return "—"
+    return "✓ right" if correct else f"✗ is {label}"
+
+
+class FeedbackInline(admin.TabularInline):
+    model = Feedback
+    extra = 0
+    can_delete = False
+    fields = ["verdict", "label", "created_at"]
+    readonly_fields = fields
+
+    @admin.display(description="verdict")
+    def verdict(self, feedback: Feedback) -> str:
+        return _verdict(feedback.correct, feedback.label)
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class VerdictFilter(admin.SimpleListFilter):
+    """Predictions by their latest feedback: confirmed, corrected, or none."""
+
+    title = "feedback"
+    parameter_name = "verdict"
+
+    def lookups(self, request: HttpRequest, model_admin) -> list[tuple[str, str]]:
+        return [("right", "Confirmed right"), ("wrong", "Corrected"), ("none", "No feedback")]
+
+    def queryset(self, request: HttpRequest, queryset: PredictionQuerySet) -> QuerySet:
+        value = self.value()
+        if value == "right":
+            return queryset.filter(verdict_correct=True)
+        if value == "wrong":
+            return queryset.filter(verdict_correct=False)
+        if value == "none":
+            return queryset.filter(verdict_correct__isnull=True)
+        return queryset
+
+
 @admin.register(Prediction)
 class PredictionAdmin(ReadOnlyAdmin):
     list_display = [
         "thumbnail",
         "label",
         "confidence_percent",
+        "feedback_verdict",
         "model_name",
         "model_version",
         "latency",
         "created_at",
     ]
     list_display_links = ["thumbnail", "label"]
-    list_filter = ["label", "model_name", "model_dataset", "created_at"]
+    list_filter = [VerdictFilter, "label", "model_name", "model_dataset", "created_at"]
     search_fields = ["label", "model_name", "model_version", "upload__original_name"]
     date_hierarchy = "created_at"
     list_select_related = ["upload"]
@@ -194,16 +239,27 @@ class PredictionAdmin(ReadOnlyAdmin):
         "model_dataset",
         "model_version",
         "model_accuracy",
+        "temperature",
+        "unknown_score",
+        "unknown",
         "inference_ms",
         "latency_ms",
         "created_at",
     ]
     fields = readonly_fields
+    inlines = [FeedbackInline]
     actions = ["export_csv"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Prediction]:
+        return super().get_queryset(request).with_verdict()
 
     @admin.display(description="image")
     def thumbnail(self, prediction: Prediction) -> str:
         return _thumbnail(prediction.upload)
+
+    @admin.display(description="feedback", ordering="verdict_correct")
+    def feedback_verdict(self, prediction: Prediction) -> str:
+        return _verdict(prediction.verdict_correct, prediction.verdict_label)
 
     @admin.display(description="confidence", ordering="confidence")
     def confidence_percent(self, prediction: Prediction) -> str:
@@ -216,3 +272,52 @@ class PredictionAdmin(ReadOnlyAdmin):
     @admin.action(description="Export the selected predictions as CSV")
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Prediction]) -> HttpResponse:
         return export_predictions_csv(queryset)
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdmin):
+    list_display = [
+        "thumbnail",
+        "verdict",
+        "predicted_label",
+        "label",
+        "model_name",
+        "created_at",
+    ]
+    list_display_links = ["thumbnail", "verdict"]
+    list_filter = ["correct", "label", "prediction__model_name", "created_at"]
+    search_fields = [
+        "label",
+        "prediction__label",
+        "prediction__model_name",
+        "prediction__upload__original_name",
+    ]
+    date_hierarchy = "created_at"
+    list_select_related = ["prediction__upload"]
+    readonly_fields = [
+        "thumbnail",
+        "prediction",
+        "verdict",
+        "predicted_label",
+        "label",
+        "correct",
+        "model_name",
+        "created_at",
+    ]
+    fields = readonly_fields
+
+    @admin.display(description="image")
+    def thumbnail(self, feedback: Feedback) -> str:
+        return _thumbnail(feedback.prediction.upload)
+
+    @admin.display(description="verdict", ordering="correct")
+    def verdict(self, feedback: Feedback) -> str:
+        return _verdict(feedback.correct, feedback.label)
+
+    @admin.display(description="predicted", ordering="prediction__label")
+    def predicted_label(self, feedback: Feedback) -> str:
+        return feedback.prediction.label
+
+    @admin.display(description="model", ordering="prediction__model_name")
+    def model_name(self, feedback: Feedback) -> str:
+        return feedback.prediction.model_name

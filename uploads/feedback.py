@@ -5,9 +5,16 @@ model's page shows `live_accuracy` next to its validation accuracy. `manage.py
 export_feedback` turns the verdicts into an image folder for retraining.
 """
 
-from django.db import transaction
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from uploads.models import Feedback, Prediction
+from django.core.files.storage import default_storage
+from django.db import transaction
+from PIL import Image
+
+from uploads.models import Feedback, Prediction, Upload
 
 
 class FeedbackError(ValueError):
@@ -51,3 +58,92 @@ def live_accuracy(model_name: str) -> tuple[float | None, int]:
     None when no prediction of the model has feedback.
     """
     return Feedback.objects.for_model(model_name).latest_per_prediction().accuracy()
+
+
+# ----------------------------------------------------------------------------- export
+
+# Exported files sort before numbered originals ("0000.jpg"), so an importer that carves
+# validation out of the last images of each class by name keeps carving original images.
+EXPORT_PREFIX = "0-feedback-"
+# Characters that cannot appear in a folder name on some system; each becomes "_".
+_UNSAFE_IN_FOLDER_NAMES = re.compile(r'[/\\<>:"|?*\x00-\x1f]')
+
+
+@dataclass
+class FeedbackExport:
+    """What export_feedback_images wrote: images per class, and what it left out."""
+
+    directory: Path
+    per_class: dict[str, int] = field(default_factory=dict)  # class name -> images written
+    moved: int = 0  # re-labelled since an earlier export into the same folder
+    missing_files: int = 0  # the stored image is gone
+    unknown_labels: int = 0  # the label is not a class of the model as it is now
+
+    @property
+    def written(self) -> int:
+        return sum(self.per_class.values())
+
+
+def class_folder_name(class_name: str) -> str:
+    """A folder name for a class: unsafe characters become '_' ('T-shirt/top' -> 'T-shirt_top').
+
+    research.evaluate matches such a folder back to its class (case and punctuation aside).
+    A leading '.' also becomes '_', since image folder listers skip hidden folders.
+    """
+    name = _UNSAFE_IN_FOLDER_NAMES.sub("_", class_name).strip().rstrip(".")
+    if not name or name.startswith("."):
+        name = "_" + name.lstrip(".")
+    return name
+
+
+def export_feedback_images(
+    *, model_name: str, directory: str | Path, class_names: Sequence[str], split: str = "train"
+) -> FeedbackExport:
+    """Write the images people labelled as ``directory/split/<class folder>/<name>.png``.
+
+    The label of each prediction's latest feedback decides the class (confirmed: the
+    predicted label; corrected: the given one); labels outside `class_names` are left out.
+    An image is the stored (re-encoded) upload, written as PNG with its pixels unchanged,
+    named after the uploaded bytes' SHA-256 so the same image is written once (its newest
+    verdict wins) and a later export into the same folder moves a re-labelled image.
+    """
+    folders = {name: class_folder_name(name) for name in class_names}
+    clashes = sorted(f for f in set(folders.values()) if list(folders.values()).count(f) > 1)
+    if clashes:
+        raise FeedbackError(f"Class names share folder names: {', '.join(clashes)}")
+    if class_folder_name(split) != split or split in ("", ".", ".."):
+        raise FeedbackError(f"Split {split!r} is not a folder name.")
+    root = Path(directory).expanduser() / split
+    existing = {path.name: path for path in root.glob(f"*/{EXPORT_PREFIX}*.png")}
+
+    newest: dict[str, tuple[str, Upload]] = {}  # sha256 -> (label, upload); later wins
+    result = FeedbackExport(directory=Path(directory))
+    for feedback in (
+        Feedback.objects.for_model(model_name)
+        .latest_per_prediction()
+        .select_related("prediction__upload")
+        .order_by("created_at", "id")
+    ):
+        if feedback.label not in folders:
+            result.unknown_labels += 1
+            continue
+        upload = feedback.prediction.upload
+        newest[upload.sha256] = (feedback.label, upload)
+
+    for sha256, (label, upload) in newest.items():
+        try:
+            with default_storage.open(upload.image.name, "rb") as stored:
+                image = Image.open(stored)
+                image.load()
+        except (FileNotFoundError, OSError):
+            result.missing_files += 1
+            continue
+        target = root / folders[label] / f"{EXPORT_PREFIX}{sha256[:20]}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target, "PNG")
+        earlier = existing.get(target.name)
+        if earlier is not None and earlier != target:
+            earlier.unlink(missing_ok=True)
+            result.moved += 1
+        result.per_class[label] = result.per_class.get(label, 0) + 1
+    return result
