@@ -4,6 +4,12 @@ Each worker imports classifier_site.wsgi after the fork, so it loads and compile
 models (JAX must not be forked with live threads: never set preload_app). XLA is limited to one
 compute thread per worker so that the workers share the cores instead of fighting over them;
 the request threads of a worker overlap image decoding and database writes with inference.
+
+A worker (re)start loads its models from JAX's persistent compilation cache
+(DJANGO_JAX_CACHE_DIR, filled by `manage.py warmup_models` before the server starts), so it is
+ready in seconds. Workers are not recycled by default (GUNICORN_MAX_REQUESTS=0). Set it to
+bound a slow leak: the jitter is then half of it, so the workers reach their limits far apart
+and never restart together (2000 gives restarts spread over 2000-3000 requests each).
 """
 
 import os
@@ -21,6 +27,6 @@ worker_class = "gthread"
 preload_app = False
 timeout = 120  # the first request of a worker may wait for model compilation
 graceful_timeout = 30
-max_requests = 2000
-max_requests_jitter = 200
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
+max_requests_jitter = max_requests // 2
 accesslog = "-"

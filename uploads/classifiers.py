@@ -190,19 +190,33 @@ def is_model_ready(name: str) -> bool:
     return (name, str(get_model_dir(name))) in _warm
 
 
+HEALTH_NOT_INSTALLED = "error: not installed"
+HEALTH_FAILED = "error: failed to load"
+
+
 def get_health() -> dict[str, Any]:
-    """Return {'ready': bool, 'models': {name: 'ready' | 'loading' | 'error: ...'}}."""
+    """Return {'ready': bool, 'status': 'ready' | 'starting' | 'error', 'models': {name: state}}.
+
+    A model's state is 'ready', 'loading', 'error: not installed' (its directory is missing)
+    or 'error: failed to load'. These are public: the detail (paths, the cause) is only in the
+    server log. 'error' is permanent until an operator acts, unlike 'starting'.
+    """
     models = {}
     for name in get_model_names():
-        key = (name, str(get_model_dir(name)))
+        directory = get_model_dir(name)
+        key = (name, str(directory))
         if key in _warm:
             models[name] = "ready"
+        elif not directory.is_dir():
+            models[name] = HEALTH_NOT_INSTALLED
         elif key in _errors:
-            models[name] = f"error: {_errors[key]}"
+            models[name] = HEALTH_FAILED
         else:
             models[name] = "loading"
     ready = bool(models) and all(state == "ready" for state in models.values())
-    return {"ready": ready, "models": models}
+    failed = not models or any(state.startswith("error") for state in models.values())
+    status = "ready" if ready else ("error" if failed else "starting")
+    return {"ready": ready, "status": status, "models": models}
 
 
 def clear_cache() -> None:
@@ -211,6 +225,35 @@ def clear_cache() -> None:
         _classifiers.clear()
         _warm.clear()
         _errors.clear()
+
+
+_cache_configured: str | None = None
+
+
+def configure_compilation_cache() -> str:
+    """Point JAX's persistent compilation cache at settings.JAX_CACHE_DIR (once per process,
+    before the first compile); returns the directory, '' when the setting turns it off.
+
+    Every entry is kept, however quick its compile, so a worker started after
+    `manage.py warmup_models` compiles nothing.
+    """
+    global _cache_configured
+    directory = str(getattr(settings, "JAX_CACHE_DIR", "") or "")
+    if not directory or _cache_configured == directory:
+        return directory
+    import jax
+
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        logger.warning("JAX compilation cache off: cannot create %s: %s", directory, err)
+        return ""
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _cache_configured = directory
+    logger.info("JAX compilation cache: %s", directory)
+    return directory
 
 
 def _warm_up_quietly() -> None:
@@ -229,6 +272,7 @@ def _load_classifier(name: str, directory: Path):
             "DJANGO_CLASSIFIER_MODELS at an exported model ('name=/path/to/model').",
             model_name=name,
         )
+    configure_compilation_cache()
     from research.inference import Classifier  # imported here: JAX loads on first use only
 
     logger.info("Loading model %r from %s", name, directory)

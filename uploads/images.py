@@ -1,24 +1,35 @@
 """Validate untrusted image bytes and re-encode them for storage; no database, no model input.
 
 Every check that can run on the header runs before a single pixel is decoded: byte size,
-format allow-list, pixel count (which also stops decompression bombs). The decoded first frame
-goes to the classifier as it is: research.inference alone turns an image into the model's
-input (orientation, mode, size). What is stored and shown is re-encoded from the decoded
-pixels: upright (EXIF orientation), in a mode PNG and JPEG hold (RGB, RGBA or L), without
-metadata.
+format allow-list, pixel count per image (which also stops decompression bombs) and, inside
+`request_pixel_budget`, per request. At most `UPLOAD_MAX_CONCURRENT_DECODES` images are decoded
+at once per process, JPEGs at a reduced scale (`Image.draft`), and an image larger than
+`UPLOAD_STORED_MAX_SIDE` is shrunk to it right after decoding: a 32x32 classifier never needs
+more, and memory stays bounded. The decoded (and so shrunk) first frame goes to the classifier:
+research.inference alone turns an image into the model's input (orientation, mode, size). What
+is stored and shown is re-encoded from those pixels: upright (EXIF orientation), colours
+converted to sRGB from an embedded ICC profile, in a mode PNG and JPEG hold (RGB, RGBA or L),
+and without metadata (no EXIF, ICC profile, comment or text chunk survives).
 """
 
+import contextvars
 import hashlib
 import io
+import logging
+import math
 import os
+import threading
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from django.conf import settings
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
 
 # Pillow plugin name -> what the user reads in messages.
 ALLOWED_FORMATS = {
@@ -33,6 +44,8 @@ STORED_CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 THUMBNAIL_SIZE = (320, 320)
 JPEG_QUALITY = 90
 MAX_NAME_LENGTH = 200
+STORED_MAX_SIDE = 1024  # default of settings.UPLOAD_STORED_MAX_SIDE
+MAX_CONCURRENT_DECODES = 2  # default of settings.UPLOAD_MAX_CONCURRENT_DECODES
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 
@@ -47,11 +60,38 @@ class UploadRejected(Exception):  # noqa: N818  (a user-facing outcome, not a cr
         self.status = status
 
 
+@dataclass
+class _PixelBudget:
+    limit: int
+    used: int = 0
+    names: list[str] = field(default_factory=list)
+
+
+_pixel_budget: contextvars.ContextVar[_PixelBudget | None] = contextvars.ContextVar(
+    "upload_pixel_budget", default=None
+)
+_decode_slots_lock = threading.Lock()
+_decode_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+@contextmanager
+def request_pixel_budget(limit: int) -> Iterator[None]:
+    """Within this block, the images read together may hold at most `limit` pixels.
+
+    The site's middleware opens one per request, so a form post of ten images shares it.
+    """
+    token = _pixel_budget.set(_PixelBudget(limit))
+    try:
+        yield
+    finally:
+        _pixel_budget.reset(token)
+
+
 @dataclass(frozen=True)
 class ValidatedImage:
     """An accepted upload: its decoded first frame and facts about the bytes it came from."""
 
-    image: Image.Image  # as decoded, any mode and orientation: what the classifier is given
+    image: Image.Image  # as decoded (shrunk to the stored size), any mode and orientation
     format: str
     sha256: str
     size_bytes: int
@@ -59,8 +99,8 @@ class ValidatedImage:
 
     @cached_property
     def display_image(self) -> Image.Image:
-        """The pixels stored and shown: upright, in RGB, RGBA or L."""
-        return _to_storable_mode(_transpose(self.image))
+        """The pixels stored and shown: upright, sRGB, in RGB, RGBA or L, with no metadata."""
+        return _without_metadata(_to_storable_mode(_to_srgb(_transpose(self.image))))
 
     @property
     def width(self) -> int:
@@ -111,13 +151,26 @@ def check_byte_size(size: int, *, name: str, max_bytes: int) -> None:
 
 
 def read_validated_image(
-    data: bytes, *, name: str | None, max_bytes: int, max_pixels: int
+    data: bytes,
+    *,
+    name: str | None,
+    max_bytes: int,
+    max_pixels: int,
+    max_side: int | None = None,
 ) -> ValidatedImage:
-    """Validate and decode untrusted image bytes, or raise UploadRejected saying why."""
+    """Validate and decode untrusted image bytes, or raise UploadRejected saying why.
+
+    The decoded image is at most `max_side` (default: settings.UPLOAD_STORED_MAX_SIDE) pixels
+    on its longer side; larger ones are shrunk, keeping their proportions.
+    """
     original_name = clean_original_name(name)
     check_byte_size(len(data), name=original_name, max_bytes=max_bytes)
-    image_format = _check_header(data, original_name, max_pixels)
-    image = _decode(data, original_name, max_pixels)
+    image_format, size = _check_header(data, original_name, max_pixels)
+    _charge_pixel_budget(original_name, size)
+    if max_side is None:
+        max_side = getattr(settings, "UPLOAD_STORED_MAX_SIDE", STORED_MAX_SIDE)
+    with _decode_slot():
+        image = _decode(data, original_name, max_pixels, max_side)
     return ValidatedImage(
         image=image,
         format=image_format,
@@ -153,31 +206,75 @@ def warm_up_codecs() -> None:
     for image_format in ("PNG", "JPEG"):
         data = _save(Image.new("RGB", (400, 400)), image_format)
         validated = read_validated_image(
-            data, name="warm-up", max_bytes=len(data), max_pixels=10**6
+            data, name="warm-up", max_bytes=len(data), max_pixels=10**6, max_side=1024
         )
         encode_for_storage(validated)
         encode_thumbnail(validated)
 
 
-def _check_header(data: bytes, original_name: str, max_pixels: int) -> str:
+def _check_header(data: bytes, original_name: str, max_pixels: int) -> tuple[str, tuple[int, int]]:
     """Identify the format and size from the header alone, then verify the file's structure."""
     with _open_image(data, original_name, max_pixels) as image:
-        image_format = image.format
+        image_format, size = image.format, image.size
         try:
             image.verify()
         except Exception as err:
             raise _corrupt(original_name) from err
-    return image_format
+    return image_format, size
 
 
-def _decode(data: bytes, original_name: str, max_pixels: int) -> Image.Image:
-    """Decode the first frame, as the file has it (its pixels no longer read the bytes)."""
+def _charge_pixel_budget(original_name: str, size: tuple[int, int]) -> None:
+    budget = _pixel_budget.get()
+    if budget is None:
+        return
+    budget.used += size[0] * size[1]
+    budget.names.append(original_name)
+    if budget.used > budget.limit:
+        raise UploadRejected(
+            f"The images sent together hold {budget.used / 1e6:.1f} megapixels (up to "
+            f"“{original_name}”); the limit per request is {budget.limit / 1e6:g} megapixels. "
+            "Send fewer or smaller images at once.",
+            code="too_many_pixels",
+            status=413,
+        )
+
+
+@contextmanager
+def _decode_slot() -> Iterator[None]:
+    """Bound how many images this process decodes at once (each may take tens of MB)."""
+    slots = max(1, int(getattr(settings, "UPLOAD_MAX_CONCURRENT_DECODES", MAX_CONCURRENT_DECODES)))
+    with _decode_slots_lock:
+        semaphore = _decode_slots.setdefault(slots, threading.BoundedSemaphore(slots))
+    with semaphore:
+        yield
+
+
+def _decode(data: bytes, original_name: str, max_pixels: int, max_side: int) -> Image.Image:
+    """Decode the first frame (JPEGs at the smallest scale still >= max_side), then shrink it
+    to fit max_side; its pixels no longer read the bytes."""
     with _open_image(data, original_name, max_pixels) as image:
         try:
+            if image.format == "JPEG" and max(image.size) > max_side:
+                scale = max_side / max(image.size)  # draft keeps both sides >= the request
+                image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             image.load()
+            return _shrink(image, max_side)
+        except UploadRejected:
+            raise
         except Exception as err:
             raise _corrupt(original_name) from err
+
+
+def _shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """`image` itself when it fits, else a copy whose longer side is max_side (metadata kept,
+    so EXIF orientation still applies)."""
+    if max(image.size) <= max_side:
         return image
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F"):
+        image = _to_storable_mode(image)  # palettes and bilevel only resize by nearest
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 @contextmanager
@@ -231,6 +328,36 @@ def _transpose(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block is not worth refusing the picture over
         return image
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Convert pixels described by an embedded ICC profile to sRGB; unchanged without one
+    (or when the profile cannot be used: it is dropped on storage either way)."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        output_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        converted = ImageCms.profileToProfile(
+            image, source, ImageCms.createProfile("sRGB"), outputMode=output_mode
+        )
+    except Exception as err:  # a broken or mismatched profile: keep the pixels as they are
+        logger.info("ICC profile ignored: %s", err)
+        return image
+    return converted if converted is not None else image
+
+
+def _without_metadata(image: Image.Image) -> Image.Image:
+    """A copy with no metadata, so no encoder copies EXIF, ICC, comments or text from it.
+
+    A colour-key transparency (PNG tRNS) becomes an alpha channel instead of being lost.
+    """
+    if image.mode in ("RGB", "L") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    clean = image.copy()
+    clean.info = {}
+    return clean
 
 
 def _to_storable_mode(image: Image.Image) -> Image.Image:

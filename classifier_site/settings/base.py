@@ -5,7 +5,9 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_CSRF_TRUSTED_ORIGINS (comma-separated), DATABASE_URL (default: SQLite db.sqlite3),
     DJANGO_MEDIA_ROOT, DJANGO_STATIC_ROOT, DJANGO_CLASSIFIER_MODELS ("name=dir,name=dir"),
     DJANGO_CLASSIFIER_DEFAULT_MODEL, DJANGO_UPLOAD_MAX_BYTES, DJANGO_UPLOAD_MAX_PIXELS,
-    DJANGO_UPLOAD_MAX_FILES, DJANGO_API_THROTTLE_RATE, DJANGO_LOG_LEVEL.
+    DJANGO_UPLOAD_MAX_REQUEST_PIXELS, DJANGO_UPLOAD_MAX_CONCURRENT_DECODES,
+    DJANGO_UPLOAD_STORED_MAX_SIDE, DJANGO_UPLOAD_MAX_FILES, DJANGO_JAX_CACHE_DIR (empty: off),
+    DJANGO_API_THROTTLE_RATE, DJANGO_LOG_LEVEL.
 """
 
 import os
@@ -101,6 +103,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "classifier_site.middleware.UploadLimitsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -160,9 +163,16 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
-# Uploads: limits enforced by uploads.images before any pixel is decoded.
+# Uploads: limits enforced by uploads.images before any pixel is decoded, and by
+# classifier_site.middleware before a body is read. Memory per worker stays bounded: a request
+# decodes at most UPLOAD_MAX_REQUEST_PIXELS pixels, one image at a time up to
+# UPLOAD_MAX_CONCURRENT_DECODES images per process, and keeps each one at most
+# UPLOAD_STORED_MAX_SIDE pixels on its longer side (what is stored, and far above a 32x32 input).
 UPLOAD_MAX_BYTES = read_env_int("DJANGO_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
-UPLOAD_MAX_PIXELS = read_env_int("DJANGO_UPLOAD_MAX_PIXELS", 40_000_000)
+UPLOAD_MAX_PIXELS = read_env_int("DJANGO_UPLOAD_MAX_PIXELS", 25_000_000)
+UPLOAD_MAX_REQUEST_PIXELS = read_env_int("DJANGO_UPLOAD_MAX_REQUEST_PIXELS", 50_000_000)
+UPLOAD_MAX_CONCURRENT_DECODES = read_env_int("DJANGO_UPLOAD_MAX_CONCURRENT_DECODES", 2)
+UPLOAD_STORED_MAX_SIDE = read_env_int("DJANGO_UPLOAD_STORED_MAX_SIDE", 1024)
 UPLOAD_MAX_FILES = read_env_int("DJANGO_UPLOAD_MAX_FILES", 10)
 # Django's own parser limits sit above ours so that ours answer with the clearer message.
 DATA_UPLOAD_MAX_NUMBER_FILES = 100
@@ -180,6 +190,10 @@ CLASSIFIER_DEFAULT_MODEL = os.environ.get(
     "DJANGO_CLASSIFIER_DEFAULT_MODEL", next(iter(CLASSIFIER_MODELS), "")
 )
 CLASSIFIER_TOP_K = 5
+# JAX's persistent compilation cache, shared by every worker and filled by
+# `manage.py warmup_models`: a (re)started worker loads compiled code instead of compiling
+# (seconds instead of a minute). Empty turns it off.
+JAX_CACHE_DIR = os.environ.get("DJANGO_JAX_CACHE_DIR", str(BASE_DIR / ".cache" / "jax"))
 
 # The JSON API (uploads.api). Anonymous: no authentication classes, so no session and no
 # CSRF check (the HTML form keeps both). Throttling counts requests per client address in the

@@ -19,6 +19,9 @@ DATABASES["default"]["TEST"]["NAME"] = str(  # noqa: F405
 )
 MEDIA_ROOT = Path(tempfile.gettempdir()) / f"classifier_site_test_media_{os.getpid()}"
 
+# Off unless asked for: tests compile tiny models, and must not write under the repository.
+JAX_CACHE_DIR = os.environ.get("DJANGO_JAX_CACHE_DIR", "")
+
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT = None
 

@@ -7,7 +7,7 @@ import zlib
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
-from PIL import Image
+from PIL import Image, ImageOps
 
 from uploads.models import Prediction, Upload
 
@@ -199,3 +199,131 @@ def test_markup_in_file_names_is_shown_escaped(client):
     for page in (detail, history):
         assert "<img src=x" not in page
         assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;.png" in page
+
+
+@pytest.mark.parametrize("top_k", ["²", "٣", "３", "1²", " +3", "3.0", "-1", "0"])
+def test_api_refuses_a_top_k_that_is_not_ascii_digits(client, media_files, top_k):
+    """Superscripts, Arabic-Indic or full-width digits and signs are a 400 naming top_k."""
+    response = client.post(
+        reverse("uploads:api-predict"),
+        {"image": SimpleUploadedFile("x.png", PNG), "top_k": top_k},
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "top_k must be a whole number of at least 1.",
+        "code": "invalid_top_k",
+    }
+    assert_nothing_stored(media_files)
+
+
+@pytest.mark.parametrize("top_k", ["²", "٣"])
+def test_form_ignores_a_top_k_field(client, top_k):
+    """The form has no top_k: a hostile one sent along changes nothing (no 500)."""
+    response = client.post(
+        reverse("uploads:classify"),
+        {"images": SimpleUploadedFile("x.png", PNG), "model": "cifar10", "top_k": top_k},
+    )
+    assert response.status_code == 302
+    assert len(Prediction.objects.get().top_k) == 5  # the default, as without the field
+
+
+def malformed_exif_blocks() -> dict[str, bytes]:
+    """EXIF blocks Pillow cannot use: the issue's broken byte-order marks, and an
+    orientation-6 block whose ASCII tag claims a SHORT tag's id (ImageOps.exif_transpose
+    raises on it)."""
+    header = Image.Exif()
+    header[0x010F] = "cam"
+    blocks = {}
+    for name, mark in (("big-endian-mark", b"MM *"), ("little-endian-mark", b"II+\x00")):
+        raw = bytearray(header.tobytes())
+        raw[6:10] = mark
+        blocks[name] = bytes(raw)
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    rotated[0x010F] = "cam"
+    raw = rotated.tobytes()
+    ascii_tag = b"\x01\x0f\x00\x02" if raw[6:8] == b"MM" else b"\x0f\x01\x02\x00"
+    blocks["mistyped-tag"] = raw.replace(ascii_tag, ascii_tag.replace(b"\x0f", b"\x07"))
+    return blocks
+
+
+MALFORMED_EXIF = malformed_exif_blocks()
+
+
+def jpeg_with_exif(exif: bytes, size: tuple[int, int] = (32, 32)) -> bytes:
+    return encode(Image.effect_noise(size, 60).convert("RGB"), "JPEG", exif=exif)
+
+
+def test_the_mistyped_exif_block_makes_pillow_raise():
+    """The fixture really is one exif_transpose fails on, so the tests below mean something."""
+    image = Image.open(io.BytesIO(jpeg_with_exif(MALFORMED_EXIF["mistyped-tag"])))
+    with pytest.raises(Exception):  # noqa: B017 - whichever error this Pillow raises
+        ImageOps.exif_transpose(image)
+
+
+@pytest.mark.parametrize("case", MALFORMED_EXIF)
+def test_api_accepts_a_jpeg_with_malformed_exif(client, case):
+    """A JPEG whose EXIF cannot be applied is classified and stored unrotated (201)."""
+    response = post_image(client, SimpleUploadedFile("e.jpg", jpeg_with_exif(MALFORMED_EXIF[case])))
+    assert response.status_code == 201, response.content
+    assert (response.json()["image"]["width"], response.json()["image"]["height"]) == (32, 32)
+
+
+@pytest.mark.parametrize("case", MALFORMED_EXIF)
+def test_form_accepts_a_batch_holding_a_jpeg_with_malformed_exif(client, case):
+    """A 10-file form post with one such JPEG among nine PNGs stores all ten."""
+    files = [SimpleUploadedFile(f"{i}.png", PNG) for i in range(9)]
+    files.insert(4, SimpleUploadedFile("e.jpg", jpeg_with_exif(MALFORMED_EXIF[case])))
+    response = client.post(reverse("uploads:classify"), {"images": files, "model": "cifar10"})
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    assert Prediction.objects.count() == 10
+
+
+def test_form_body_over_the_limit_is_refused_before_it_is_read(client, media_files, settings):
+    """A form post whose Content-Length exceeds UPLOAD_MAX_FILES x UPLOAD_MAX_BYTES (+1 MB)
+    gets 413 without the body being read: a 300 MB one never reaches a temporary file."""
+    settings.UPLOAD_MAX_FILES = 2
+    settings.UPLOAD_MAX_BYTES = 1024
+
+    class Unreadable(io.RawIOBase):
+        def read(self, *args):
+            raise AssertionError("the body was read")
+
+    response = client.generic(
+        "POST",
+        reverse("uploads:classify"),
+        content_type="multipart/form-data; boundary=x",
+        CONTENT_LENGTH=str(300 * 1024 * 1024),
+        **{"wsgi.input": Unreadable()},
+    )
+    assert response.status_code == 413
+    assert "too large" in response.content.decode()
+    assert_nothing_stored(media_files)
+
+
+def test_api_body_over_the_site_limit_is_refused_as_json(client, settings):
+    """The same limit on /api/ answers the API's JSON error."""
+    response = client.generic(
+        "POST",
+        reverse("uploads:api-predict"),
+        b"",
+        content_type="multipart/form-data; boundary=x",
+        CONTENT_LENGTH=str(300 * 1024 * 1024),
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "file_too_large"
+    assert "UPLOAD" not in response.json()["error"] and "/" not in response.json()["error"]
+
+
+def test_images_over_the_request_pixel_budget_are_refused(client, media_files, settings):
+    """Images each under UPLOAD_MAX_PIXELS but over UPLOAD_MAX_REQUEST_PIXELS together: 413,
+    nothing stored."""
+    settings.UPLOAD_MAX_REQUEST_PIXELS = 3 * 32 * 32
+    files = [SimpleUploadedFile(f"{i}.png", PNG) for i in range(4)]
+    response = client.post(reverse("uploads:classify"), {"images": files, "model": "cifar10"})
+    assert response.status_code == 413
+    assert "limit per request is 0.003072 megapixels" in response.content.decode()
+    assert_nothing_stored(media_files)
+    files = [SimpleUploadedFile(f"{i}.png", PNG) for i in range(3)]
+    response = client.post(reverse("uploads:classify"), {"images": files, "model": "cifar10"})
+    assert response.status_code == 302
