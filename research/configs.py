@@ -39,6 +39,19 @@ class DatasetSpec:
     manual_files: tuple[str, ...] = ()
     # How to import local files when the archives are missing ({source}: where they are).
     import_command: str = ""
+    # What the model expects of an input, in plain words (model pages, model cards).
+    expects: str = ""
+    # What one image shows, for warnings: "garment or shoe".
+    subject: str = ""
+    # "dark": a light subject on a dark background (MNIST's and Fashion-MNIST's ink is light on
+    # black); "": no fixed background (photos). research.expectations warns when an input's
+    # background is light for a "dark" model.
+    background: str = ""
+    # An input's background counts as light when the mean of its outermost ring of pixels
+    # (0..255, at the model's input size) exceeds this. Fashion-MNIST's training images: median
+    # 10.9, 99.9th percentile 54.6, maximum 107.5 (one of 60,000 above 100); none of its test
+    # images is above 100. MNIST's digits sit in a 20x20 box, so its ring is black.
+    light_border: float = 100.0
 
 
 _IDX_FILES = (
@@ -75,6 +88,11 @@ DATASETS: dict[str, DatasetSpec] = {
             ),  # fmt: skip
             manual_files=("cifar-10-binary.tar.gz",),
             import_command=FOLDER_IMPORT,
+            expects=(
+                "a photo of one object: airplane, car, bird, cat, deer, dog, frog, horse, ship "
+                "or truck, filling most of the frame"
+            ),
+            subject="object",
         ),
         DatasetSpec(
             name="cifar100",
@@ -87,6 +105,8 @@ DATASETS: dict[str, DatasetSpec] = {
             manual_files=("cifar-100-binary.tar.gz",),
             # A folder gives no coarse labels, so CIFAR-100 images go in under a name of their own.
             import_command=FOLDER_IMPORT.replace("{name}", "my_{name}"),
+            expects="a photo of one object of a hundred everyday kinds, filling most of the frame",
+            subject="object",
         ),
         DatasetSpec(
             name="mnist",
@@ -98,6 +118,9 @@ DATASETS: dict[str, DatasetSpec] = {
             flip=False,
             manual_files=_IDX_FILES,
             import_command=IDX_IMPORT,
+            expects="one handwritten digit, white on black",
+            subject="digit",
+            background="dark",
         ),
         DatasetSpec(
             name="fashion_mnist",
@@ -121,6 +144,9 @@ DATASETS: dict[str, DatasetSpec] = {
             ),  # fmt: skip
             manual_files=_IDX_FILES,
             import_command=IDX_IMPORT,
+            expects="a single garment or shoe, light on a dark background, centred",
+            subject="garment or shoe",
+            background="dark",
         ),
     )
 }
