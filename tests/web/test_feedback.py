@@ -10,10 +10,14 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from PIL import Image
 
-from research import configs
+from research import configs, model_dir
 from uploads import services
 from uploads.feedback import FeedbackError, class_folder_name, live_accuracy, record_feedback
-from uploads.management.commands.recalibrate_predictions import rescale_probabilities
+from uploads.management.commands.recalibrate_predictions import (
+    SCORE_KEPT,
+    recalibrate,
+    rescale_probabilities,
+)
 from uploads.models import Feedback, Prediction
 
 pytestmark = pytest.mark.django_db
@@ -257,7 +261,9 @@ def test_feedback_round_trip_export_import_train_export_serve(tmp_path, upload_f
     assert len(exported) == 4
 
     data_dir = str(tmp_path / "tfds")
-    info = importers.import_image_folder(folder, "cifar10", data_dir, validation_per_class=1)
+    info = importers.import_image_folder(
+        folder, "cifar10", data_dir, validation_per_class=1, image_size=(32, 32)
+    )
     assert info.class_names == classes
     assert info.splits == {"train": 10 + 4, "validation": 10}  # feedback stays in train
     import tensorflow_datasets as tfds
@@ -379,6 +385,22 @@ def test_recalibration_leaves_a_score_that_is_not_max_softmax_alone(
         False,
     )
     assert "1 kept an unknown score that is not max-softmax" in out.getvalue()
+
+
+def test_recalibration_leaves_the_unknown_flag_of_a_record_scoring_otherwise(
+    model_dirs, prediction
+):
+    """Under a record whose unknown score is not max-softmax, only probabilities change."""
+    record = model_dir.describe(model_dirs["cifar10"]).replace(
+        temperature=2.0, unknown_score="energy", unknown_threshold=-3.0
+    )
+    score, flag = prediction.unknown_score, prediction.unknown
+    assert recalibrate(prediction, record) == SCORE_KEPT
+    assert (prediction.temperature, prediction.unknown_score, prediction.unknown) == (
+        2.0,
+        score,
+        flag,
+    )
 
 
 def test_recalibration_skips_predictions_of_other_versions(settings, calibrated_dir, prediction):

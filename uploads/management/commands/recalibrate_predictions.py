@@ -6,9 +6,10 @@ computed at, p = softmax(logits / T_old). When the model's record now has anothe
 T_new (calibration fitted after the prediction was made), the calibrated probabilities follow
 exactly from the stored ones, p' = softmax(log(p) * T_old / T_new), without the image or the
 model. The label stays (temperature never changes the argmax); confidence, top_k, the
-probabilities and the temperature are rewritten. The "unknown" score is recomputed only where
-it is the calibrated max-softmax (research.inference's score): a stored score that is not the
-maximum probability is some other score, and it and its flag are left as they are.
+probabilities and the temperature are rewritten. The "unknown" score and flag are recomputed
+only where the record scores with the calibrated max-softmax (`ServingRecord.unknown_score`)
+and the stored score, if any, is the stored maximum probability; an energy or feature-space
+score cannot be recomputed from probabilities, so it and its flag are left as they are.
 Only predictions made by the record's version are touched (--all-versions: every one): a
 temperature fitted to one network's logits says nothing about another's. Running it twice
 changes nothing the second time.
@@ -27,6 +28,9 @@ from research import model_dir  # JAX-free
 from research.record import ServingRecord
 from uploads.models import Prediction
 
+# research.record's name for the score this command can recompute from probabilities; a
+# record without the field (older code) scores with it.
+MAX_SOFTMAX = "max_softmax"
 # A stored score within this of the stored maximum probability is the max-softmax score.
 _SCORE_TOLERANCE = 1e-5
 
@@ -60,8 +64,9 @@ def recalibrate(prediction: Prediction, record: ServingRecord) -> str:
     """Rewrite one prediction's calibrated fields at record.temperature (unsaved).
 
     Returns SKIPPED, changing nothing, when its classes are not the record's or its stored
-    probabilities are unusable; SCORE_KEPT when the stored "unknown" score is not the
-    max-softmax (it and the flag are left alone); else RECALIBRATED.
+    probabilities are unusable; SCORE_KEPT when the record's "unknown" score is not the
+    max-softmax, or the stored score is not the stored maximum probability (the score and the
+    flag are left alone: they cannot be recomputed from probabilities); else RECALIBRATED.
     """
     stored: Mapping[str, float] = prediction.probabilities
     names: Sequence[str] = record.class_names
@@ -79,7 +84,10 @@ def recalibrate(prediction: Prediction, record: ServingRecord) -> str:
     prediction.confidence = float(new[names.index(prediction.label)])
     prediction.temperature = record.temperature
     stored_score = prediction.unknown_score
-    if stored_score is not None and abs(stored_score - probs.max()) > _SCORE_TOLERANCE:
+    other_score = getattr(record, "unknown_score", MAX_SOFTMAX) != MAX_SOFTMAX
+    if other_score or (
+        stored_score is not None and abs(stored_score - probs.max()) > _SCORE_TOLERANCE
+    ):
         return SCORE_KEPT
     prediction.unknown_score = float(new.max())
     threshold = record.unknown_threshold
