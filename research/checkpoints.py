@@ -9,6 +9,7 @@ JAX is research.model_dir's job; this module writes them and restores a run into
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from flax import nnx
 
 from research import configs, models
 from research.configs import Config
+from research.errors import IncompatibleModelError
 from research.optim import Lookahead
 from research.record import ServingRecord
+
+log = logging.getLogger(__name__)
 
 ITEMS = ("model", "train", "meta")
 # Fields that shape the saved state or the data it was trained on: a run resumes only under
@@ -106,6 +110,13 @@ def save_checkpoint(
     )
 
 
+class NoUsableCheckpointError(IncompatibleModelError):
+    """Every checkpoint in a workdir is unreadable (truncated, or written by something else)."""
+
+
+BROKEN_SUFFIX = ".broken"  # a step directory set aside, so a new save can take its number
+
+
 def restore_checkpoint(
     mngr: ocp.CheckpointManager,
     config: Config,
@@ -113,13 +124,60 @@ def restore_checkpoint(
     opt: nnx.Optimizer,
     lookahead: Lookahead | None = None,
 ) -> int:
-    """Restores the latest checkpoint into `model`, `opt` (and `lookahead`); returns its step.
+    """Restores the newest readable checkpoint into `model`, `opt` (and `lookahead`); returns
+    its step.
 
-    Refuses, naming the field, a checkpoint trained under a config whose state or data differ.
+    A newer checkpoint that cannot be read (a truncated weight or metadata file) is set aside
+    as `<step>.broken` with a warning naming it, and the next older one is tried; when none is
+    readable, NoUsableCheckpointError names each. Refuses, naming the field, a checkpoint
+    trained under a config whose state or data differ.
     """
-    step = mngr.latest_step()
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    record = ServingRecord.from_meta(meta, source=f"Checkpoint {mngr.directory / str(step)}")
+    broken = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        path = Path(mngr.directory) / str(step)
+        try:
+            _restore_step(mngr, step, config, model, opt, lookahead)
+        except _UnreadableCheckpoint as error:
+            cause = error.__cause__ or error
+            broken.append(f"step {step} ({path}: {type(cause).__name__}: {cause})")
+            log.warning(
+                "Checkpoint step %d at %s is unreadable (%s: %s); trying an older one.",
+                step,
+                path,
+                type(cause).__name__,
+                str(cause)[:300],
+            )
+            continue
+        if broken:
+            _set_aside(mngr, [int(item.split()[1]) for item in broken])
+            log.warning("Resuming from step %d; set aside: %s", step, "; ".join(broken))
+        return int(step)
+    raise NoUsableCheckpointError(
+        f"No usable checkpoint in {mngr.directory}: "
+        + ("; ".join(broken) if broken else "no steps")
+        + ". Move the broken steps away to start afresh, or use another --workdir."
+    )
+
+
+class _UnreadableCheckpoint(Exception):  # noqa: N818  (internal: always carries the cause)
+    pass
+
+
+def _restore_step(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    config: Config,
+    model: nnx.Module,
+    opt: nnx.Optimizer,
+    lookahead: Lookahead | None,
+) -> None:
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        record = ServingRecord.from_meta(meta, source=f"Checkpoint {mngr.directory / str(step)}")
+    except IncompatibleModelError:
+        raise  # readable, but not a serving record: nothing older would be trusted either
+    except Exception as error:
+        raise _UnreadableCheckpoint() from error
     saved = Config.from_dict(record.config).to_dict()  # fields it predates get their defaults
     wanted = config.to_dict()
     for field in _RESUME_FIELDS:
@@ -128,19 +186,36 @@ def restore_checkpoint(
                 f"The workdir holds a run with {field}={saved[field]!r}, not "
                 f"{wanted[field]!r}: use another --workdir, or the same config."
             )
-    restored = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(_abstract(models.inference_state(model))),
-            train=ocp.args.StandardRestore(_abstract(_train_state(model, opt, lookahead))),
-        ),
-    )
+    try:
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(_abstract(models.inference_state(model))),
+                train=ocp.args.StandardRestore(_abstract(_train_state(model, opt, lookahead))),
+            ),
+        )
+    except Exception as error:
+        raise _UnreadableCheckpoint() from error
     nnx.update(model, restored["model"])
     nnx.update(opt, _wrap_keys(nnx.state(opt), restored["train"]["opt"]))
     nnx.update(model, _wrap_keys(nnx.state(model, nnx.RngState), restored["train"]["rngs"]))
     if lookahead is not None:
         lookahead.ema = restored["train"]["ema"]
-    return int(step)
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Rename broken step directories to `<step>.broken` (kept for inspection, never read),
+    so that training can save those steps again."""
+    for step in steps:
+        path = Path(mngr.directory) / str(step)
+        target = path.with_name(f"{step}{BROKEN_SUFFIX}")
+        index = 1
+        while target.exists():
+            target = path.with_name(f"{step}{BROKEN_SUFFIX}{index}")
+            index += 1
+        path.rename(target)
+        log.warning("Set aside unreadable checkpoint step %d as %s", step, target)
+    mngr.reload()
 
 
 def _train_state(model: nnx.Module, opt: nnx.Optimizer, lookahead: Lookahead | None) -> dict:

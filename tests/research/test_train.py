@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,3 +288,69 @@ def test_help_imports_no_tensorflow():
     )
     assert done.returncode == 0, done.stderr
     assert "--learning_rate" in done.stdout and "--workdir" in done.stdout
+
+
+def _copy_of(workdir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def _truncate_weights(step_dir):
+    """Cut every weight data file of a step's 'model' item in half, as a crash mid-write would."""
+    files = [p for p in (step_dir / "model").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _truncate_meta(step_dir):
+    path = step_dir / "meta" / "metadata"
+    path.write_text(path.read_text()[:40])
+
+
+def _state_kwargs(workdir):
+    record = model_dir.read_record(model_dir.find_checkpoints(workdir), 12)
+    return dict(
+        num_classes=3, image_shape=(32, 32, 3), mean=record.mean, std=record.std,
+        steps_per_epoch=3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", [_truncate_weights, _truncate_meta], ids=["weights", "meta"])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(
+    trained, tmp_path, caplog, damage
+):
+    """A truncated weight or metadata file in the latest step: training resumes from the
+    step before it with a warning naming the broken step and its path, sets the broken one
+    aside, and runs on to the end."""
+    config, workdir, _ = trained
+    run = _copy_of(workdir, tmp_path)
+    steps = model_dir.list_steps(run / "checkpoints")
+    latest, previous = steps[-1], steps[-2]
+    damage(run / "checkpoints" / str(latest))
+    kwargs = _state_kwargs(workdir)
+    with caplog.at_level("WARNING", logger="research.checkpoints"):
+        state = train.create_train_state(config, run, **kwargs)
+    state.checkpoints.close()
+    assert state.step == previous
+    warning = caplog.text
+    assert f"step {latest}" in warning and str(run / "checkpoints" / str(latest)) in warning
+    assert (run / "checkpoints" / f"{latest}.broken").is_dir()
+    assert model_dir.list_steps(run / "checkpoints")[-1] == previous
+    result = train.train_and_evaluate(config, run)
+    assert result["step"] == 12 and latest in model_dir.list_steps(run / "checkpoints")
+
+
+def test_no_readable_checkpoint_is_an_error_naming_each(trained, tmp_path):
+    """When every step is broken, NoUsableCheckpointError names each step and path."""
+    config, workdir, _ = trained
+    run = _copy_of(workdir, tmp_path)
+    steps = model_dir.list_steps(run / "checkpoints")
+    for step in steps:
+        _truncate_meta(run / "checkpoints" / str(step))
+    with pytest.raises(checkpoints.NoUsableCheckpointError) as error:
+        train.create_train_state(config, run, **_state_kwargs(workdir))
+    for step in steps:
+        assert f"step {step} ({run / 'checkpoints' / str(step)}" in str(error.value)
+    assert model_dir.list_steps(run / "checkpoints") == steps  # nothing moved or deleted
