@@ -1,4 +1,5 @@
-"""The JSON API on Django REST framework: predict, browse predictions, list models, health.
+"""The JSON API on Django REST framework: predict, browse predictions, explain them, take
+feedback on them, list models, health.
 
 Anonymous by design: no authentication, so no session and no CSRF token (the HTML form keeps
 both). Every error is {'error': human-readable message, 'code': machine-readable code}, made
@@ -10,24 +11,30 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousOperation, TooManyFilesSent
+from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerSplitView
 from rest_framework import exceptions, status
 from rest_framework.generics import ListAPIView
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from uploads import classifiers, services
+from uploads.feedback import FeedbackError, record_feedback
 from uploads.images import UploadRejected
 from uploads.models import Prediction
 from uploads.serializers import (
     ErrorSerializer,
+    FeedbackRequestSerializer,
+    FeedbackSerializer,
     HealthSerializer,
     ModelListSerializer,
     PredictionSerializer,
@@ -262,10 +269,142 @@ class PredictionDetailView(APIView):
         },
     )
     def get(self, request: Request, pk: int) -> Response:
-        prediction = Prediction.objects.recent().filter(pk=pk).first()
-        if prediction is None:
-            raise exceptions.NotFound(f"There is no prediction {pk}.")
-        return Response(PredictionSerializer(prediction).data)
+        return Response(PredictionSerializer(_get_prediction(pk)).data)
+
+
+class _JsonErrors(BaseContentNegotiation):
+    """PNG endpoints answer errors in JSON whatever the client accepts (an <img> or a client
+    asking for image/png only would otherwise get 406 instead of the real error)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class _PredictionImageView(APIView):
+    """A PNG drawn from one stored prediction; errors as JSON."""
+
+    http_method_names = ["get"]
+    content_negotiation_class = _JsonErrors
+    max_age = 3600
+
+    def make_png(self, prediction: Prediction) -> bytes:
+        raise NotImplementedError
+
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        prediction = _get_prediction(pk)
+        try:
+            png = self.make_png(prediction)
+        except classifiers.UnknownModelError as err:
+            raise ApiError(
+                f"The {prediction.model_name!r} model that made this prediction is no longer "
+                "served.",
+                code="model_gone",
+                status_code=404,
+            ) from err
+        response = HttpResponse(png, content_type="image/png")
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Cache-Control"] = f"private, max-age={self.max_age}"
+        response["Content-Disposition"] = f'inline; filename="{self.filename(pk)}"'
+        return response
+
+    def filename(self, pk: int) -> str:
+        raise NotImplementedError
+
+
+_PNG = OpenApiResponse(OpenApiTypes.BINARY, description="A PNG image")
+_PNG_ERRORS = {
+    404: OpenApiResponse(
+        ErrorSerializer, description="No such prediction, or its model is no longer served"
+    ),
+    503: OpenApiResponse(ErrorSerializer, description="The model is not installed on this server"),
+}
+
+
+class SaliencyView(_PredictionImageView):
+    """GET /api/predictions/<id>/saliency.png: where the model looked, over the image."""
+
+    @extend_schema(
+        operation_id="getSaliency",
+        summary="Where the model looked: a heat map over the uploaded image",
+        description="The overlay has the stored image's size. It is computed on the first "
+        "request (not during classification) and served from a cache afterwards.",
+        responses={(200, "image/png"): _PNG, **_PNG_ERRORS},
+    )
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        return super().get(request, pk)
+
+    def make_png(self, prediction: Prediction) -> bytes:
+        return services.get_saliency_png(prediction=prediction)
+
+    def filename(self, pk: int) -> str:
+        return f"saliency-{pk}.png"
+
+
+class ModelInputView(_PredictionImageView):
+    """GET /api/predictions/<id>/model-input.png: the exact pixels the model saw."""
+
+    max_age = 86400
+
+    @extend_schema(
+        operation_id="getModelInput",
+        summary="The model's-eye view: the exact pixels the model classified",
+        description="A PNG of the model's input size (e.g. 32x32 RGB or 28x28 grey): the "
+        "uploaded image after the model's own conversion and resize.",
+        responses={(200, "image/png"): _PNG, **_PNG_ERRORS},
+    )
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        return super().get(request, pk)
+
+    def make_png(self, prediction: Prediction) -> bytes:
+        return services.get_model_input_png(prediction=prediction)
+
+    def filename(self, pk: int) -> str:
+        return f"model-input-{pk}.png"
+
+
+class FeedbackView(APIView):
+    """POST /api/predictions/<id>/feedback: JSON or form, correct: true or label -> 201."""
+
+    http_method_names = ["post"]
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @extend_schema(
+        operation_id="giveFeedback",
+        summary="Confirm or correct a prediction",
+        description='Send {"correct": true} when the predicted label is right, or '
+        '{"label": "<class>"} with the label the image should have. The latest verdict on '
+        "a prediction counts toward its model's live accuracy.",
+        request={
+            "application/json": FeedbackRequestSerializer,
+            "application/x-www-form-urlencoded": FeedbackRequestSerializer,
+        },
+        responses={
+            201: FeedbackSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="Neither or both fields, correct other than true, or a label that "
+                "is not one of the model's classes",
+            ),
+            404: OpenApiResponse(ErrorSerializer, description="No such prediction"),
+            415: OpenApiResponse(ErrorSerializer, description="A body neither JSON nor a form"),
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        prediction = _get_prediction(pk)
+        fields = FeedbackRequestSerializer(data=request.data)
+        fields.is_valid(raise_exception=True)
+        try:
+            feedback = record_feedback(
+                prediction=prediction,
+                correct=fields.validated_data.get("correct"),
+                label=fields.validated_data.get("label"),
+            )
+        except FeedbackError as err:
+            raise ApiError(str(err), code="bad_feedback", status_code=400) from err
+        return Response(FeedbackSerializer(feedback).data, status=status.HTTP_201_CREATED)
 
 
 class ModelListView(APIView):
@@ -326,6 +465,13 @@ class DocsView(SpectacularSwaggerSplitView):
     http_method_names = ["get"]
     template_name = "uploads/api_docs.html"
     url_name = "uploads:api-openapi"
+
+
+def _get_prediction(pk: int) -> Prediction:
+    prediction = Prediction.objects.recent().filter(pk=pk).first()
+    if prediction is None:
+        raise exceptions.NotFound(f"There is no prediction {pk}.")
+    return prediction
 
 
 def _refuse_oversized_body(request: Request) -> None:

@@ -52,3 +52,30 @@ def _describe_choice(info: classifiers.ModelInfo) -> str:
     if info.accuracy is not None:
         return f"{label} — {info.accuracy:.1%} accurate"
     return label
+
+
+class FeedbackForm(forms.Form):
+    """'Is this right?': Yes, or No with the class the image should have."""
+
+    RIGHT, WRONG = "right", "wrong"
+
+    verdict = forms.ChoiceField(choices=[(RIGHT, "Yes"), (WRONG, "No")])
+    label = forms.ChoiceField(label="The right class", required=False)
+
+    def __init__(self, *args, prediction, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prediction = prediction
+        others = [name for name in prediction.probabilities if name != prediction.label]
+        self.fields["label"].choices = [("", "Choose the right class")] + [(n, n) for n in others]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("verdict") == self.WRONG and not cleaned.get("label"):
+            self.add_error("label", "Choose the class the image should have.")
+        return cleaned
+
+    def feedback_kwargs(self) -> dict:
+        """The arguments of uploads.feedback.record_feedback this answer stands for."""
+        if self.cleaned_data["verdict"] == self.RIGHT:
+            return {"correct": True}
+        return {"label": self.cleaned_data["label"]}

@@ -163,6 +163,51 @@ class PredictionSerializer(serializers.Serializer):
     inference_ms = MillisecondsField(help_text="Time spent in the classifier")
     image = StoredImageSerializer(source="upload")
     created_at = IsoDateTimeField()
+    unknown = serializers.BooleanField(
+        allow_null=True,
+        help_text="True when the image does not look like any class the model knows (its score "
+        "fell below the model's threshold); null when the model has no threshold or the "
+        "prediction predates it. The ranked classes are returned either way.",
+    )
+    unknown_score = serializers.FloatField(
+        allow_null=True,
+        help_text="How much the image looks like the known classes (higher: more); "
+        "null for predictions made before scores were recorded",
+    )
+
+
+class OptionalBooleanField(serializers.BooleanField):
+    """A boolean that a form may leave out (DRF reads a missing form checkbox as false)."""
+
+    default_empty_html = serializers.empty
+
+
+class FeedbackRequestSerializer(serializers.Serializer):
+    """POST /api/predictions/<id>/feedback: either correct: true, or the right label."""
+
+    correct = OptionalBooleanField(required=False, help_text="true: the predicted label is right")
+    label = serializers.CharField(
+        required=False,
+        max_length=100,
+        help_text="The label the image should have: one of the model's classes",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        if "correct" not in attrs and "label" not in attrs:
+            raise serializers.ValidationError(
+                "Send correct: true, or the label the image should have.", code="bad_feedback"
+            )
+        return attrs
+
+
+class FeedbackSerializer(serializers.Serializer):
+    """One stored verdict on a prediction."""
+
+    id = serializers.IntegerField()
+    prediction = serializers.IntegerField(source="prediction_id")
+    correct = serializers.BooleanField(help_text="Whether the predicted label was right")
+    label = serializers.CharField(help_text="The true label (the predicted one when right)")
+    created_at = IsoDateTimeField()
 
 
 class ModelInfoSerializer(serializers.Serializer):

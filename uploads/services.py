@@ -1,9 +1,18 @@
-"""The one cross-cutting action: validate uploads, classify them, record what happened."""
+"""The one cross-cutting action: validate uploads, classify them, record what happened.
 
+Also what the pages and the API show about one prediction beside its answer: the pixels the
+model saw, where it looked (saliency, computed on request and cached), and how the input
+compares with what the model expects.
+"""
+
+import hashlib
+import io
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from django.conf import settings
@@ -13,8 +22,10 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from PIL import Image
 
 from uploads import classifiers
+from uploads.feedback import live_accuracy
 from uploads.images import (
     UploadRejected,
     ValidatedImage,
@@ -26,6 +37,11 @@ from uploads.images import (
 )
 from uploads.models import Prediction, Upload
 
+logger = logging.getLogger(__name__)
+
+MODEL_INPUTS_DIR = "model_inputs"  # the exact uint8 pixels the model saw, as PNG
+SALIENCY_DIR = "saliency"  # overlays, written on first request
+
 
 @dataclass(frozen=True)
 class _ModelAnswer:
@@ -36,6 +52,8 @@ class _ModelAnswer:
     version: str
     accuracy: float | None
     class_names: list[str]
+    temperature: float
+    has_threshold: bool
     inference_ms: float
 
 
@@ -68,8 +86,11 @@ def classify_uploads(
 
     images = [_read(file) for file in files]
     inference_started = time.perf_counter()
-    # The decoded images as they came: the seam alone makes the model's input from them.
-    probabilities = np.asarray(classifier.predict([validated.image for validated in images]))
+    # The decoded images as they came: the seam alone makes the model's input from them. The
+    # input is kept (a few KB) so the pages can show exactly what the model saw.
+    model_inputs = np.stack([classifier.model_input(validated.image) for validated in images])
+    classification = classifier.classify_arrays(model_inputs)
+    probabilities = np.asarray(classification.probs)
     ranked = classifier.top_k(probabilities, top_k)
     inference_ms = (time.perf_counter() - inference_started) * 1000 / len(images)
     record = classifier.record
@@ -79,18 +100,35 @@ def classify_uploads(
         version=record.version,
         accuracy=record.eval_accuracy,
         class_names=list(record.class_names),
+        temperature=float(record.temperature),
+        has_threshold=record.unknown_threshold is not None,
         inference_ms=inference_ms,
     )
+    verdicts = [
+        _Verdict(score=_finite_or_none(score), unknown=bool(unknown))
+        for score, unknown in zip(classification.scores, classification.unknown, strict=True)
+    ]
 
     written: list[str] = []
     try:
-        stored_names = [_store_files(validated, written) for validated in images]
+        stored_names = [
+            _store_files(validated, pixels, written)
+            for validated, pixels in zip(images, model_inputs, strict=True)
+        ]
         latency_ms = (time.perf_counter() - started) * 1000 / len(images)
         with transaction.atomic():
             return [
-                _record(validated, names, row, best_first, answer=answer, latency_ms=latency_ms)
-                for validated, names, row, best_first in zip(
-                    images, stored_names, probabilities, ranked, strict=True
+                _record(
+                    validated,
+                    names,
+                    row,
+                    best_first,
+                    verdict,
+                    answer=answer,
+                    latency_ms=latency_ms,
+                )
+                for validated, names, row, best_first, verdict in zip(
+                    images, stored_names, probabilities, ranked, verdicts, strict=True
                 )
             ]
     except BaseException:
@@ -107,8 +145,14 @@ def classify_upload(
 
 
 def delete_uploads(*, uploads: QuerySet[Upload]) -> int:
-    """Delete uploads with their predictions, and their files once the deletion commits."""
+    """Delete uploads with their predictions, and their files once the deletion commits
+    (the model inputs and saliency overlays derived from them included)."""
     names = [name for pair in uploads.values_list("image", "thumbnail") for name in pair if name]
+    names += [
+        derived
+        for image in uploads.values_list("image", flat=True)
+        for derived in (_model_input_name(image), *_saliency_names(image))
+    ]
     with transaction.atomic():
         count, _ = Upload.objects.filter(pk__in=uploads.values("pk")).delete()
         transaction.on_commit(lambda: [default_storage.delete(name) for name in names])
@@ -140,12 +184,19 @@ def _read(file: UploadedFile) -> ValidatedImage:
     )
 
 
-def _store_files(validated: ValidatedImage, written: list[str]) -> tuple[str, str]:
-    """Save the re-encoded image (and thumbnail) under generated names; note each name."""
+def _store_files(
+    validated: ValidatedImage, model_input: np.ndarray, written: list[str]
+) -> tuple[str, str]:
+    """Save the re-encoded image (and thumbnail) under generated names, and the model's input
+    under a name derived from the image's; note each name."""
     stem = f"{timezone.now():%Y/%m}/{uuid.uuid4().hex}"
     image = encode_for_storage(validated)
     image_name = default_storage.save(f"images/{stem}.{image.extension}", ContentFile(image.data))
     written.append(image_name)
+    input_name = default_storage.save(
+        _model_input_name(image_name), ContentFile(encode_png(model_input))
+    )
+    written.append(input_name)
     thumbnail = encode_thumbnail(validated)
     if thumbnail is None:
         return image_name, ""
@@ -161,6 +212,7 @@ def _record(
     names: tuple[str, str],
     probabilities: np.ndarray,
     best_first: list[tuple[str, float]],
+    verdict: "_Verdict",
     *,
     answer: _ModelAnswer,
     latency_ms: float,
@@ -188,6 +240,205 @@ def _record(
         probabilities={
             name: float(p) for name, p in zip(answer.class_names, probabilities, strict=True)
         },
+        temperature=answer.temperature,
+        unknown_score=verdict.score,
+        unknown=verdict.unknown if answer.has_threshold else None,
         inference_ms=answer.inference_ms,
         latency_ms=latency_ms,
     )
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The "unknown" score of one image and whether it fell below the model's threshold."""
+
+    score: float | None
+    unknown: bool
+
+
+@dataclass(frozen=True)
+class InputReport:
+    """What the model expects, and how one prediction's input differs from it."""
+
+    expects: str
+    warnings: list[str]
+    input_shape: tuple[int, int, int]  # height, width, channels of the model's input
+
+
+def get_model_input_png(*, prediction: Prediction) -> bytes:
+    """The exact pixels the model saw, as a PNG of the model's input size.
+
+    Stored at classification time; for older predictions, made again from the stored image by
+    the model (the same conversion, from the re-encoded copy). Raises
+    classifiers.UnknownModelError when the model is no longer configured, and
+    ModelUnavailableError when it cannot be loaded.
+    """
+    try:
+        with default_storage.open(_model_input_name(prediction.upload.image.name), "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        pass
+    classifier = classifiers.get_classifier(prediction.model_name)
+    return encode_png(classifier.model_input(_open_stored_image(prediction.upload)))
+
+
+def get_saliency_png(*, prediction: Prediction) -> bytes:
+    """The saliency overlay over the stored image, at its size; computed once, then cached.
+
+    The file lives under MEDIA_ROOT/saliency/, named by the upload and the model version, so a
+    new version of the model draws a new map. Raises as get_model_input_png.
+    """
+    from research import saliency
+
+    classifier = classifiers.get_classifier(prediction.model_name)
+    name = _saliency_name(prediction.upload.image.name, prediction.model_name, classifier.version)
+    try:
+        with default_storage.open(name, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        pass
+    image = _open_stored_image(prediction.upload)
+    started = time.perf_counter()
+    heatmap = classifier.explain(image)
+    buffer = io.BytesIO()
+    saliency.overlay(image, heatmap).save(buffer, "PNG", compress_level=3)
+    logger.info(
+        "Saliency for prediction %s in %.0f ms",
+        prediction.pk,
+        1000 * (time.perf_counter() - started),
+    )
+    saved = default_storage.save(name, ContentFile(buffer.getvalue()))
+    if saved != name:  # another request wrote it meanwhile: keep one copy
+        default_storage.delete(saved)
+    return buffer.getvalue()
+
+
+def describe_input(*, prediction: Prediction) -> InputReport | None:
+    """What the prediction's model expects and any warnings about this input; None when the
+    model is no longer configured or not installed (the page then leaves the section out)."""
+    from research import expectations
+
+    try:
+        info = classifiers.get_model_info(prediction.model_name)
+    except classifiers.UnknownModelError:
+        return None
+    if info.record is None:
+        return None
+    try:
+        png = get_model_input_png(prediction=prediction)
+    except (classifiers.ModelUnavailableError, OSError) as err:
+        logger.warning("No model input for prediction %s: %s", prediction.pk, err)
+        return None
+    pixels = _decode_png(png, channels=info.record.image_shape[-1])
+    return InputReport(
+        expects=expectations.expects(info.record),
+        warnings=list(expectations.check(info.record, pixels)),
+        input_shape=info.record.image_shape,
+    )
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 [H, W, 1 or 3] -> PNG bytes (mode L or RGB), lossless."""
+    pixels = np.asarray(pixels, np.uint8)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _decode_png(data: bytes, *, channels: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = np.asarray(image.convert("RGB" if channels == 3 else "L"), np.uint8)
+    return pixels.reshape(*pixels.shape[:2], channels)
+
+
+def _open_stored_image(upload: Upload) -> Image.Image:
+    """The stored (validated, re-encoded, upright) image, decoded."""
+    with default_storage.open(upload.image.name, "rb") as file:
+        image = Image.open(io.BytesIO(file.read()))
+        image.load()
+    return image
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _derived_stem(image_name: str) -> str:
+    """'images/2026/11/<hex>.jpg' -> '2026/11/<hex>': the stem files derived from it share."""
+    path = PurePosixPath(image_name)
+    parts = path.with_suffix("").parts
+    return "/".join(parts[1:] if parts[0] == "images" and len(parts) > 1 else parts)
+
+
+def _model_input_name(image_name: str) -> str:
+    return f"{MODEL_INPUTS_DIR}/{_derived_stem(image_name)}.png"
+
+
+def _saliency_name(image_name: str, model_name: str, version: str) -> str:
+    model = hashlib.sha256(f"{model_name}\0{version}".encode()).hexdigest()[:16]
+    return f"{SALIENCY_DIR}/{_derived_stem(image_name)}/{model}.png"
+
+
+def _saliency_names(image_name: str) -> list[str]:
+    """Every cached overlay of one upload (one per model version that drew one)."""
+    directory = f"{SALIENCY_DIR}/{_derived_stem(image_name)}"
+    try:
+        _, files = default_storage.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [f"{directory}/{name}" for name in files]
+
+
+RELIABILITY_DIAGRAM = "reliability.png"  # written beside MODEL_CARD.md by the calibration step
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a model's page says: what it expects, how accurate it is, how it answers."""
+
+    info: classifiers.ModelInfo
+    expects: str
+    accuracy: float | None
+    accuracy_split: str  # the split the accuracy was measured on ('validation', 'test')
+    accuracy_count: int | None
+    live_accuracy: float | None  # on predictions people confirmed or corrected
+    feedback_count: int
+    has_reliability_diagram: bool
+
+    @property
+    def temperature(self) -> float | None:
+        return self.info.record.temperature if self.info.record else None
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        return self.info.record.unknown_threshold if self.info.record else None
+
+
+def summarize_model(*, name: str) -> ModelSummary:
+    """Describe a configured model for its page, without loading it; raises
+    classifiers.UnknownModelError for a name that is not configured."""
+    from research import expectations
+
+    info = classifiers.get_model_info(name)
+    record = info.record
+    live, count = live_accuracy(name)
+    metrics = record.metrics if record else {}
+    return ModelSummary(
+        info=info,
+        expects=expectations.expects(record) if record else "",
+        accuracy=info.accuracy,
+        accuracy_split=str(metrics.get("eval_split") or ""),
+        accuracy_count=metrics.get("eval_count"),
+        live_accuracy=live,
+        feedback_count=count,
+        has_reliability_diagram=find_reliability_diagram(name=name) is not None,
+    )
+
+
+def find_reliability_diagram(*, name: str) -> Path | None:
+    """The model's reliability diagram PNG, if its directory ships one; raises
+    classifiers.UnknownModelError for a name that is not configured."""
+    path = classifiers.get_model_dir(name) / RELIABILITY_DIAGRAM
+    return path if path.is_file() else None

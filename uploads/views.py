@@ -5,6 +5,7 @@ import re
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import messages
 from django.core.exceptions import (
     RequestDataTooBig,
     SuspiciousFileOperation,
@@ -12,13 +13,14 @@ from django.core.exceptions import (
 )
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic import DetailView, ListView
 
 from uploads import classifiers, services
-from uploads.forms import ClassifyForm
+from uploads.feedback import FeedbackError, record_feedback
+from uploads.forms import ClassifyForm, FeedbackForm
 from uploads.images import STORED_CONTENT_TYPES, UploadRejected
 from uploads.models import Prediction
 
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 _MEDIA_NAME = re.compile(
     r"(images|thumbnails)/\d{4}/\d{2}/[0-9a-f]{32}(_[A-Za-z0-9]{7})?\.(jpg|png)"
 )
+MODEL_EYE_PIXELS = 256  # the model's input is enlarged to about this size, nearest-neighbour
 _MEDIA_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox"
 
 
@@ -99,11 +102,64 @@ class PredictionListView(ListView):
 
 
 class PredictionDetailView(DetailView):
-    """One prediction: the image, the top-k classes, the model and the timings."""
+    """One prediction: the image, the top-k classes (or "Not sure"), where the model looked,
+    the pixels it saw against what it expects, "Is this right?", the model and the timings."""
 
     template_name = "uploads/detail.html"
     context_object_name = "prediction"
     queryset = Prediction.objects.recent()
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.setdefault("feedback_form", FeedbackForm(prediction=self.object))
+        context.update(_describe_input(self.object))
+        return context
+
+
+@require_POST
+def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
+    """'Is this right?': record the verdict and go back to the prediction (400: say why)."""
+    prediction = get_object_or_404(Prediction.objects.recent(), pk=pk)
+    form = FeedbackForm(request.POST, prediction=prediction)
+    if form.is_valid():
+        try:
+            feedback = record_feedback(prediction=prediction, **form.feedback_kwargs())
+        except FeedbackError as err:
+            form.add_error(None, str(err))
+        else:
+            if feedback.correct:
+                messages.success(request, "Thank you: recorded as right.")
+            else:
+                messages.success(request, f"Thank you: recorded as “{feedback.label}”.")
+            return redirect(f"{prediction.get_absolute_url()}#feedback")
+    context = {"prediction": prediction, "feedback_form": form, **_describe_input(prediction)}
+    return render(request, "uploads/detail.html", context, status=400)
+
+
+@require_GET
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """A model's page: what it expects, its accuracy (measured and live), how it answers."""
+    try:
+        summary = services.summarize_model(name=name)
+    except classifiers.UnknownModelError as err:
+        raise Http404("No such model.") from err
+    return render(request, "uploads/model.html", {"model": summary})
+
+
+@require_GET
+def model_reliability(request: HttpRequest, name: str) -> FileResponse:
+    """The reliability diagram a model directory ships (reliability.png), if any."""
+    try:
+        path = services.find_reliability_diagram(name=name)
+    except classifiers.UnknownModelError as err:
+        raise Http404("No such model.") from err
+    if path is None:
+        raise Http404("This model has no reliability diagram.")
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = _MEDIA_CSP
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 @require_GET
@@ -153,6 +209,16 @@ def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpRe
         return JsonResponse({"error": message, "code": code}, status=status)
     context = {"status": status, "message": message}
     return render(request, "uploads/error.html", context, status=status)
+
+
+def _describe_input(prediction: Prediction) -> dict:
+    """The model's-eye view's context: what the model expects, warnings, the display scale."""
+    report = services.describe_input(prediction=prediction)
+    if report is None:
+        return {"input_report": None}
+    height, width, _ = report.input_shape
+    scale = max(1, MODEL_EYE_PIXELS // max(height, width))
+    return {"input_report": report, "eye_width": width * scale, "eye_height": height * scale}
 
 
 def _result_url(predictions: list[Prediction]) -> str:

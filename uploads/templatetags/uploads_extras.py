@@ -1,6 +1,7 @@
 """Small display helpers for the uploads templates."""
 
 from django import template
+from django.urls import NoReverseMatch, reverse
 
 from research import configs
 
@@ -27,3 +28,20 @@ def milliseconds(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+@register.filter
+def model_url(name: str) -> str:
+    """A model name -> its page's URL ('' for a name no URL can hold)."""
+    try:
+        return reverse("uploads:model", args=[name])
+    except NoReverseMatch:
+        return ""
+
+
+@register.filter
+def number(value: float | None, digits: int = 3) -> str:
+    """1.23456 -> '1.235'; None -> '—'."""
+    if value is None:
+        return "—"
+    return f"{float(value):.{int(digits)}g}"

@@ -106,6 +106,25 @@
     });
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
-  else init();
+  // The saliency overlay: fetched on the first toggle only (it is computed on request).
+  function initSaliency() {
+    var toggle = document.querySelector("[data-saliency-toggle]");
+    var overlay = document.querySelector("[data-saliency-image]");
+    if (!toggle || !overlay) return;
+    toggle.checked = false;
+    toggle.addEventListener("change", function () {
+      if (toggle.checked && !overlay.getAttribute("src")) {
+        overlay.setAttribute("src", overlay.getAttribute("data-src"));
+      }
+      overlay.hidden = !toggle.checked;
+    });
+  }
+
+  function start() {
+    init();
+    initSaliency();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
 })();
