@@ -1,7 +1,6 @@
 """uploads.services.classify_uploads: validate, classify, store, all or nothing."""
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,10 @@ def test_classify_upload_records_upload_and_prediction(upload_file, image_bytes,
     assert (upload.width, upload.height, upload.format) == (32, 32, "PNG")
     assert upload.size_bytes == len(data)
     assert len(upload.sha256) == 64
-    assert [p.name for p in media_files()] == [Path(upload.image.name).name]
+    # The image, and the exact pixels the model saw (for the result page's model's-eye view).
+    assert sorted(p.relative_to(p.parents[3]).as_posix() for p in media_files()) == sorted(
+        [upload.image.name, f"model_inputs/{upload.image.name[len('images/') : -4]}.png"]
+    )
     assert upload.image.name.startswith("images/") and "cat" not in upload.image.name
 
 
