@@ -6,6 +6,7 @@ import shutil
 import tempfile
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
 
@@ -81,6 +82,32 @@ def test_upload_through_the_page_and_read_the_result(browser, live_server, tmp_p
 
 
 @pytest.mark.django_db(transaction=True)
+def test_saliency_toggle_loads_the_overlay_on_first_click(browser, live_server):
+    """The overlay is not fetched with the page; one click on the toggle loads and shows it,
+    and the model's-eye view shows the model's input size."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from uploads import services
+
+    upload = SimpleUploadedFile("blue.png", png_bytes(size=(48, 40)), content_type="image/png")
+    prediction = services.classify_upload(file=upload)
+    browser.get(live_server.url + prediction.get_absolute_url())
+    overlay = browser.find_element(By.CSS_SELECTOR, "[data-saliency-image]")
+    assert overlay.get_attribute("src") in (None, "") and not overlay.is_displayed()
+
+    browser.find_element(By.CSS_SELECTOR, 'label[for="saliency-toggle"]').click()
+
+    loaded = "return arguments[0].complete && arguments[0].naturalWidth"
+    WebDriverWait(browser, 60).until(lambda driver: driver.execute_script(loaded, overlay))
+    assert overlay.is_displayed()
+    assert browser.execute_script("return arguments[0].naturalHeight", overlay) == 40
+    eye = browser.find_element(By.CSS_SELECTOR, "img.model-input")
+    WebDriverWait(browser, 30).until(lambda driver: driver.execute_script(loaded, eye))
+    assert browser.execute_script("return arguments[0].naturalWidth", eye) == 32
+
+
+@pytest.mark.django_db(transaction=True)
 def test_dropped_and_pasted_files_join_the_form(browser, live_server):
     """Drag-and-drop and paste add image files to the form, with a preview each."""
     from selenium.webdriver.common.by import By
@@ -112,7 +139,7 @@ def test_dropped_and_pasted_files_join_the_form(browser, live_server):
     assert Prediction.objects.count() == 2
 
 
-def png_bytes() -> bytes:
+def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (30, 90, 200)).save(buffer, "PNG")
+    Image.new("RGB", size, (30, 90, 200)).save(buffer, "PNG")
     return buffer.getvalue()
