@@ -31,7 +31,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from PIL import Image, ImageOps
 
-from research import model_dir, models
+from research import calibration, model_dir, models
 from research.configs import Config
 from research.errors import IncompatibleModelError
 from research.record import ServingRecord
@@ -181,12 +181,37 @@ def build_model(record: ServingRecord, *, abstract: bool = False) -> nnx.Module:
 class Classifier:
     """A trained model with its serving record, ready to classify images."""
 
-    def __init__(self, model: nnx.Module, record: ServingRecord):
+    def __init__(
+        self,
+        model: nnx.Module,
+        record: ServingRecord,
+        statistics: dict[str, np.ndarray] | None = None,
+    ):
+        """`statistics`: the feature statistics of the 'mahalanobis' score (means, precision),
+        needed when the record names that score."""
         self.record = record
         model.eval()
         self.model = model  # the NNX module, in eval mode (research.evaluate uses it)
+        if record.unknown_score == "mahalanobis" and statistics is None:
+            raise IncompatibleModelError(
+                f"Model {record.name} ({record.version}) uses the 'mahalanobis' unknown score "
+                "but has no feature statistics"
+            )
+        self.statistics = (
+            None if statistics is None else {k: np.asarray(v) for k, v in statistics.items()}
+        )
+        self._statistics = (
+            None
+            if statistics is None
+            else {k: jnp.asarray(v, jnp.float32) for k, v in statistics.items()}
+        )
         graphdef, state = nnx.split(model)
-        self._forward = jax.jit(functools.partial(_forward, graphdef, flip_tta=record.flip_tta))
+        self._forward = jax.jit(
+            functools.partial(
+                _forward, graphdef, flip_tta=record.flip_tta, score=record.unknown_score
+            )
+        )
+        self._outputs = jax.jit(functools.partial(_outputs, graphdef, flip_tta=record.flip_tta))
         self._state = state
         # An argument of the compiled function, not a constant in it: another temperature
         # reuses the same compilation.
@@ -239,7 +264,7 @@ class Classifier:
             mngr.close()
         model = build_model(record)
         nnx.update(model, restored)
-        return cls(model, record)
+        return cls(model, record, model_dir.read_statistics(directory, step))
 
     def export(self, out_dir: str | Path) -> Path:
         """Writes inference-only weights and the serving record (no optimizer state)."""
@@ -255,6 +280,8 @@ class Classifier:
         )
         mngr.wait_until_finished()
         mngr.close()
+        if self.statistics is not None:
+            model_dir.write_statistics(out_dir, self.record.step, self.statistics)
         return out_dir
 
     @property
@@ -265,7 +292,9 @@ class Classifier:
         """Compiles every batch bucket, so no request ever waits on compilation."""
         for size in BATCH_BUCKETS:
             zeros = np.zeros((size, *self.image_shape), np.uint8)
-            jax.block_until_ready(self._forward(self._state, self._temperature, zeros))
+            jax.block_until_ready(
+                self._forward(self._state, self._temperature, self._statistics, zeros)
+            )
         self._warm.set()
 
     def classify_arrays(self, batch: np.ndarray) -> Classification:
@@ -273,17 +302,14 @@ class Classifier:
         n = len(batch)
         probs = np.empty((n, self.record.num_classes), np.float32)
         scores = np.empty(n, np.float32)
-        largest = BATCH_BUCKETS[-1]
-        for start in range(0, n, largest):
-            chunk = batch[start : start + largest]
-            size = next(b for b in BATCH_BUCKETS if b >= len(chunk))
-            if len(chunk) < size:
-                padding = np.zeros((size - len(chunk), *chunk.shape[1:]), np.uint8)
-                chunk = np.concatenate([chunk, padding])
-            chunk_probs, chunk_scores = self._forward(self._state, self._temperature, chunk)
-            kept = min(largest, n - start)
+        start = 0
+        for chunk, kept in _bucketed(batch):
+            chunk_probs, chunk_scores = self._forward(
+                self._state, self._temperature, self._statistics, chunk
+            )
             probs[start : start + kept] = np.asarray(chunk_probs)[:kept]
             scores[start : start + kept] = np.asarray(chunk_scores)[:kept]
+            start += kept
         return Classification(probs=probs, scores=scores, unknown=self.is_unknown(scores))
 
     def is_unknown(self, scores: np.ndarray) -> np.ndarray:
@@ -298,6 +324,18 @@ class Classifier:
         """PIL images or uint8 HxWxC arrays of any size/mode -> probabilities, "unknown" scores
         and flags (see Classification)."""
         return self.classify_arrays(preprocess(images, self.image_shape))
+
+    def outputs_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [N, classes], pooled features [N, D]) of preprocessed uint8 images, before
+        any temperature: what research.calibrate fits on."""
+        logits, features = [], []
+        for chunk, kept in _bucketed(batch):
+            chunk_logits, chunk_features = self._outputs(self._state, chunk)
+            logits.append(np.asarray(chunk_logits, np.float32)[:kept])
+            features.append(np.asarray(chunk_features, np.float32)[:kept])
+        if not logits:
+            return np.zeros((0, self.record.num_classes), np.float32), np.zeros((0, 0), np.float32)
+        return np.concatenate(logits), np.concatenate(features)
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for already-preprocessed uint8 [N, H, W, C] images."""
@@ -329,16 +367,39 @@ class Classifier:
         ]
 
 
+def _bucketed(batch: np.ndarray):
+    """(chunk zero-padded to a batch bucket, how many of its rows are real) over `batch`."""
+    largest = BATCH_BUCKETS[-1]
+    for start in range(0, len(batch), largest):
+        chunk = batch[start : start + largest]
+        kept = len(chunk)
+        size = next(b for b in BATCH_BUCKETS if b >= kept)
+        if kept < size:
+            padding = np.zeros((size - kept, *chunk.shape[1:]), np.uint8)
+            chunk = np.concatenate([chunk, padding])
+        yield chunk, kept
+
+
+def _outputs(
+    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, flip_tta: bool
+) -> tuple[jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, state)
+    return models.predict_logits_and_features(model, images, flip_tta=flip_tta)
+
+
 def _forward(
     graphdef: nnx.GraphDef,
     state: nnx.State,
     temperature: jax.Array,
+    statistics: dict[str, jax.Array] | None,
     images: jax.Array,
     *,
     flip_tta: bool,
+    score: str,
 ) -> tuple[jax.Array, jax.Array]:
-    """(probabilities [N, classes], "unknown" scores [N]) at `temperature`."""
+    """(probabilities [N, classes] at `temperature`, "unknown" scores [N] of kind `score`)."""
     model = nnx.merge(graphdef, state)
-    logits = models.predict_logits(model, images, flip_tta=flip_tta)
+    logits, features = models.predict_logits_and_features(model, images, flip_tta=flip_tta)
     probs = jnp.exp(models.log_probabilities(logits, temperature))
-    return probs, probs.max(axis=-1)
+    scores = calibration.unknown_scores(score, logits, features, temperature, statistics)
+    return probs, scores

@@ -11,9 +11,14 @@ the web can list models without loading one.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from research.errors import IncompatibleModelError, ModelNotFoundError
 from research.record import ServingRecord
@@ -23,6 +28,9 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_SUBDIR = "checkpoints"  # in a training workdir
 META_ITEM = "meta"  # the Orbax item holding the serving record
 _JSON_ITEM_FILE = "metadata"  # the file Orbax's JsonSave writes inside an item directory
+# Beside the Orbax items of a step: arrays the serving record refers to (the feature
+# statistics of the 'mahalanobis' unknown score). Orbax ignores files it did not write.
+STATISTICS_FILE = "unknown_statistics.npz"
 
 
 def find_checkpoints(path: str | Path) -> Path:
@@ -59,6 +67,54 @@ def read_record(directory: str | Path, step: int) -> ServingRecord:
     except (OSError, ValueError) as error:
         raise IncompatibleModelError(f"Checkpoint metadata {path} is unreadable: {error}") from None
     return ServingRecord.from_meta(meta, source=f"Checkpoint {Path(directory) / str(step)}")
+
+
+def write_record(directory: str | Path, step: int, record: ServingRecord) -> Path:
+    """Rewrites the serving record of one step atomically (a temporary file, then a rename),
+    keeping the other keys of its meta item (training config, metrics). Returns its path."""
+    path = meta_path(directory, step)
+    if not path.is_file():
+        raise ModelNotFoundError(f"No checkpoint step {step} in {directory}")
+    meta = json.loads(path.read_text())
+    meta.update(record.to_meta())
+    _write_atomically(path, (json.dumps(meta, indent=2) + "\n").encode())
+    return path
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def statistics_path(directory: str | Path, step: int) -> Path:
+    return Path(directory) / str(step) / STATISTICS_FILE
+
+
+def write_statistics(directory: str | Path, step: int, arrays: dict[str, np.ndarray]) -> Path:
+    """Stores named float arrays beside one step's record (atomically)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    path = statistics_path(directory, step)
+    _write_atomically(path, buffer.getvalue())
+    return path
+
+
+def read_statistics(directory: str | Path, step: int) -> dict[str, np.ndarray] | None:
+    """The arrays `write_statistics` stored for one step, or None when it has none."""
+    path = statistics_path(directory, step)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise IncompatibleModelError(f"Statistics {path} are unreadable: {error}") from None
 
 
 def pick_checkpoint(path: str | Path) -> tuple[Path, int, ServingRecord]:

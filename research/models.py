@@ -170,16 +170,22 @@ class AirbenchNet(nnx.Module):
             previous, num_classes, use_bias=False, kernel_init=v.head_init, rngs=rngs
         )
 
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def features(self, images: jax.Array) -> jax.Array:
+        """The pooled features the head reads: [N, widths[-1]]."""
         x = self.stem(normalize(images, self.mean, self.std))
         if self.stem_norm is not None:
             x = self.stem_norm(x)
         x = nnx.gelu(x, approximate=True)
         for block in self.blocks:
             x = block(x)
-        x = x.max(axis=(1, 2))  # global max pooling
-        logits = self.head(x)
+        return x.max(axis=(1, 2))  # global max pooling
+
+    def head_logits(self, features: jax.Array) -> jax.Array:
+        logits = self.head(features)
         return logits if self.head_scale == 1.0 else logits * self.head_scale
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.head_logits(self.features(images))
 
 
 class BaselineNet(nnx.Module):
@@ -210,15 +216,21 @@ class BaselineNet(nnx.Module):
         self.dropout = nnx.Dropout(0.3, rngs=rngs)
         self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
 
-    def __call__(self, images: jax.Array) -> jax.Array:
+    def features(self, images: jax.Array) -> jax.Array:
+        """The pooled features the head reads: [N, hidden]."""
         x = normalize(images, self.mean, self.std)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = nnx.relu(norm(conv(x)))
             if i % 2 == 1:
                 x = max_pool(x)
         x = x.mean(axis=(1, 2))
-        x = self.dropout(nnx.relu(self.dense(x)))
-        return self.head(x)
+        return nnx.relu(self.dense(x))
+
+    def head_logits(self, features: jax.Array) -> jax.Array:
+        return self.head(self.dropout(features))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.head_logits(self.features(images))
 
 
 def create_model(
@@ -253,6 +265,21 @@ def predict_logits(model: nnx.Module, images: jax.Array, *, flip_tta: bool) -> j
     if flip_tta:
         logits = 0.5 * (logits + model(images[:, :, ::-1, :]))
     return logits
+
+
+def predict_logits_and_features(
+    model: nnx.Module, images: jax.Array, *, flip_tta: bool
+) -> tuple[jax.Array, jax.Array]:
+    """(logits as `predict_logits` gives them, pooled features [N, D]), both averaged over
+    the image and its mirror under flip TTA. The features feed feature-space "unknown" scores
+    (research.calibration)."""
+    features = model.features(images)
+    logits = model.head_logits(features)
+    if flip_tta:
+        mirrored = model.features(images[:, :, ::-1, :])
+        logits = 0.5 * (logits + model.head_logits(mirrored))
+        features = 0.5 * (features + mirrored)
+    return logits, features
 
 
 def log_probabilities(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:

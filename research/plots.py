@@ -1,4 +1,5 @@
-"""Drawing for research.evaluate: the confusion-matrix PNG. Pillow only, no JAX.
+"""Drawing for research.evaluate and research.calibrate: the confusion-matrix and reliability
+PNGs. Pillow only, no JAX.
 
 The numbers come from research.evaluate (or train.evaluate_model); this module only lays them
 out, so evaluation can be read and tested without the drawing, and the drawing without a model.
@@ -81,4 +82,53 @@ def render_confusion(confusion: np.ndarray, class_names: Sequence[str], title: s
         (n * cell / 2, margin / 2), "true", fill="black", font=font, anchor="mm"
     )
     image.paste(axis.rotate(90, expand=True), (4, top))
+    return image
+
+
+# Reliability diagram: plot side (pixels), and the colours of the bars before and after.
+RELIABILITY_SIDE = 320
+BEFORE = (230, 120, 60)
+AFTER = (8, 48, 107)
+
+
+def render_reliability(
+    before: dict[str, Sequence], after: dict[str, Sequence], title: str, *, temperature: float
+) -> Image.Image:
+    """A reliability diagram: per equal-width confidence bin (research.calibration's
+    reliability_bins: edges, count, confidence, accuracy), the bin's accuracy as a bar, before
+    (T=1, left panel) and after temperature scaling (right), against the diagonal a
+    calibrated model follows. Empty bins have no bar."""
+    font, small = _fonts(PNG_FONT_SIZE)
+    side, margin, top = RELIABILITY_SIDE, 48, 56
+    width = 2 * (side + margin) + margin
+    image = Image.new("RGB", (width, top + side + margin + 10), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title, fill="black", font=font)
+    panels = ((before, "T = 1 (uncalibrated)", BEFORE), (after, f"T = {temperature:.3f}", AFTER))
+    for k, (table, label, colour) in enumerate(panels):
+        left = margin + k * (side + margin)
+        x0, y0, x1, y1 = left, top, left + side, top + side
+        draw.text((left, top - 22), label, fill="black", font=font)
+        edges = np.asarray(table["edges"], np.float64)
+        for edge, accuracy, count in zip(
+            edges[:-1], table["accuracy"], table["count"], strict=True
+        ):
+            if not count or accuracy is None:
+                continue
+            bar_w = side * (edges[1] - edges[0])
+            bx = x0 + side * edge
+            draw.rectangle([bx + 1, y1 - side * float(accuracy), bx + bar_w - 1, y1], fill=colour)
+        draw.line([x0, y1, x1, y0], fill=(160, 160, 160), width=1)  # perfect calibration
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        for tick in (0.0, 0.5, 1.0):
+            draw.text(
+                (x0 + side * tick, y1 + 4), f"{tick:g}", fill="black", font=small, anchor="mt"
+            )
+            draw.text(
+                (x0 - 4, y1 - side * tick), f"{tick:g}", fill="black", font=small, anchor="rm"
+            )
+        draw.text((x0 + side / 2, y1 + 20), "confidence", fill="black", font=small, anchor="mt")
+        axis = Image.new("RGB", (side, 14), "white")
+        ImageDraw.Draw(axis).text((side / 2, 7), "accuracy", fill="black", font=small, anchor="mm")
+        image.paste(axis.rotate(90, expand=True), (x0 - margin + 2, y0))
     return image

@@ -17,6 +17,8 @@ from research.errors import IncompatibleModelError
 # The layout of the record in the meta JSON. Checkpoints from before the field was added
 # have every field below but `record_format`, and are read as format 1.
 RECORD_FORMAT = 1
+# What `unknown_threshold` compares against (defined in research.calibration).
+UNKNOWN_SCORES = ("max_softmax", "energy", "mahalanobis")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,8 @@ class ServingRecord:
     flip_tta: bool  # average the prediction over the image and its mirror
     temperature: float = 1.0  # logits are divided by it before the softmax (1: uncalibrated)
     unknown_threshold: float | None = None  # a score below it answers "unknown"; None: never
+    unknown_score: str = "max_softmax"  # which score (UNKNOWN_SCORES); 'mahalanobis' needs
+    # the feature statistics research.model_dir stores beside the record
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # training Config.to_dict()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # eval_accuracy, ...
     created: str = ""  # ISO time the checkpoint was written
@@ -54,6 +58,13 @@ class ServingRecord:
             problems.append(f"temperature must be a finite number, not {self.temperature!r}")
         elif self.temperature <= 0:
             problems.append(f"temperature must be positive, not {self.temperature}")
+        if self.unknown_score not in UNKNOWN_SCORES:
+            problems.append(
+                f"unknown_score must be one of {', '.join(UNKNOWN_SCORES)}, not "
+                f"{self.unknown_score!r}"
+            )
+        if self.unknown_threshold is not None and not math.isfinite(self.unknown_threshold):
+            problems.append(f"unknown_threshold must be finite, not {self.unknown_threshold}")
         if problems:
             raise IncompatibleModelError("Invalid serving record: " + "; ".join(problems))
 
@@ -129,6 +140,7 @@ class ServingRecord:
                     if meta.get("unknown_threshold") is None
                     else float(meta["unknown_threshold"])
                 ),
+                unknown_score=str(meta.get("unknown_score", "max_softmax")),
                 config=dict(meta.get("model") or {}),
                 metrics=dict(meta.get("metrics") or {}),
                 created=str(meta.get("created", "")),

@@ -75,7 +75,7 @@ def test_the_record_temperature_softens_probabilities_without_recompiling(traine
 
     compiled = warm._forward._cache_size()
     padded = np.concatenate([batch, np.zeros((BATCH_BUCKETS[1] - 2, 32, 32, 3), np.uint8)])
-    sharper = np.asarray(warm._forward(warm._state, np.float32(0.5), padded)[0])[:2]
+    sharper = np.asarray(warm._forward(warm._state, np.float32(0.5), None, padded)[0])[:2]
     np.testing.assert_allclose(sharper, _softmax(logits / 0.5), rtol=1e-4, atol=1e-6)
     assert warm._forward._cache_size() == compiled
 
