@@ -304,6 +304,13 @@ class _PredictionImageView(APIView):
                 code="model_gone",
                 status_code=404,
             ) from err
+        except OSError as err:  # the stored image is gone or unreadable
+            logger.error("Prediction %s: stored image unreadable: %s", pk, err)
+            raise ApiError(
+                "The image of this prediction is no longer stored.",
+                code="image_gone",
+                status_code=404,
+            ) from err
         response = HttpResponse(png, content_type="image/png")
         response["X-Content-Type-Options"] = "nosniff"
         response["Cache-Control"] = f"private, max-age={self.max_age}"

@@ -326,10 +326,10 @@ def describe_input(*, prediction: Prediction) -> InputReport | None:
         return None
     try:
         png = get_model_input_png(prediction=prediction)
-    except (classifiers.ModelUnavailableError, OSError) as err:
+        pixels = _decode_png(png, channels=info.record.image_shape[-1])
+    except (classifiers.ModelUnavailableError, OSError) as err:  # OSError: image gone or bad
         logger.warning("No model input for prediction %s: %s", prediction.pk, err)
         return None
-    pixels = _decode_png(png, channels=info.record.image_shape[-1])
     return InputReport(
         expects=expectations.expects(info.record),
         warnings=list(expectations.check(info.record, pixels)),

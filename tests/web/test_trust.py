@@ -180,6 +180,20 @@ def test_saliency_of_a_model_no_longer_served_is_a_404(api_client, upload_file, 
     assert response.json()["code"] == "model_gone"
 
 
+def test_a_prediction_whose_image_is_gone_gets_404s_and_a_page(
+    client, api_client, upload_file, settings
+):
+    """Stored files deleted behind the site's back: the images 404, the page still answers."""
+    prediction = services.classify_upload(file=upload_file())
+    for path in Path(settings.MEDIA_ROOT).rglob("*.png"):
+        path.unlink()
+    for name in ("uploads:api-saliency", "uploads:api-model-input"):
+        response = api_client.get(reverse(name, args=[prediction.pk]))
+        assert response.status_code == 404 and response.json()["code"] == "image_gone"
+    response = client.get(prediction.get_absolute_url())
+    assert response.status_code == 200 and "What the model saw" not in response.content.decode()
+
+
 def test_detail_page_offers_the_saliency_overlay_lazily(client, upload_file):
     """The page links the overlay and holds it unloaded (data-src) until toggled."""
     prediction = services.classify_upload(file=upload_file())
