@@ -148,3 +148,87 @@ def test_warmup_command_fails_clearly_for_a_missing_model(settings, tmp_path):
 def test_migrations_are_committed():
     """The models and the committed migrations agree."""
     call_command("makemigrations", "uploads", "--check", "--dry-run", stdout=io.StringIO())
+
+
+def test_healthz_reports_a_missing_model_generically(client, settings, tmp_path):
+    """A model whose directory is missing is 'error: not installed' at /healthz, with no path
+    or setting name in the public answer (the detail is in the server log)."""
+    settings.CLASSIFIER_MODELS = {**settings.CLASSIFIER_MODELS, "lost": tmp_path / "nowhere"}
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["models"]["lost"] == "error: not installed"
+    assert response.json()["models"]["cifar10"] == "ready"
+    text = response.content.decode()
+    assert str(tmp_path) not in text and "nowhere" not in text and "DJANGO_" not in text
+
+
+def test_health_says_error_for_a_permanent_failure_and_starting_while_loading(
+    settings, tmp_path, monkeypatch
+):
+    """get_health: 'error' (not 'starting') when a model is missing or failed to load, with
+    generic details; 'starting' while a model is only loading."""
+    from uploads import classifiers
+
+    settings.CLASSIFIER_MODELS = {**settings.CLASSIFIER_MODELS, "lost": tmp_path / "nowhere"}
+    health = classifiers.get_health()
+    assert (health["ready"], health["status"]) == (False, "error")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    settings.CLASSIFIER_MODELS = {"broken": broken}
+    with pytest.raises(classifiers.ModelUnavailableError):
+        classifiers.warm_up_models()
+    assert classifiers.get_health()["models"] == {"broken": "error: failed to load"}
+    assert classifiers.get_health()["status"] == "error"
+    monkeypatch.setattr(classifiers, "_errors", {})
+    assert classifiers.get_health() == {
+        "ready": False,
+        "status": "starting",
+        "models": {"broken": "loading"},
+    }
+
+
+def test_warmup_fills_the_jax_compilation_cache_that_a_new_process_reuses(model_dirs, tmp_path):
+    """`manage.py warmup_models` with DJANGO_JAX_CACHE_DIR writes compiled programs there; a
+    second process warming the same model compiles nothing new (every entry is a cache hit)."""
+    cache = tmp_path / "jax-cache"
+    env = {
+        "DJANGO_SETTINGS_MODULE": "classifier_site.settings.test",
+        "DJANGO_CLASSIFIER_MODELS": f"cifar10={model_dirs['cifar10']}",
+        "DJANGO_JAX_CACHE_DIR": str(cache),
+    }
+    code = """
+        import django; django.setup()
+        from django.core.management import call_command
+        call_command("warmup_models")
+        """
+    first = run_python(code, env, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries
+    second = run_python(code, env, timeout=180)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert sorted(p.name for p in cache.iterdir()) == entries
+
+
+@pytest.mark.no_models
+def test_gunicorn_recycles_no_worker_by_default_and_spreads_restarts_when_asked():
+    """max_requests is off by default; when set, the jitter is half of it, so two workers
+    never reach their limits together."""
+    code = (
+        "import runpy; c = runpy.run_path('classifier_site/gunicorn_conf.py'); "
+        "print(c['max_requests'], c['max_requests_jitter'])"
+    )
+    assert run_python(code, {}).stdout.split() == ["0", "0"]
+    assert run_python(code, {"GUNICORN_MAX_REQUESTS": "2000"}).stdout.split() == ["2000", "1000"]
+
+
+@pytest.mark.no_models
+def test_upload_limits_default_to_25_and_50_megapixels():
+    """The per-image and per-request pixel limits, the decode bound and the stored size."""
+    result = run_python(
+        "from django.conf import settings as s\n"
+        "print(s.UPLOAD_MAX_PIXELS, s.UPLOAD_MAX_REQUEST_PIXELS, s.UPLOAD_MAX_CONCURRENT_DECODES,"
+        " s.UPLOAD_STORED_MAX_SIDE, s.JAX_CACHE_DIR == str(s.BASE_DIR / '.cache' / 'jax'))",
+        PRODUCTION,
+    )
+    assert result.stdout.split() == ["25000000", "50000000", "2", "1024", "True"], result.stderr
