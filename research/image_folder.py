@@ -6,6 +6,8 @@ No JAX or TensorFlow here.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from research.errors import DataNotFoundError
@@ -56,3 +58,20 @@ def list_image_folder(root: str | Path) -> dict[str | None, dict[str, list[Path]
     if not splits:
         raise DataNotFoundError(f"No images laid out class/image or split/class/image in {root}")
     return splits
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def match_class(folder_name: str, class_names: Sequence[str]) -> int | None:
+    """The class a folder holds: its exact name, its name up to case and punctuation
+    ('T-shirt_top' for 'T-shirt/top', which cannot be a folder name), or its index."""
+    if folder_name in class_names:
+        return list(class_names).index(folder_name)
+    normalized = [_normalize(name) for name in class_names]
+    if normalized.count(_normalize(folder_name)) == 1:
+        return normalized.index(_normalize(folder_name))
+    if folder_name.isdigit() and int(folder_name) < len(class_names):
+        return int(folder_name)
+    return None

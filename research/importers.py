@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from research import configs
 from research.datasets import DatasetInfo, get_info, resolve_data_dir
 from research.errors import DataNotFoundError
-from research.image_folder import list_image_folder
+from research.image_folder import list_image_folder, match_class
 
 logger = logging.getLogger(__name__)
 
@@ -123,14 +123,22 @@ def import_image_folder(
 ) -> DatasetInfo:
     """Imports images laid out ``split/class/image`` (or ``class/image``: one 'train' split).
 
-    Class names are the sorted folder names. With no 'validation' split in the folder, the last
+    Class names are the sorted folder names; under the name of a dataset whose classes are known
+    (a DatasetSpec with class names), folders map to those classes by name up to case and
+    punctuation ('T-shirt_top' is 'T-shirt/top'), and images get the dataset's channels. With no
+    'validation' split in the folder, the last
     ``validation_per_class`` images of each class of 'train' (sorted by file name) become
     'validation'. Images keep their size unless ``image_size`` (height, width) is given; then all
     must share one shape.
     """
     source = Path(source_dir).expanduser()
     files = _list_splits(source)
+    spec = configs.dataset_spec(name)
+    if spec is not None and spec.class_names:
+        files = _to_known_classes(files, spec, source)
     class_names = sorted({cls for split in files.values() for cls in split})
+    if spec is not None and spec.class_names and set(class_names) == set(spec.class_names):
+        class_names = list(spec.class_names)
     for split, by_class in files.items():
         if set(by_class) != set(class_names):
             raise ValueError(
@@ -149,7 +157,8 @@ def import_image_folder(
             files["validation"][cls] = paths[-validation_per_class:]
 
     first = next(iter(next(iter(files.values())).values()))[0]
-    image_shape = _decode_image(first, image_size, mode=None).shape
+    mode = None if spec is None else ("L" if spec.image_shape[-1] == 1 else "RGB")
+    image_shape = _decode_image(first, image_size, mode=mode).shape
     mode = "L" if image_shape[-1] == 1 else "RGB"
 
     def make_generator(split: str) -> Callable[[], Iterator[tuple[int, dict[str, Any]]]]:
@@ -182,6 +191,26 @@ def import_image_folder(
         overwrite=overwrite,
         with_id=True,
     )
+
+
+def _to_known_classes(
+    files: dict[str, dict[str, list[Path]]], spec: configs.DatasetSpec, source: Path
+) -> dict[str, dict[str, list[Path]]]:
+    """Renames class folders to the dataset's class names; refuses folders that name none."""
+    known = spec.class_names
+    renamed: dict[str, dict[str, list[Path]]] = {}
+    for split, by_class in files.items():
+        renamed[split] = {}
+        for folder, paths in by_class.items():
+            index = match_class(folder, known)
+            if index is None:
+                raise ValueError(
+                    f"Folder {split}/{folder} of {source} names none of {spec.name}'s classes "
+                    f"{list(known)}; rename it, or import under another name "
+                    f"(e.g. --dataset my_{spec.name})"
+                )
+            renamed[split].setdefault(known[index], []).extend(paths)
+    return renamed
 
 
 def _list_splits(source: Path) -> dict[str, dict[str, list[Path]]]:
@@ -255,6 +284,8 @@ def _write_dataset(
     else:
         bases = (tfds.core.GeneratorBasedBuilder,)
 
+    if not with_id:  # e.g. fashion_mnist's official features have no 'id'
+        split_generators = {split: _without_id(make) for split, make in split_generators.items()}
     builder_cls = _make_import_builder(
         name, bases, image_shape, class_names, split_generators, with_id=with_id
     )
@@ -268,6 +299,16 @@ def _write_dataset(
     logger.info("Writing %s to %s", name, builder.data_dir)
     builder.download_and_prepare()
     return get_info(name, data_dir)
+
+
+def _without_id(
+    make: Callable[[], Iterator[tuple[Any, dict[str, Any]]]],
+) -> Callable[[], Iterator[tuple[Any, dict[str, Any]]]]:
+    def generate() -> Iterator[tuple[Any, dict[str, Any]]]:
+        for key, example in make():
+            yield key, {k: v for k, v in example.items() if k != "id"}
+
+    return generate
 
 
 def _make_import_builder(

@@ -204,6 +204,23 @@ def test_import_folder_as_cifar10_uses_the_official_spec(tmp_path):
     assert tuple(builder.info.features["label"].names) == importers.CIFAR10_CLASS_NAMES
 
 
+def test_import_folder_maps_folder_names_to_the_official_classes(tmp_path):
+    """Folders named like Fashion-MNIST's classes up to punctuation ('T-shirt_top') import as
+    fashion_mnist with the official class order, grey, whatever the folders' sort order."""
+    names = configs.DATASETS["fashion_mnist"].class_names
+    folders = [name.replace("/", "_") for name in names]
+    source = make_image_folder(tmp_path / "images", folders, 2, size=(28, 28))
+    info = importers.import_image_folder(
+        source, "fashion_mnist", str(tmp_path / "data"), validation_per_class=1
+    )
+    assert info.class_names == names and info.image_shape == (28, 28, 1)
+    ds = datasets.load_split("fashion_mnist", "train", str(tmp_path / "data"))
+    examples = list(ds.as_numpy_iterator())
+    assert sorted(int(label) for _, label in examples) == list(range(10))
+    # make_image_folder fills each image with its folder's position in `names` * 20 + i
+    assert all(int(image[0, 0, 0]) // 20 == label for image, label in examples)
+
+
 def test_import_folder_refuses_classes_other_than_the_official_ones(tmp_path):
     """Folder classes that are not cifar10's are refused, pointing to another name."""
     source = make_image_folder(tmp_path / "images", ["a", "b"], per_class=3, size=(32, 32))
