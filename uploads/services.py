@@ -391,7 +391,9 @@ def _saliency_names(image_name: str) -> list[str]:
     return [f"{directory}/{name}" for name in files]
 
 
-RELIABILITY_DIAGRAM = "reliability.png"  # written beside MODEL_CARD.md by the calibration step
+# Where a model directory may hold its reliability diagram: beside MODEL_CARD.md, or where
+# `python -m research.calibrate` writes it by default.
+RELIABILITY_DIAGRAMS = ("reliability.png", "calibration/reliability.png")
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,11 @@ class ModelSummary:
     @property
     def unknown_threshold(self) -> float | None:
         return self.info.record.unknown_threshold if self.info.record else None
+
+    @property
+    def unknown_score(self) -> str:
+        """Which "unknown" score the threshold applies to: 'max-softmax', 'energy', ..."""
+        return self.info.record.unknown_score.replace("_", "-") if self.info.record else ""
 
 
 def summarize_model(*, name: str) -> ModelSummary:
@@ -440,5 +447,5 @@ def summarize_model(*, name: str) -> ModelSummary:
 def find_reliability_diagram(*, name: str) -> Path | None:
     """The model's reliability diagram PNG, if its directory ships one; raises
     classifiers.UnknownModelError for a name that is not configured."""
-    path = classifiers.get_model_dir(name) / RELIABILITY_DIAGRAM
-    return path if path.is_file() else None
+    directory = classifiers.get_model_dir(name)
+    return next((directory / n for n in RELIABILITY_DIAGRAMS if (directory / n).is_file()), None)

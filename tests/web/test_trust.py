@@ -428,7 +428,7 @@ def test_model_page_shows_accuracy_live_accuracy_and_calibration(client, api_cli
 def test_model_page_shows_the_threshold(client, threshold_models):
     """A model with a threshold names it."""
     html = client.get(reverse("uploads:model", args=["lenient"])).content.decode()
-    assert "-1e+09" in html
+    assert "-1e+09" in html and "(max-softmax score)" in html
 
 
 def test_every_answer_links_to_its_model_page(client, prediction):
@@ -452,13 +452,16 @@ def test_model_page_of_a_model_not_installed(client, settings, tmp_path):
     assert str(tmp_path) not in response.content.decode()
 
 
+@pytest.mark.parametrize("where", ["reliability.png", "calibration/reliability.png"])
 def test_model_page_shows_the_reliability_diagram_when_shipped(
-    client, settings, tiny_model_dir, tmp_path
+    client, settings, tiny_model_dir, tmp_path, where
 ):
-    """reliability.png beside the model card is shown, through a view that names no path."""
+    """A shipped reliability diagram (beside the model card, or where research.calibrate
+    writes it) is shown, through a view that names no path."""
     directory = copy_model(tiny_model_dir, tmp_path / "calibrated")
     diagram = encode_image(make_image((60, 40)))
-    (directory / "reliability.png").write_bytes(diagram)
+    (directory / where).parent.mkdir(exist_ok=True)
+    (directory / where).write_bytes(diagram)
     settings.CLASSIFIER_MODELS = {**settings.CLASSIFIER_MODELS, "calibrated": directory}
 
     html = client.get(reverse("uploads:model", args=["calibrated"])).content.decode()
