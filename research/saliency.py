@@ -12,7 +12,16 @@ and for the class it ranks first (with the record's flip test-time augmentation,
   Coarse (3x3 on the shipped 32x32 and 28x28 nets) but it follows objects, not edges.
 - ``grad_input``: gradient x input, the gradient of the top logit with respect to the pixels
   times the pixels' distance from the dataset mean (the model's own zero), summed over channels,
-  absolute value, lightly blurred. Pixel-sharp, but it lights up every strong edge.
+  absolute value, blurred over 5x5 pixels. Finer, but in specks, on edges and bright spots.
+
+Which to show (`python benchmarks/saliency.py --deletion`): on 334 CIFAR-10 validation JPEGs,
+replacing the hottest 10% (20%) of the model-input pixels with a blurred copy of the image
+lowers the top class's probability by 0.15 (0.31) for Grad-CAM, 0.09 (0.20) for gradient x
+input and 0.06 (0.18) for random pixels; on 300 Fashion-MNIST test images neither beats random
+pixels (0.09, 0.07, 0.11 at 10%). By eye, Grad-CAM marks the object on most CIFAR-10 photos but
+spills onto the background at its 3x3 resolution, and on Fashion-MNIST it often marks empty
+space the model uses (between trouser legs, above a boot); gradient x input stays on the object
+but in specks. Hence Grad-CAM by default.
 
 Each heatmap is computed at the model's input size in one jitted function per classifier and
 method (one image, one shape: never recompiled), then normalised to [0, 1] and resized
@@ -36,7 +45,8 @@ from research import layers, models
 from research.inference import ImageLike, preprocess_image, upright
 
 METHODS = ("gradcam", "grad_input")
-DEFAULT_METHOD = "gradcam"  # it marks the object; grad_input marks its edges (see the note)
+# Grad-CAM: its hottest pixels are the ones the model depends on (below), and it is faster.
+DEFAULT_METHOD = "gradcam"
 
 # grad_input's heatmap is divided by this percentile of itself, so a few extreme pixels do not
 # leave the rest of the map black.
@@ -119,7 +129,7 @@ def _grad_input_fn(graphdef: nnx.GraphDef, model: nnx.Module, record: Any) -> Ca
         images = images.astype(jnp.float32)
         grads = jax.grad(score, argnums=1)(state, images)
         saliency = jnp.abs((grads * (images - mean)).sum(axis=-1))  # [N, H, W]
-        return _blur(saliency)
+        return _blur(_blur(saliency))  # a 5x5 binomial blur: regions rather than specks
 
     return jax.jit(heat)
 
