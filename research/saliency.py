@@ -76,6 +76,12 @@ def explain(classifier: Any, image: ImageLike, *, method: str = DEFAULT_METHOD) 
     return _resize(heat, height, width)
 
 
+def warmup(classifier: Any, method: str = DEFAULT_METHOD) -> None:
+    """Compiles `method`'s heatmap for `classifier` (seconds on a CPU), so that the first
+    request does not wait for it."""
+    explain(classifier, np.zeros(classifier.record.image_shape, np.uint8), method=method)
+
+
 def overlay(image: ImageLike, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """`image` (upright, RGB) with `heatmap` drawn over it in colour: cold parts leave the image
     as it is, hot ones are tinted up to `alpha` of the way to red-yellow. Same size as the

@@ -144,6 +144,15 @@ def test_new_image_sizes_never_recompile(rgb_classifier, method):
     assert compiled._cache_size() == before == 1
 
 
+def test_warmup_compiles_what_explain_then_reuses(grey_classifier):
+    """After warmup, explaining a new image compiles nothing more."""
+    saliency.warmup(grey_classifier, "grad_input")
+    compiled = saliency._compiled(grey_classifier, "grad_input")
+    assert compiled._cache_size() == 1
+    saliency.explain(grey_classifier, _noise(64, 48), method="grad_input")
+    assert compiled._cache_size() == 1
+
+
 # ----------------------------------------------------------------------------- overlay
 
 
