@@ -2,7 +2,7 @@
 
 Each worker imports classifier_site.wsgi after the fork, so it loads and compiles its own
 models (JAX must not be forked with live threads: never set preload_app). XLA is limited to one
-compute thread per worker so that the workers share the cores instead of fighting over them;
+compute thread per worker (settings.CLASSIFIER_XLA_FLAGS) so that the workers share the cores;
 the request threads of a worker overlap image decoding and database writes with inference.
 
 A worker (re)start loads its models from JAX's persistent compilation cache
@@ -15,9 +15,6 @@ and never restart together (2000 gives restarts spread over 2000-3000 requests e
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "classifier_site.settings.production")
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-)
 
 wsgi_app = "classifier_site.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")

@@ -7,6 +7,8 @@ same research.inference.Classifier instance then serves every thread of the proc
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -231,13 +233,19 @@ _cache_configured: str | None = None
 
 
 def configure_compilation_cache() -> str:
-    """Point JAX's persistent compilation cache at settings.JAX_CACHE_DIR (once per process,
-    before the first compile); returns the directory, '' when the setting turns it off.
+    """Prepare JAX for serving, once per process and before its first compile: XLA's flags
+    from settings.CLASSIFIER_XLA_FLAGS (unless XLA_FLAGS is set, or JAX already started), and
+    the persistent compilation cache in settings.JAX_CACHE_DIR. Returns the cache directory,
+    '' when the setting turns it off.
 
-    Every entry is kept, however quick its compile, so a worker started after
-    `manage.py warmup_models` compiles nothing.
+    The cache key includes XLA's flags, so `manage.py warmup_models` and the workers must run
+    with the same ones: both come here. Every entry is kept, however quick its compile, so a
+    worker started after warm-up compiles nothing.
     """
     global _cache_configured
+    flags = getattr(settings, "CLASSIFIER_XLA_FLAGS", "")
+    if flags and "jax" not in sys.modules:
+        os.environ.setdefault("XLA_FLAGS", flags)
     directory = str(getattr(settings, "JAX_CACHE_DIR", "") or "")
     if not directory or _cache_configured == directory:
         return directory

@@ -194,6 +194,10 @@ CLASSIFIER_TOP_K = 5
 # `manage.py warmup_models`: a (re)started worker loads compiled code instead of compiling
 # (seconds instead of a minute). Empty turns it off.
 JAX_CACHE_DIR = os.environ.get("DJANGO_JAX_CACHE_DIR", str(BASE_DIR / ".cache" / "jax"))
+# XLA's flags for every process that serves or warms up models (XLA_FLAGS, when set, wins).
+# One compute thread per process: gunicorn's workers share the cores instead of fighting over
+# them. The compilation cache is keyed by these flags, so warm-up and workers must agree.
+CLASSIFIER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 # The JSON API (uploads.api). Anonymous: no authentication classes, so no session and no
 # CSRF check (the HTML form keeps both). Throttling counts requests per client address in the
