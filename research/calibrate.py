@@ -46,6 +46,8 @@ from research.inference import Classifier, preprocess
 TARGET_AUROC_DATASET = 0.95
 TARGET_AUROC_SYNTHETIC = 0.99
 TARGET_ECE = 0.02
+# The score research.train stores after training (see the model cards for the measurements).
+TRAINING_SCORE = "energy"
 SYNTHETIC_IMAGES = 1000  # of noise, and of flat colours
 SEED = 0
 # The other dataset each dataset's model is shown as "not one of these" images.
@@ -130,10 +132,22 @@ def calibrate(
         if name.endswith("/logits") and name.split("/")[0] not in ("train", "validation", "test")
     ]
 
-    def scored(kind: str, name: str, temperature: float) -> np.ndarray:
+    def statistics_for(kind: str, name: str, temperature: float, index=slice(None)) -> dict:
+        """The statistics of `kind`, standardised (if it needs it) on images `index` of
+        `name`, the fitting images."""
+        if kind != "energy+mahalanobis":
+            return stats
+        logits, features = outputs[f"{name}/logits"][index], outputs[f"{name}/features"][index]
+        return calibration.fit_standardisation(logits, features, temperature, stats)
+
+    def scored(kind: str, name: str, temperature: float, kind_stats: dict) -> np.ndarray:
         return np.asarray(
             calibration.unknown_scores(
-                kind, outputs[f"{name}/logits"], outputs[f"{name}/features"], temperature, stats
+                kind,
+                outputs[f"{name}/logits"],
+                outputs[f"{name}/features"],
+                temperature,
+                kind_stats,
             )
         )
 
@@ -152,12 +166,13 @@ def calibrate(
                 "scores": {},
             }
             for kind in scores:
-                known = scored(kind, "validation", t)
+                kind_stats = statistics_for(kind, "validation", t, fit)
+                known = scored(kind, "validation", t, kind_stats)
                 fold["scores"][kind] = calibration.score_report(
                     kind,
                     known[fit],
                     known[report],
-                    {name: scored(kind, name, t) for name in outlier_names},
+                    {name: scored(kind, name, t, kind_stats) for name in outlier_names},
                 ).to_dict()
             folds.append(fold)
         result.update(
@@ -170,23 +185,27 @@ def calibrate(
             before=_mean([f["before"] for f in folds]),
             after=_mean([f["after"] for f in folds]),
             scores={kind: _mean_score([f["scores"][kind] for f in folds]) for kind in scores},
-            thresholds={
-                kind: calibration.acceptance_threshold(scored(kind, "validation", temperature))
-                for kind in scores
-            },
+            statistics={kind: statistics_for(kind, "validation", temperature) for kind in scores},
         )
+        result["thresholds"] = {
+            kind: calibration.acceptance_threshold(
+                scored(kind, "validation", temperature, result["statistics"][kind])
+            )
+            for kind in scores
+        }
         reliability_logits, reliability_labels = logits, labels  # CV ECE is the reported one
     else:
         logits, labels = outputs["train/logits"], outputs["train/labels"]
         temperature = calibration.fit_temperature(logits, labels)
         test_logits, test_labels = outputs["test/logits"], outputs["test/labels"]
-        reports = {}
+        reports, kind_stats = {}, {}
         for kind in scores:
+            kind_stats[kind] = statistics_for(kind, "train", temperature)
             reports[kind] = calibration.score_report(
                 kind,
-                scored(kind, "train", temperature),
-                scored(kind, "test", temperature),
-                {name: scored(kind, name, temperature) for name in outlier_names},
+                scored(kind, "train", temperature, kind_stats[kind]),
+                scored(kind, "test", temperature, kind_stats[kind]),
+                {name: scored(kind, name, temperature, kind_stats[kind]) for name in outlier_names},
             ).to_dict()
         result.update(
             method="fitted on training images (without augmentation; the model trained on "
@@ -200,13 +219,13 @@ def calibrate(
             after=calibration.calibration_report(test_logits, test_labels, temperature),
             scores=reports,
             thresholds={kind: reports[kind]["threshold"] for kind in scores},
+            statistics=kind_stats,
         )
         reliability_logits, reliability_labels = test_logits, test_labels
     result["reliability"] = {
         "before": _bins(reliability_logits, reliability_labels, 1.0),
         "after": _bins(reliability_logits, reliability_labels, temperature),
     }
-    result["statistics"] = stats
     return result
 
 
@@ -250,6 +269,47 @@ def choose_score(scores: dict[str, dict[str, Any]]) -> str:
         scores,
         key=lambda k: (-len(missed_targets(scores[k])), min(scores[k]["auroc"].values())),
     )
+
+
+def fit_and_store(
+    path: str | Path,
+    *,
+    data_dir: str | None = None,
+    score: str = TRAINING_SCORE,
+    train_images: int = 5000,
+) -> dict[str, Any]:
+    """Fits the temperature and the `score` threshold (95% accepted) on the whole validation
+    split and stores them in the record of the step research.model_dir picks (with the feature
+    statistics, from the first `train_images` training images, for 'mahalanobis'). No outlier
+    sets and no report: research.train calls this after training; the command measures."""
+    directory, step, record = model_dir.pick_checkpoint(path)
+    clf = Classifier.load(path)
+    images, labels = load_arrays(record.dataset, "validation", data_dir)
+    logits, features = clf.outputs_arrays(images)
+    temperature = calibration.fit_temperature(logits, labels)
+    stats = None
+    if calibration.needed_statistics(score):
+        train_split = record.config.get("train_split") or "train"
+        train, train_labels = load_arrays(record.dataset, train_split, data_dir, train_images)
+        stats = calibration.fit_feature_statistics(
+            clf.outputs_arrays(train)[1], train_labels, record.num_classes
+        )
+        if score == "energy+mahalanobis":
+            stats = calibration.fit_standardisation(logits, features, temperature, stats)
+        model_dir.write_statistics(directory, step, stats)
+    scores = calibration.unknown_scores(score, logits, features, temperature, stats)
+    threshold = calibration.acceptance_threshold(np.asarray(scores))
+    updated = record.replace(
+        temperature=temperature, unknown_score=score, unknown_threshold=threshold
+    )
+    model_dir.write_record(directory, step, updated)
+    return {
+        "step": step,
+        "temperature": temperature,
+        "unknown_score": score,
+        "unknown_threshold": threshold,
+        "validation_before": calibration.calibration_report(logits, labels, 1.0),
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -339,8 +399,8 @@ def _run(args: argparse.Namespace) -> int:
             unknown_score=chosen,
             unknown_threshold=result["threshold"],
         )
-        if chosen == "mahalanobis":
-            model_dir.write_statistics(directory, step, stats)
+        if calibration.needed_statistics(chosen):
+            model_dir.write_statistics(directory, step, stats[chosen])
         model_dir.write_record(directory, step, updated)
         print(f"stored temperature, '{chosen}' threshold in {directory / str(step)}")
     print(f"wrote {out / 'calibration.json'} and {out / 'reliability.png'} ({result['seconds']}s)")

@@ -14,7 +14,11 @@ Definitions:
   'max_softmax': the calibrated top probability;
   'energy': T * logsumexp(logits / T), the negative free energy;
   'mahalanobis': minus the smallest squared Mahalanobis distance of the pooled features to a
-  class mean, under one covariance shared by the classes (`fit_feature_statistics`).
+  class mean, under one covariance shared by the classes (`fit_feature_statistics`); the
+  features are square-rooted first (they are non-negative maxima, skewed; the root makes
+  them closer to Gaussian);
+  'energy+mahalanobis': the sum of the two, each standardised by its mean and standard
+  deviation on the fitting images (`fit_standardisation`).
 
 `unknown_scores` is written in jax.numpy, so research.inference calls the same function inside
 its jitted forward and this module calls it on stored logits.
@@ -139,10 +143,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, tolerance: float 
 # ----------------------------------------------------------------------------- unknown
 
 
+def _transform(features: jax.Array | np.ndarray):
+    """The feature transform of the Mahalanobis score: sqrt(max(f, 0))."""
+    xp = np if isinstance(features, np.ndarray) else jnp
+    return xp.sqrt(xp.maximum(features, 0))
+
+
 def fit_feature_statistics(features: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Class means [C, D] and the precision [D, D] of the covariance shared by the classes
-    (features minus their class mean), for the 'mahalanobis' score."""
-    features = np.asarray(features, np.float64)
+    (transformed features minus their class mean), for the 'mahalanobis' score."""
+    features = _transform(np.asarray(features, np.float64))
     labels = np.asarray(labels)
     means = np.stack([features[labels == c].mean(0) for c in range(num_classes)])
     centred = features - means[labels]
@@ -151,6 +161,14 @@ def fit_feature_statistics(features: np.ndarray, labels: np.ndarray, num_classes
     precision = np.linalg.inv(covariance + ridge * np.eye(len(covariance)))
     precision = (precision + precision.T) / 2
     return {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
+
+
+def needed_statistics(kind: str) -> set[str]:
+    """The statistics arrays a score needs beside the record."""
+    needed = {"means", "precision"} if "mahalanobis" in kind else set()
+    if kind == "energy+mahalanobis":
+        needed |= {"energy_mean", "energy_std", "mahalanobis_mean", "mahalanobis_std"}
+    return needed
 
 
 def unknown_scores(
@@ -165,10 +183,18 @@ def unknown_scores(
         return jnp.exp(models.log_probabilities(logits, temperature)).max(axis=-1)
     if kind == "energy":
         return temperature * jax.nn.logsumexp(logits.astype(jnp.float32) / temperature, axis=-1)
+    if kind == "energy+mahalanobis":
+        if stats is None or "energy_mean" not in stats:
+            raise ValueError(f"The {kind!r} score needs its standardisation statistics")
+        energy = unknown_scores("energy", logits, features, temperature)
+        distance = unknown_scores("mahalanobis", logits, features, temperature, stats)
+        return (energy - stats["energy_mean"]) / stats["energy_std"] + (
+            distance - stats["mahalanobis_mean"]
+        ) / stats["mahalanobis_std"]
     if kind == "mahalanobis":
         if stats is None:
             raise ValueError("The 'mahalanobis' score needs feature statistics (means, precision)")
-        f = features.astype(jnp.float32)
+        f = _transform(jnp.asarray(features, jnp.float32))
         means, precision = stats["means"], stats["precision"]
         # (f - m)^T P (f - m) = f^T P f - 2 f^T P m + m^T P m, for every class at once.
         fp = f @ precision
@@ -179,6 +205,19 @@ def unknown_scores(
         )
         return -distances.min(axis=-1)
     raise ValueError(f"Unknown score {kind!r}; choose one of {', '.join(SCORES)}")
+
+
+def fit_standardisation(
+    logits: np.ndarray, features: np.ndarray, temperature: float, stats: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """`stats` plus the mean and standard deviation of the energy and Mahalanobis scores of
+    the fitting images, which 'energy+mahalanobis' standardises by."""
+    out = dict(stats)
+    for kind in ("energy", "mahalanobis"):
+        scores = np.asarray(unknown_scores(kind, logits, features, temperature, stats), np.float64)
+        out[f"{kind}_mean"] = np.float32(scores.mean())
+        out[f"{kind}_std"] = np.float32(max(scores.std(), 1e-6))
+    return out
 
 
 def acceptance_threshold(scores: np.ndarray, accept: float = ACCEPT) -> float:

@@ -1,4 +1,5 @@
-"""Evaluate a trained model: accuracy, loss, per-class accuracy and a confusion matrix.
+"""Evaluate a trained model: accuracy, loss, per-class accuracy, a confusion matrix and
+calibration (ECE over 15 bins, NLL, Brier score) at T=1 and at the record's temperature.
 
     python -m research.evaluate --checkpoint workdirs/cifar10              # its eval split
     python -m research.evaluate --checkpoint models/fashion_mnist --split test
@@ -7,8 +8,9 @@
 A tfds split goes through training's evaluation path (input_pipeline + train.evaluate_model);
 an image folder (class/image, or split/class/image, listed by research.image_folder) goes through
 research.inference.preprocess_image, the serving preprocessing. Both apply the model's serving
-record (test-time flip, temperature) and write metrics.json and confusion.png (drawn by
-research.plots) to --out (default: <checkpoint>/eval_<split>/).
+record (test-time flip, temperature) and write metrics.json, confusion.png and reliability.png
+(drawn by research.plots) to --out (default: <checkpoint>/eval_<split>/). Calibration figures
+use research.calibration's definitions, the ones research.calibrate fits with.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from research import image_folder, plots
+from research import calibration, image_folder, plots
 from research.errors import DataNotFoundError, ModelNotFoundError
 from research.inference import Classifier, preprocess_image
 
@@ -79,17 +81,56 @@ def evaluate_folder(
 def _evaluate(
     clf: Classifier, batches: Iterator[dict[str, np.ndarray]], batch_size: int
 ) -> dict[str, Any]:
-    """train.evaluate_model with what the serving record says: flip and temperature."""
+    """What train.evaluate_model reports, at the record's flip and temperature, and the
+    calibration before (T=1) and after (the record's temperature), from one pass."""
     from research import train
 
-    return train.evaluate_model(
-        clf.model,
-        batches,
-        num_classes=clf.record.num_classes,
-        flip_tta=clf.record.flip_tta,
-        temperature=clf.record.temperature,
-        sharding=_data_sharding(batch_size),
-    )
+    sharding = _data_sharding(batch_size)
+    log_probs, labels = [], []  # at T=1: logits up to a constant, all temperature scaling needs
+    for batch in batches:
+        images = batch["image"]
+        if sharding is not None:
+            import jax
+
+            images = jax.device_put(images, sharding)
+        out = np.asarray(train.eval_step(clf.model, images, clf.record.flip_tta, 1.0))
+        log_probs.append(out[batch["mask"]])
+        labels.append(np.asarray(batch["label"])[batch["mask"]])
+    num_classes = clf.record.num_classes
+    if not labels:
+        return {**_counts(np.zeros((0, num_classes)), np.zeros(0, int), num_classes), "count": 0}
+    logits, labels_all = np.concatenate(log_probs), np.concatenate(labels).astype(np.int64)
+    temperature = clf.record.temperature
+    at_t = calibration.log_probabilities(logits, temperature)
+    before = calibration.calibration_report(logits, labels_all, 1.0)
+    after = calibration.calibration_report(logits, labels_all, temperature)
+    reliability = {
+        name: {
+            k: np.where(np.isnan(v), None, v).tolist()
+            for k, v in calibration.reliability_bins(np.exp(lp), labels_all).items()
+        }
+        for name, lp in (("before", logits), ("after", at_t))
+    }
+    return {
+        **_counts(at_t, labels_all, num_classes),
+        "calibration": {"before": before, "after": after},
+        "reliability": reliability,
+    }
+
+
+def _counts(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and confusion matrix, as train.evaluate_model."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (labels, log_probs.argmax(-1)), 1)
+    count = len(labels)
+    loss = -float(log_probs[np.arange(count), labels].sum(dtype=np.float64))
+    return {
+        "loss": loss / max(count, 1),
+        "accuracy": float(confusion.trace() / max(count, 1)),
+        "per_class_accuracy": (confusion.diagonal() / np.maximum(confusion.sum(1), 1)).tolist(),
+        "confusion": confusion.tolist(),
+        "count": count,
+    }
 
 
 def label_image_folder(
@@ -195,6 +236,13 @@ def format_report(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     lines = [
         f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
         f"({metrics['count']} images)",
+    ]
+    for when, r in metrics.get("calibration", {}).items():
+        lines.append(
+            f"{when:>6} (T={r['temperature']:.3f}): confidence {r['mean_confidence']:.4f}  "
+            f"ECE {r['ece']:.4f}  NLL {r['nll']:.4f}  Brier {r['brier']:.4f}"
+        )
+    lines += [
         "",
         f"{'class':<{width}}  {'images':>6}  {'accuracy':>8}",
     ]
@@ -215,12 +263,20 @@ def format_report(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
 def write_results(
     out_dir: str | Path, metrics: dict[str, Any], class_names: Sequence[str], title: str
 ) -> tuple[Path, Path]:
-    """Writes metrics.json and confusion.png to `out_dir`; returns their paths."""
+    """Writes metrics.json, confusion.png and (with calibration figures) reliability.png to
+    `out_dir`; returns the paths of the first two."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "metrics.json", out_dir / "confusion.png"
     json_path.write_text(json.dumps(metrics, indent=2) + "\n")
     plots.render_confusion(np.asarray(metrics["confusion"]), class_names, title).save(png_path)
+    if "reliability" in metrics:
+        plots.render_reliability(
+            metrics["reliability"]["before"],
+            metrics["reliability"]["after"],
+            title,
+            temperature=metrics["calibration"]["after"]["temperature"],
+        ).save(out_dir / "reliability.png")
     return json_path, png_path
 
 
@@ -285,7 +341,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval_{where}"
     title = f"{clf.name} on {source}: accuracy {metrics['accuracy']:.4f} ({metrics['count']})"
     json_path, png_path = write_results(out, record, clf.class_names, title)
-    print(f"\nwrote {json_path} and {png_path} ({seconds:.1f}s)")
+    print(f"\nwrote {json_path}, {png_path} and reliability.png ({seconds:.1f}s)")
     return 0
 
 

@@ -192,10 +192,11 @@ class Classifier:
         self.record = record
         model.eval()
         self.model = model  # the NNX module, in eval mode (research.evaluate uses it)
-        if record.unknown_score == "mahalanobis" and statistics is None:
+        needed = calibration.needed_statistics(record.unknown_score)
+        if needed - set(statistics or ()):
             raise IncompatibleModelError(
-                f"Model {record.name} ({record.version}) uses the 'mahalanobis' unknown score "
-                "but has no feature statistics"
+                f"Model {record.name} ({record.version}) uses the {record.unknown_score!r} "
+                f"unknown score but lacks its feature statistics {sorted(needed)}"
             )
         self.statistics = (
             None if statistics is None else {k: np.asarray(v) for k, v in statistics.items()}

@@ -347,6 +347,16 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if stop.signal:
         print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
     else:
+        if eval_split == "validation":  # calibrate on it; a test split is never fitted on
+            from research import calibrate
+
+            result["calibration"] = calibrate.fit_and_store(workdir, data_dir=config.data_dir)
+            print(
+                f"Calibrated on validation: temperature {result['calibration']['temperature']:.3f}"
+                f", '{result['calibration']['unknown_score']}' unknown threshold "
+                f"{result['calibration']['unknown_threshold']:.4f}",
+                flush=True,
+            )
         (workdir / "results.json").write_text(json.dumps(result, indent=2))
     return result
 

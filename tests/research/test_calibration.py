@@ -81,9 +81,13 @@ def test_scores_rank_far_features_and_flat_logits_lower():
     means = np.array([[0.0, 0.0], [10.0, 0.0]])
     features = np.concatenate([means[[0, 1] * 50] + np.random.default_rng(0).normal(size=(100, 2))])
     stats = calibration.fit_feature_statistics(features, np.array([0, 1] * 50), 2)
-    np.testing.assert_allclose(stats["means"], means, atol=0.5)
+    rooted = np.sqrt(np.maximum(features, 0))  # the score's feature transform
+    np.testing.assert_allclose(stats["means"][1], rooted[1::2].mean(0), rtol=1e-5)
     logits = np.array([[8.0, 0.0], [0.1, 0.0]], np.float32)
     probe = np.array([[0.2, 0.1], [5.0, 30.0]], np.float32)
+    stats = calibration.fit_standardisation(
+        np.tile(logits[:1], (100, 1)), features, 1.0, stats
+    )  # for 'energy+mahalanobis'
     for kind in calibration.SCORES:
         scores = np.asarray(calibration.unknown_scores(kind, logits, probe, 1.0, stats))
         assert scores[0] > scores[1], kind
@@ -232,3 +236,43 @@ def test_the_calibrate_command_fits_on_validation_and_stores_the_record(trained,
     images, _ = _validation((config.dataset, config.data_dir))
     accepted = ~Classifier.load(copy).classify(list(images)).unknown
     assert accepted.mean() >= 0.95
+
+
+def test_evaluate_reports_calibration_at_t1_and_the_record_temperature(trained, tmp_path):
+    """research.evaluate reports ECE/NLL/Brier before (T=1) and after (the record's T) and
+    draws the reliability diagram."""
+    from research import evaluate
+
+    config, workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    directory, step, record = model_dir.pick_checkpoint(copy)
+    model_dir.write_record(directory, step, record.replace(temperature=3.0))
+    out = tmp_path / "eval"
+    argv = ["--checkpoint", str(copy), "--data_dir", config.data_dir, "--split", "validation"]
+    assert evaluate.main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    before, after = metrics["calibration"]["before"], metrics["calibration"]["after"]
+    assert (before["temperature"], after["temperature"]) == (1.0, 3.0)
+    assert before["accuracy"] == after["accuracy"] == metrics["accuracy"]
+    assert after["mean_confidence"] < before["mean_confidence"]
+    assert metrics["loss"] == pytest.approx(after["nll"], rel=1e-5)
+    assert (out / "reliability.png").is_file()
+
+
+def test_training_on_a_validation_split_stores_a_fitted_temperature_and_threshold(
+    color_dataset, tmp_path
+):
+    """research.train, evaluating on 'validation', fits the temperature and the threshold on it
+    and stores them in the chosen step's record."""
+    from research import configs, train
+
+    name, data_dir = color_dataset
+    config = configs.get_config(
+        "tiny", dataset=name, data_dir=data_dir, epochs=1.0, eval_split="validation"
+    )
+    result = train.train_and_evaluate(config, tmp_path / "run")
+    record = Classifier.load(tmp_path / "run").record
+    assert record.temperature == pytest.approx(result["calibration"]["temperature"])
+    assert record.temperature != 1.0 and record.unknown_threshold is not None
+    assert record.unknown_score == calibrate.TRAINING_SCORE
