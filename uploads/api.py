@@ -449,8 +449,7 @@ class HealthView(APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        health = classifiers.get_health()
-        health["status"] = "ready" if health["ready"] else "starting"
+        health = classifiers.get_health()  # status: ready, starting or error
         return Response(health, status=200 if health["ready"] else 503)
 
 

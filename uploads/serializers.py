@@ -74,7 +74,7 @@ class PredictRequestSerializer(serializers.Serializer):
 
     image = SingleFileField(
         help_text=f"{describe_allowed_formats()}; one file, within the server's byte and pixel "
-        "limits (10 MB and 40 megapixels by default)."
+        "limits (10 MB and 25 megapixels by default)."
     )
     model = serializers.CharField(
         required=False,
@@ -231,4 +231,7 @@ class HealthSerializer(serializers.Serializer):
     models = serializers.DictField(
         child=serializers.CharField(), help_text="Per model: ready, loading or 'error: ...'"
     )
-    status = serializers.ChoiceField(choices=["ready", "starting"])
+    status = serializers.ChoiceField(
+        choices=["ready", "starting", "error"],
+        help_text="error: a model is missing or failed to load (it will not become ready)",
+    )

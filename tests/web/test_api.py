@@ -281,12 +281,15 @@ def test_health_is_503_until_every_model_is_warm(api_client, monkeypatch):
 
 
 def test_health_reports_a_missing_model(api_client, settings, tmp_path):
-    """A model that cannot load keeps /healthz at 503 and says so, naming no path."""
+    """A missing model keeps /healthz at 503 with status 'error' (not 'starting': it will not
+    become ready by waiting), naming no path."""
     settings.CLASSIFIER_MODELS = {"cifar10": tmp_path / "missing"}
     with pytest.raises(classifiers.ModelUnavailableError):
         classifiers.warm_up_models()
-    body = api_client.get(reverse("uploads:healthz")).json()
-    assert body["ready"] is False
+    response = api_client.get(reverse("uploads:healthz"))
+    assert response.status_code == 503
+    body = response.json()
+    assert body["ready"] is False and body["status"] == "error"
     assert body["models"]["cifar10"].startswith("error")
     assert str(tmp_path) not in json.dumps(body)
 
