@@ -193,7 +193,8 @@ def calibrate(
             )
             for kind in scores
         }
-        reliability_logits, reliability_labels = logits, labels  # CV ECE is the reported one
+        reliability_logits, reliability_labels = logits, labels
+        result["reliability_source"] = "validation, at the temperature fitted on all of it"
     else:
         logits, labels = outputs["train/logits"], outputs["train/labels"]
         temperature = calibration.fit_temperature(logits, labels)
@@ -222,6 +223,7 @@ def calibrate(
             statistics=kind_stats,
         )
         reliability_logits, reliability_labels = test_logits, test_labels
+        result["reliability_source"] = "test"
     result["reliability"] = {
         "before": _bins(reliability_logits, reliability_labels, 1.0),
         "after": _bins(reliability_logits, reliability_labels, temperature),
@@ -386,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{record.name} ({record.version})")
     print(format_summary(result, chosen))
     (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
-    title = f"{record.name} on {result['report_split']}"
+    title = f"{record.name} on {result['reliability_source']}"
     plots.render_reliability(
         result["reliability"]["before"],
         result["reliability"]["after"],
