@@ -47,7 +47,7 @@ TARGET_AUROC_DATASET = 0.95
 TARGET_AUROC_SYNTHETIC = 0.99
 TARGET_ECE = 0.02
 # The score research.train stores after training (see the model cards for the measurements).
-TRAINING_SCORE = "energy"
+TRAINING_SCORE = "energy+activations"
 SYNTHETIC_IMAGES = 1000  # of noise, and of flat colours
 SEED = 0
 # The other dataset each dataset's model is shown as "not one of these" images.
@@ -63,7 +63,7 @@ def load_arrays(
     """(uint8 images [N, H, W, C], int labels [N]) of a split in its fixed order."""
     from research import datasets  # TensorFlow only here
 
-    if limit:
+    if limit and limit < datasets.get_info(dataset, data_dir).splits.get(split, limit + 1):
         split = f"{split}[:{limit}]"
     images, labels = [], []
     for image, label in datasets.load_split(dataset, split, data_dir).as_numpy_iterator():
@@ -100,12 +100,9 @@ def collect_outputs(clf: Classifier, args: argparse.Namespace) -> dict[str, np.n
     out: dict[str, np.ndarray] = {}
     for name, (images, labels) in sets.items():
         started = time.monotonic()
-        logits, features = clf.outputs_arrays(images)
-        out[f"{name}/logits"], out[f"{name}/features"], out[f"{name}/labels"] = (
-            logits,
-            features,
-            labels,
-        )
+        logits, features, stages = clf.outputs_arrays(images)
+        out[f"{name}/logits"], out[f"{name}/features"] = logits, features
+        out[f"{name}/stages"], out[f"{name}/labels"] = stages, labels
         seconds = time.monotonic() - started
         print(f"{name}: {len(images)} images in {seconds:.0f}s", file=sys.stderr, flush=True)
     return out
@@ -125,7 +122,7 @@ def calibrate(
     """Temperature, per-score thresholds and every reported figure, from stored outputs."""
     stats = calibration.fit_feature_statistics(
         outputs["train/features"], outputs["train/labels"], num_classes
-    )
+    ) | calibration.fit_activation_statistics(outputs["train/stages"])
     outlier_names = [
         name[: -len("/logits")]
         for name in outputs
@@ -135,10 +132,16 @@ def calibrate(
     def statistics_for(kind: str, name: str, temperature: float, index=slice(None)) -> dict:
         """The statistics of `kind`, standardised (if it needs it) on images `index` of
         `name`, the fitting images."""
-        if kind != "energy+mahalanobis":
+        if "+" not in kind:
             return stats
-        logits, features = outputs[f"{name}/logits"][index], outputs[f"{name}/features"][index]
-        return calibration.fit_standardisation(logits, features, temperature, stats)
+        return calibration.fit_standardisation(
+            kind,
+            outputs[f"{name}/logits"][index],
+            outputs[f"{name}/features"][index],
+            temperature,
+            stats,
+            outputs[f"{name}/stages"][index],
+        )
 
     def scored(kind: str, name: str, temperature: float, kind_stats: dict) -> np.ndarray:
         return np.asarray(
@@ -148,6 +151,7 @@ def calibrate(
                 outputs[f"{name}/features"],
                 temperature,
                 kind_stats,
+                outputs[f"{name}/stages"],
             )
         )
 
@@ -287,19 +291,24 @@ def fit_and_store(
     directory, step, record = model_dir.pick_checkpoint(path)
     clf = Classifier.load(path)
     images, labels = load_arrays(record.dataset, "validation", data_dir)
-    logits, features = clf.outputs_arrays(images)
+    logits, features, stages = clf.outputs_arrays(images)
     temperature = calibration.fit_temperature(logits, labels)
     stats = None
-    if calibration.needed_statistics(score):
+    needed = calibration.needed_statistics(score)
+    if needed:
         train_split = record.config.get("train_split") or "train"
         train, train_labels = load_arrays(record.dataset, train_split, data_dir, train_images)
+        _, train_features, train_stages = clf.outputs_arrays(train)
         stats = calibration.fit_feature_statistics(
-            clf.outputs_arrays(train)[1], train_labels, record.num_classes
-        )
-        if score == "energy+mahalanobis":
-            stats = calibration.fit_standardisation(logits, features, temperature, stats)
+            train_features, train_labels, record.num_classes
+        ) | calibration.fit_activation_statistics(train_stages)
+        if "+" in score:
+            stats = calibration.fit_standardisation(
+                score, logits, features, temperature, stats, stages
+            )
+        stats = {k: v for k, v in stats.items() if k in needed}
         model_dir.write_statistics(directory, step, stats)
-    scores = calibration.unknown_scores(score, logits, features, temperature, stats)
+    scores = calibration.unknown_scores(score, logits, features, temperature, stats, stages)
     threshold = calibration.acceptance_threshold(np.asarray(scores))
     updated = record.replace(
         temperature=temperature, unknown_score=score, unknown_threshold=threshold
@@ -402,7 +411,9 @@ def _run(args: argparse.Namespace) -> int:
             unknown_threshold=result["threshold"],
         )
         if calibration.needed_statistics(chosen):
-            model_dir.write_statistics(directory, step, stats[chosen])
+            needed = calibration.needed_statistics(chosen)
+            kept = {k: v for k, v in stats[chosen].items() if k in needed}
+            model_dir.write_statistics(directory, step, kept)
         model_dir.write_record(directory, step, updated)
         print(f"stored temperature, '{chosen}' threshold in {directory / str(step)}")
     print(f"wrote {out / 'calibration.json'} and {out / 'reliability.png'} ({result['seconds']}s)")

@@ -18,7 +18,12 @@ Definitions:
   features are square-rooted first (they are non-negative maxima, skewed; the root makes
   them closer to Gaussian);
   'energy+mahalanobis': the sum of the two, each standardised by its mean and standard
-  deviation on the fitting images (`fit_standardisation`).
+  deviation on the fitting images (`fit_standardisation`);
+  'activations': minus the squared Mahalanobis distance of the stage statistics (each stage's
+  per-channel spatial mean and standard deviation, models.stage_statistics) to one Gaussian
+  fitted on training images (`fit_activation_statistics`): how typical the image looks to
+  every layer, not only to the last;
+  'energy+activations': energy and 'activations', standardised and summed.
 
 `unknown_scores` is written in jax.numpy, so research.inference calls the same function inside
 its jitted forward and this module calls it on stored logits.
@@ -163,37 +168,66 @@ def fit_feature_statistics(features: np.ndarray, labels: np.ndarray, num_classes
     return {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
 
 
+def fit_activation_statistics(stages: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean [S] and precision [S, S] of one Gaussian over stage statistics, for the
+    'activations' score."""
+    stages = np.asarray(stages, np.float64)
+    mean = stages.mean(0)
+    covariance = np.cov(stages.T, bias=True).reshape(len(mean), len(mean))
+    ridge = COVARIANCE_RIDGE * np.trace(covariance) / len(covariance) + 1e-8
+    precision = np.linalg.inv(covariance + ridge * np.eye(len(covariance)))
+    precision = (precision + precision.T) / 2
+    return {
+        "activations_center": mean.astype(np.float32),
+        "activations_precision": precision.astype(np.float32),
+    }
+
+
+def _components(kind: str) -> tuple[str, ...]:
+    """The scores a combined score standardises and sums ('energy+x' -> energy, x)."""
+    return tuple(kind.split("+")) if "+" in kind else ()
+
+
 def needed_statistics(kind: str) -> set[str]:
     """The statistics arrays a score needs beside the record."""
-    needed = {"means", "precision"} if "mahalanobis" in kind else set()
-    if kind == "energy+mahalanobis":
-        needed |= {"energy_mean", "energy_std", "mahalanobis_mean", "mahalanobis_std"}
+    needed: set[str] = set()
+    for part in _components(kind) or (kind,):
+        if part == "mahalanobis":
+            needed |= {"means", "precision"}
+        if part == "activations":
+            needed |= {"activations_center", "activations_precision"}
+        if _components(kind):
+            needed |= {f"{part}_mean", f"{part}_std"}
     return needed
 
 
 def unknown_scores(
     kind: str,
     logits: jax.Array,
-    features: jax.Array,
+    features: jax.Array | None,
     temperature: float | jax.Array,
     stats: Mapping[str, jax.Array] | None = None,
+    stages: jax.Array | None = None,
 ) -> jax.Array:
-    """[N] scores, higher = more like the known classes (see the module docstring)."""
+    """[N] scores, higher = more like the known classes (see the module docstring).
+    `features`: pooled features; `stages`: stage statistics (models.predict_logits_and_features)."""
+    missing = needed_statistics(kind) - set(stats or ())
+    if kind in SCORES and missing:
+        raise ValueError(f"The {kind!r} score needs the statistics {sorted(missing)}")
+    if _components(kind):
+        total = 0.0
+        for part in _components(kind):
+            value = unknown_scores(part, logits, features, temperature, stats, stages)
+            total = total + (value - stats[f"{part}_mean"]) / stats[f"{part}_std"]
+        return total
+    if kind == "activations":
+        x = jnp.asarray(stages, jnp.float32) - stats["activations_center"]
+        return -jnp.sum((x @ stats["activations_precision"]) * x, axis=-1)
     if kind == "max_softmax":
         return jnp.exp(models.log_probabilities(logits, temperature)).max(axis=-1)
     if kind == "energy":
         return temperature * jax.nn.logsumexp(logits.astype(jnp.float32) / temperature, axis=-1)
-    if kind == "energy+mahalanobis":
-        if stats is None or "energy_mean" not in stats:
-            raise ValueError(f"The {kind!r} score needs its standardisation statistics")
-        energy = unknown_scores("energy", logits, features, temperature)
-        distance = unknown_scores("mahalanobis", logits, features, temperature, stats)
-        return (energy - stats["energy_mean"]) / stats["energy_std"] + (
-            distance - stats["mahalanobis_mean"]
-        ) / stats["mahalanobis_std"]
     if kind == "mahalanobis":
-        if stats is None:
-            raise ValueError("The 'mahalanobis' score needs feature statistics (means, precision)")
         f = _transform(jnp.asarray(features, jnp.float32))
         means, precision = stats["means"], stats["precision"]
         # (f - m)^T P (f - m) = f^T P f - 2 f^T P m + m^T P m, for every class at once.
@@ -208,15 +242,21 @@ def unknown_scores(
 
 
 def fit_standardisation(
-    logits: np.ndarray, features: np.ndarray, temperature: float, stats: Mapping[str, Any]
+    kind: str,
+    logits: np.ndarray,
+    features: np.ndarray | None,
+    temperature: float,
+    stats: Mapping[str, Any],
+    stages: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """`stats` plus the mean and standard deviation of the energy and Mahalanobis scores of
-    the fitting images, which 'energy+mahalanobis' standardises by."""
+    """`stats` plus the mean and standard deviation, on the fitting images, of each score the
+    combined score `kind` sums ('energy+mahalanobis': energy and Mahalanobis)."""
     out = dict(stats)
-    for kind in ("energy", "mahalanobis"):
-        scores = np.asarray(unknown_scores(kind, logits, features, temperature, stats), np.float64)
-        out[f"{kind}_mean"] = np.float32(scores.mean())
-        out[f"{kind}_std"] = np.float32(max(scores.std(), 1e-6))
+    for part in _components(kind):
+        scores = unknown_scores(part, logits, features, temperature, stats, stages)
+        scores = np.asarray(scores, np.float64)
+        out[f"{part}_mean"] = np.float32(scores.mean())
+        out[f"{part}_std"] = np.float32(max(scores.std(), 1e-6))
     return out
 
 

@@ -326,17 +326,18 @@ class Classifier:
         and flags (see Classification)."""
         return self.classify_arrays(preprocess(images, self.image_shape))
 
-    def outputs_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [N, classes], pooled features [N, D]) of preprocessed uint8 images, before
-        any temperature: what research.calibrate fits on."""
-        logits, features = [], []
+    def outputs_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(logits [N, classes], pooled features [N, D], stage statistics [N, S]) of
+        preprocessed uint8 images, before any temperature: what research.calibrate fits on."""
+        parts: list[list[np.ndarray]] = [[], [], []]
         for chunk, kept in _bucketed(batch):
-            chunk_logits, chunk_features = self._outputs(self._state, chunk)
-            logits.append(np.asarray(chunk_logits, np.float32)[:kept])
-            features.append(np.asarray(chunk_features, np.float32)[:kept])
-        if not logits:
-            return np.zeros((0, self.record.num_classes), np.float32), np.zeros((0, 0), np.float32)
-        return np.concatenate(logits), np.concatenate(features)
+            for part, value in zip(parts, self._outputs(self._state, chunk), strict=True):
+                part.append(np.asarray(value, np.float32)[:kept])
+        if not parts[0]:
+            empty = np.zeros((0, 0), np.float32)
+            return np.zeros((0, self.record.num_classes), np.float32), empty, empty
+        logits, features, stages = (np.concatenate(part) for part in parts)
+        return logits, features, stages
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for already-preprocessed uint8 [N, H, W, C] images."""
@@ -383,7 +384,7 @@ def _bucketed(batch: np.ndarray):
 
 def _outputs(
     graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, flip_tta: bool
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)
     return models.predict_logits_and_features(model, images, flip_tta=flip_tta)
 
@@ -400,7 +401,7 @@ def _forward(
 ) -> tuple[jax.Array, jax.Array]:
     """(probabilities [N, classes] at `temperature`, "unknown" scores [N] of kind `score`)."""
     model = nnx.merge(graphdef, state)
-    logits, features = models.predict_logits_and_features(model, images, flip_tta=flip_tta)
+    logits, features, stages = models.predict_logits_and_features(model, images, flip_tta=flip_tta)
     probs = jnp.exp(models.log_probabilities(logits, temperature))
-    scores = calibration.unknown_scores(score, logits, features, temperature, statistics)
+    scores = calibration.unknown_scores(score, logits, features, temperature, statistics, stages)
     return probs, scores

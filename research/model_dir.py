@@ -86,6 +86,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; readable like Orbax's files
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -170,15 +170,21 @@ class AirbenchNet(nnx.Module):
             previous, num_classes, use_bias=False, kernel_init=v.head_init, rngs=rngs
         )
 
-    def features(self, images: jax.Array) -> jax.Array:
-        """The pooled features the head reads: [N, widths[-1]]."""
+    def embed(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(the pooled features the head reads [N, widths[-1]], every stage's per-channel
+        spatial mean and standard deviation, concatenated [N, S])."""
         x = self.stem(normalize(images, self.mean, self.std))
         if self.stem_norm is not None:
             x = self.stem_norm(x)
         x = nnx.gelu(x, approximate=True)
+        stages = [x]
         for block in self.blocks:
             x = block(x)
-        return x.max(axis=(1, 2))  # global max pooling
+            stages.append(x)
+        return x.max(axis=(1, 2)), stage_statistics(stages)  # global max pooling
+
+    def features(self, images: jax.Array) -> jax.Array:
+        return self.embed(images)[0]
 
     def head_logits(self, features: jax.Array) -> jax.Array:
         logits = self.head(features)
@@ -216,15 +222,21 @@ class BaselineNet(nnx.Module):
         self.dropout = nnx.Dropout(0.3, rngs=rngs)
         self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
 
-    def features(self, images: jax.Array) -> jax.Array:
-        """The pooled features the head reads: [N, hidden]."""
+    def embed(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(the pooled features the head reads [N, hidden], every stage's per-channel spatial
+        mean and standard deviation, concatenated [N, S])."""
         x = normalize(images, self.mean, self.std)
+        stages = []
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = nnx.relu(norm(conv(x)))
             if i % 2 == 1:
                 x = max_pool(x)
-        x = x.mean(axis=(1, 2))
-        return nnx.relu(self.dense(x))
+                stages.append(x)
+        pooled = x.mean(axis=(1, 2))
+        return nnx.relu(self.dense(pooled)), stage_statistics(stages)
+
+    def features(self, images: jax.Array) -> jax.Array:
+        return self.embed(images)[0]
 
     def head_logits(self, features: jax.Array) -> jax.Array:
         return self.head(self.dropout(features))
@@ -267,19 +279,30 @@ def predict_logits(model: nnx.Module, images: jax.Array, *, flip_tta: bool) -> j
     return logits
 
 
+def stage_statistics(stages: Sequence[jax.Array]) -> jax.Array:
+    """Per-channel spatial mean and standard deviation of each NHWC activation, concatenated:
+    [N, 2 * sum of channels]. What the 'activations' "unknown" score models."""
+    parts = []
+    for x in stages:
+        x = x.astype(jnp.float32)
+        parts += [x.mean(axis=(1, 2)), x.std(axis=(1, 2))]
+    return jnp.concatenate(parts, axis=-1)
+
+
 def predict_logits_and_features(
     model: nnx.Module, images: jax.Array, *, flip_tta: bool
-) -> tuple[jax.Array, jax.Array]:
-    """(logits as `predict_logits` gives them, pooled features [N, D]), both averaged over
-    the image and its mirror under flip TTA. The features feed feature-space "unknown" scores
-    (research.calibration)."""
-    features = model.features(images)
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(logits as `predict_logits` gives them, pooled features [N, D], stage statistics
+    [N, S]), all averaged over the image and its mirror under flip TTA. The features and
+    statistics feed the feature-space "unknown" scores (research.calibration)."""
+    features, stages = model.embed(images)
     logits = model.head_logits(features)
     if flip_tta:
-        mirrored = model.features(images[:, :, ::-1, :])
+        mirrored, mirrored_stages = model.embed(images[:, :, ::-1, :])
         logits = 0.5 * (logits + model.head_logits(mirrored))
         features = 0.5 * (features + mirrored)
-    return logits, features
+        stages = 0.5 * (stages + mirrored_stages)
+    return logits, features, stages
 
 
 def log_probabilities(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:

@@ -18,7 +18,14 @@ from research.errors import IncompatibleModelError
 # have every field below but `record_format`, and are read as format 1.
 RECORD_FORMAT = 1
 # What `unknown_threshold` compares against (defined in research.calibration).
-UNKNOWN_SCORES = ("max_softmax", "energy", "mahalanobis", "energy+mahalanobis")
+UNKNOWN_SCORES = (
+    "max_softmax",
+    "energy",
+    "mahalanobis",
+    "energy+mahalanobis",
+    "activations",
+    "energy+activations",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,7 @@ class ServingRecord:
     flip_tta: bool  # average the prediction over the image and its mirror
     temperature: float = 1.0  # logits are divided by it before the softmax (1: uncalibrated)
     unknown_threshold: float | None = None  # a score below it answers "unknown"; None: never
-    unknown_score: str = "max_softmax"  # which score (UNKNOWN_SCORES); the 'mahalanobis' ones
+    unknown_score: str = "max_softmax"  # which score (UNKNOWN_SCORES); all but the first two
     # need the feature statistics research.model_dir stores beside the record
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # training Config.to_dict()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # eval_accuracy, ...

@@ -85,11 +85,16 @@ def test_scores_rank_far_features_and_flat_logits_lower():
     np.testing.assert_allclose(stats["means"][1], rooted[1::2].mean(0), rtol=1e-5)
     logits = np.array([[8.0, 0.0], [0.1, 0.0]], np.float32)
     probe = np.array([[0.2, 0.1], [5.0, 30.0]], np.float32)
-    stats = calibration.fit_standardisation(
-        np.tile(logits[:1], (100, 1)), features, 1.0, stats
-    )  # for 'energy+mahalanobis'
+    stages = np.random.default_rng(1).normal(size=(100, 3))
+    stats |= calibration.fit_activation_statistics(stages)
+    for kind in ("energy+mahalanobis", "energy+activations"):
+        stats = calibration.fit_standardisation(
+            kind, np.tile(logits[:1], (100, 1)), features, 1.0, stats, stages
+        )
+    probe_stages = np.array([[0.1, 0.0, -0.1], [6.0, -6.0, 6.0]], np.float32)
     for kind in calibration.SCORES:
-        scores = np.asarray(calibration.unknown_scores(kind, logits, probe, 1.0, stats))
+        scores = calibration.unknown_scores(kind, logits, probe, 1.0, stats, probe_stages)
+        scores = np.asarray(scores)
         assert scores[0] > scores[1], kind
     with pytest.raises(ValueError, match="energy"):
         calibration.unknown_scores("entropy", logits, probe, 1.0)
@@ -133,7 +138,7 @@ def test_calibration_lowers_nll_on_a_deliberately_mis_scaled_tiny_model(trained,
     images, labels = _validation(color_dataset)
     wrong = np.arange(len(labels)) % 4 == 0
     labels = np.where(wrong, (labels + 1) % 3, labels)
-    logits, _ = overconfident.outputs_arrays(images)
+    logits, _, _ = overconfident.outputs_arrays(images)
     temperature = calibration.fit_temperature(logits, labels)
     before = calibration.calibration_report(logits, labels, 1.0)
     after = calibration.calibration_report(logits, labels, temperature)
@@ -158,7 +163,7 @@ def test_temperature_threshold_and_statistics_round_trip_through_write_record(mo
     directory, step, record = model_dir.pick_checkpoint(model_copy)
     clf = Classifier.load(model_copy)
     images = [np.full((32, 32, 3), v, np.uint8) for v in (0, 90, 180, 255)]
-    logits, features = clf.outputs_arrays(np.stack(images))
+    logits, features, _ = clf.outputs_arrays(np.stack(images))
     rng = np.random.default_rng(0)
     d = features.shape[1]
     stats = {
