@@ -46,6 +46,7 @@ def import_idx(args: argparse.Namespace) -> int:
         args.dataset,
         args.data_dir,
         class_names=args.class_names.split(",") if args.class_names else None,
+        validation_per_class=args.validation_per_class,
         overwrite=args.overwrite,
     )
     _print_imported(info, time.monotonic() - start)
@@ -142,6 +143,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub.add_argument("source", help="folder with train-images-idx3-ubyte[.gz], t10k-..., ...")
     add_common(sub)
     sub.add_argument("--class_names", default=None, help="comma-separated, for non-tfds names")
+    sub.add_argument(
+        "--validation_per_class",
+        type=int,
+        default=0,
+        help="hold out the last N training images of each class as a 'validation' split",
+    )
     sub.add_argument("--overwrite", action="store_true", help="replace an existing import")
     sub.set_defaults(run=import_idx)
 

@@ -42,12 +42,15 @@ def import_idx(
     data_dir: str | None = None,
     *,
     class_names: Sequence[str] | None = None,
+    validation_per_class: int = 0,
     overwrite: bool = False,
 ) -> DatasetInfo:
     """Imports MNIST-format idx files (gzipped or not) as splits 'train' and 't10k' -> 'test'.
 
     ``source_dir`` holds ``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]`` and,
-    optionally, the ``t10k-*`` pair.
+    optionally, the ``t10k-*`` pair. With ``validation_per_class`` N > 0, the last N training
+    images of each class (in file order) become a 'validation' split, never trained on: the
+    split to choose checkpoints, temperatures and thresholds on, leaving 'test' for reporting.
     """
     source = Path(source_dir).expanduser()
     arrays = {}
@@ -72,6 +75,10 @@ def import_idx(
 
     num_classes = int(max(labels.max() for _, labels in arrays.values())) + 1
     image_shape = next(iter(arrays.values()))[0].shape[1:]
+    if validation_per_class > 0:
+        arrays["train"], arrays["validation"] = _carve_validation(
+            *arrays["train"], validation_per_class
+        )
 
     def make_generator(split: str) -> Callable[[], Iterator[tuple[int, dict[str, Any]]]]:
         images, labels = arrays[split]
@@ -103,6 +110,22 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape}, file holds {array.size} values")
     return array.reshape(shape).astype(array.dtype.newbyteorder("="))
+
+
+def _carve_validation(
+    images: np.ndarray, labels: np.ndarray, per_class: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, validation): the last `per_class` examples of each class go to validation."""
+    held_out = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        if len(where) <= per_class:
+            raise ValueError(
+                f"Class {label} has {len(where)} training images, too few to hold out "
+                f"{per_class} for validation (see --validation_per_class)"
+            )
+        held_out[where[-per_class:]] = True
+    return (images[~held_out], labels[~held_out]), (images[held_out], labels[held_out])
 
 
 def _find_one(directory: Path, pattern: str) -> Path | None:

@@ -81,6 +81,19 @@ def test_import_idx_gz_reads_back_with_tfds_load(fashion_dir):
     assert all(ex["label"] == ex["image"][0, 0, 0] % 10 for ex in examples)
 
 
+def test_import_idx_holds_out_the_last_images_of_each_class_for_validation(tmp_path):
+    """validation_per_class=1 moves each class's last training image (in file order) to a
+    'validation' split and leaves test alone."""
+    source = make_idx_dir(tmp_path / "idx", size=28, train=30, test=10, compress=False)
+    info = importers.import_idx(
+        source, "fashion_mnist", str(tmp_path / "data"), validation_per_class=1
+    )
+    assert info.splits == {"train": 20, "validation": 10, "test": 10}
+    ds = datasets.load_split("fashion_mnist", "validation", str(tmp_path / "data"))
+    pixels = sorted(int(image[0, 0, 0]) for image, _ in ds.as_numpy_iterator())
+    assert pixels == list(range(20, 30))  # image i holds i; class i % 10's last is 20 + class
+
+
 def test_load_split_yields_uint8_images_and_int64_labels(fashion_dir):
     """load_split gives (uint8 [28, 28, 1], int64) pairs in the same order every time."""
     ds = datasets.load_split("fashion_mnist", "train", str(fashion_dir))
