@@ -261,9 +261,14 @@ def fit_standardisation(
 
 
 def acceptance_threshold(scores: np.ndarray, accept: float = ACCEPT) -> float:
-    """The largest threshold that accepts (score >= threshold) at least `accept` of `scores`."""
+    """A threshold that accepts (score >= threshold) at least `accept` of NEW images like
+    `scores`: the largest one accepting `accept` plus 1.645 standard errors of a share measured
+    on len(scores) images (a one-sided 95% bound), so that the sampling noise of a finite
+    fitting set does not leave unseen in-distribution images below `accept`."""
     ordered = np.sort(np.asarray(scores, np.float64))
-    return float(ordered[int(math.floor((1 - accept) * len(ordered)))])
+    margin = 1.645 * math.sqrt(accept * (1 - accept) / max(len(ordered), 1))
+    target = min(accept + margin, 1.0)
+    return float(ordered[min(int(math.floor((1 - target) * len(ordered))), len(ordered) - 1)])
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
