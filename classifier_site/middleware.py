@@ -1,10 +1,16 @@
-"""Site-wide middleware: a strict Content-Security-Policy for the site's own pages (the admin
-brings its own), and the upload limits that hold before a view runs."""
+"""Site-wide middleware: forwarded headers trusted only from the configured proxy (and the
+per-client throttle that relies on it, for the API and the form), a strict
+Content-Security-Policy for the site's own pages (the admin brings its own), and the upload
+limits that hold before a view runs."""
 
+import functools
+import ipaddress
+import math
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework.throttling import AnonRateThrottle
 
 from uploads.images import request_pixel_budget
 
@@ -20,6 +26,91 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+# Headers a proxy sets about the client; from anyone else they are the client's own claims.
+FORWARDED_HEADERS = (
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_FORWARDED_PORT",
+    "HTTP_X_REAL_IP",
+    "HTTP_FORWARDED",
+)
+
+
+class TrustedProxyMiddleware:
+    """Believe X-Forwarded-* only from settings.TRUSTED_PROXIES (addresses or networks).
+
+    From a trusted proxy, REMOTE_ADDR becomes the client it forwarded for (the right-most
+    X-Forwarded-For address that is not itself a trusted proxy), so throttling and logs see the
+    client; X-Forwarded-Proto is kept for SECURE_PROXY_SSL_HEADER. From any other peer every
+    forwarded header is removed, so a client can neither pick its throttling address nor claim
+    HTTPS. Runs first, before anything reads the client address or the scheme.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    @property
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _parse_networks(tuple(settings.TRUSTED_PROXIES))
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        meta = request.META
+        if self._is_proxy(meta.get("REMOTE_ADDR", "")):
+            client = self._forwarded_client(meta.get("HTTP_X_FORWARDED_FOR", ""))
+            if client:
+                meta["REMOTE_ADDR"] = client
+        else:
+            for header in FORWARDED_HEADERS:
+                meta.pop(header, None)
+        return self.get_response(request)
+
+    def _is_proxy(self, address: str) -> bool:
+        ip = _parse_ip(address)
+        return ip is not None and any(ip in network for network in self.proxies)
+
+    def _forwarded_client(self, header: str) -> str:
+        for item in reversed([part.strip() for part in header.split(",") if part.strip()]):
+            if _parse_ip(item) is None:
+                return ""  # garbage where an address should be: keep the proxy's own
+            if not self._is_proxy(item):
+                return item
+        return ""
+
+
+@functools.cache
+def _parse_networks(items: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+class ClientRateThrottle(AnonRateThrottle):
+    """The 'anon' rate per client address, for everyone (signed in or not), on the API and the
+    HTML form alike. The address is REMOTE_ADDR: classifier_site.middleware has already put the
+    client forwarded by a trusted proxy there and dropped X-Forwarded-For from anyone else."""
+
+    def get_cache_key(self, request, view) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def get_ident(self, request) -> str:
+        return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def throttle_wait(request) -> int | None:
+    """Count one request of this client against the rate (for views outside DRF); None when
+    allowed, else the whole seconds to wait before the next one."""
+    throttle = ClientRateThrottle()
+    if throttle.allow_request(request, None):
+        return None
+    return max(1, math.ceil(throttle.wait() or 1))
 
 
 class ContentSecurityPolicyMiddleware:

@@ -1,15 +1,20 @@
-"""Staff views of uploads, predictions and feedback: read-only, filterable, exportable as CSV."""
+"""Staff views of uploads, predictions and feedback: read-only, filterable, exportable as CSV.
+
+Staff see every upload here, whoever owns it (rows made before uploads were private have no
+owner and are reachable here only); the Uploads list shows the media disk usage by kind.
+"""
 
 import csv
 
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.html import format_html
 
 from uploads.models import Feedback, Prediction, PredictionQuerySet, Upload
-from uploads.services import delete_uploads
+from uploads.services import delete_uploads, measure_media_usage
 
 CSV_COLUMNS = [
     "prediction_id",
@@ -66,6 +71,11 @@ def export_predictions_csv(predictions: QuerySet[Prediction]) -> HttpResponse:
     return response
 
 
+def format_ms(value: float | None) -> str:
+    """24.84376479999355 -> '24.8 ms'; None -> '—'."""
+    return "—" if value is None else f"{value:.1f} ms"
+
+
 def _thumbnail(upload: Upload) -> str:
     return format_html(
         '<img src="{}" alt="" width="48" height="48" style="object-fit:cover;border-radius:4px">',
@@ -88,12 +98,16 @@ class PredictionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ["label", "confidence_percent", "model_name", "model_version", "latency_ms"]
+    fields = ["label", "confidence_percent", "model_name", "model_version", "latency"]
     readonly_fields = fields
 
     @admin.display(description="confidence")
     def confidence_percent(self, prediction: Prediction) -> str:
         return f"{prediction.confidence:.1%}"
+
+    @admin.display(description="latency")
+    def latency(self, prediction: Prediction) -> str:
+        return format_ms(prediction.latency_ms)
 
     def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
@@ -104,16 +118,19 @@ class PredictionInline(admin.TabularInline):
 
 @admin.register(Upload)
 class UploadAdmin(ReadOnlyAdmin):
+    # The image column is `image_thumbnail`: a method named `thumbnail` would be shadowed by
+    # the model field of that name (the column showed its raw path).
     list_display = [
-        "thumbnail",
+        "image_thumbnail",
         "original_name",
         "top_label",
         "format",
         "dimensions",
         "size_bytes",
+        "owner",
         "created_at",
     ]
-    list_display_links = ["thumbnail", "original_name"]
+    list_display_links = ["image_thumbnail", "original_name"]
     list_filter = ["format", "created_at", "predictions__model_name", "predictions__label"]
     search_fields = ["original_name", "sha256", "predictions__label"]
     date_hierarchy = "created_at"
@@ -127,14 +144,32 @@ class UploadAdmin(ReadOnlyAdmin):
         "width",
         "height",
         "size_bytes",
+        "owner",
         "created_at",
     ]
     fields = readonly_fields
     inlines = [PredictionInline]
     actions = ["export_csv"]
+    change_list_template = "admin/uploads/upload/change_list.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Upload]:
-        return super().get_queryset(request).prefetch_related("predictions")
+        return super().get_queryset(request).select_related("user").prefetch_related("predictions")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        usage = measure_media_usage()
+        rows = [
+            {"kind": kind, "files": files, "size": filesizeformat(size)}
+            for kind, (files, size) in usage.kinds.items()
+        ]
+        extra_context = {
+            **(extra_context or {}),
+            "media_usage": {
+                "files": usage.files,
+                "size": filesizeformat(usage.bytes),
+                "kinds": rows,
+            },
+        }
+        return super().changelist_view(request, extra_context)
 
     def delete_model(self, request: HttpRequest, obj: Upload) -> None:
         delete_uploads(uploads=Upload.objects.filter(pk=obj.pk))
@@ -143,8 +178,14 @@ class UploadAdmin(ReadOnlyAdmin):
         delete_uploads(uploads=queryset)
 
     @admin.display(description="image")
-    def thumbnail(self, upload: Upload) -> str:
+    def image_thumbnail(self, upload: Upload) -> str:
         return _thumbnail(upload)
+
+    @admin.display(description="owner")
+    def owner(self, upload: Upload) -> str:
+        if upload.user_id is not None:
+            return str(upload.user)
+        return "a visitor's session" if upload.owner_key else "— (staff only)"
 
     @admin.display(description="preview")
     def preview(self, upload: Upload) -> str:
@@ -242,8 +283,8 @@ class PredictionAdmin(ReadOnlyAdmin):
         "temperature",
         "unknown_score",
         "unknown",
-        "inference_ms",
-        "latency_ms",
+        "inference",
+        "latency",
         "created_at",
     ]
     fields = readonly_fields
@@ -267,7 +308,11 @@ class PredictionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, prediction: Prediction) -> str:
-        return f"{prediction.latency_ms:.0f} ms"
+        return format_ms(prediction.latency_ms)
+
+    @admin.display(description="classifier time", ordering="inference_ms")
+    def inference(self, prediction: Prediction) -> str:
+        return format_ms(prediction.inference_ms)
 
     @admin.action(description="Export the selected predictions as CSV")
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Prediction]) -> HttpResponse:

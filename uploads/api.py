@@ -1,10 +1,14 @@
-"""The JSON API on Django REST framework: predict, browse predictions, explain them, take
-feedback on them, list models, health.
+"""The JSON API on Django REST framework: predict, classify without storing, browse one's own
+predictions, explain them, take feedback on them, list models, health.
 
-Anonymous by design: no authentication, so no session and no CSRF token (the HTML form keeps
-both). Every error is {'error': human-readable message, 'code': machine-readable code}, made
-by `handle_exception`. Throttling, parsers and renderers are settings (REST_FRAMEWORK); the
-OpenAPI schema at /api/openapi.json is generated from these views and uploads.serializers.
+No authentication classes, so no CSRF token (the HTML form keeps it). Predictions are private:
+a client that keeps the session cookie /api/predict sets sees its own history, everyone else
+gets 404 (ids never grant access; the share link's token does, on the page /s/<token>/).
+Every error is {'error': human-readable message, 'code': machine-readable code}, made by
+`handle_exception`. Throttling (per client address: classifier_site.middleware's
+`ClientRateThrottle`), parsers and
+renderers are settings (REST_FRAMEWORK); the OpenAPI schema at /api/openapi.json is generated
+from these views and uploads.serializers.
 """
 
 import logging
@@ -30,8 +34,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from uploads import classifiers, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.images import UploadRejected
-from uploads.models import Prediction
+from uploads.models import Owner, Prediction
 from uploads.serializers import (
+    ClassificationSerializer,
     ErrorSerializer,
     FeedbackRequestSerializer,
     FeedbackSerializer,
@@ -143,12 +148,55 @@ class PredictView(APIView):
             file=fields.validated_data["image"],
             model_name=fields.validated_data.get("model"),
             top_k=fields.validated_data.get("top_k"),
+            owner=Owner.of(request, create=True),
         )
         return Response(
-            PredictionSerializer(prediction).data,
+            PredictionSerializer(prediction, context={"request": request}).data,
             status=status.HTTP_201_CREATED,
             headers={"Location": reverse("uploads:api-prediction", args=[prediction.pk])},
         )
+
+
+class ClassifyView(APIView):
+    """POST /api/classify: like /api/predict, but stores nothing (for a live camera)."""
+
+    http_method_names = ["post"]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        operation_id="classify",
+        summary="Classify one image without storing it",
+        description="The same fields as POST /api/predict (image, model, top_k) and the same "
+        "answer, but no row and no file are kept, so the answer has no id, image URL or share "
+        "link. Made for classifying camera frames continuously; throttled like every endpoint.",
+        request={"multipart/form-data": PredictRequestSerializer},
+        responses={
+            200: ClassificationSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="As POST /api/predict"),
+            413: OpenApiResponse(ErrorSerializer, description="Over the byte or pixel limit"),
+            415: OpenApiResponse(ErrorSerializer, description="Not an allowed image format"),
+            429: OpenApiResponse(ErrorSerializer, description="Too many requests; see Retry-After"),
+            503: OpenApiResponse(
+                ErrorSerializer, description="The model is not installed on this server"
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        _refuse_oversized_body(request)
+        try:
+            data = request.data
+        except exceptions.UnsupportedMediaType:
+            data = {}
+        fields = PredictRequestSerializer(data=data)
+        fields.is_valid(raise_exception=True)
+        prediction = services.classify_without_storing(
+            file=fields.validated_data["image"],
+            model_name=fields.validated_data.get("model"),
+            top_k=fields.validated_data.get("top_k"),
+        )
+        response = Response(ClassificationSerializer(prediction).data)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class PredictionPagination(PageNumberPagination):
@@ -226,21 +274,24 @@ class PredictionPagination(PageNumberPagination):
 
 
 class PredictionListView(ListAPIView):
-    """GET /api/predictions?page=&page_size=&label=&model=: newest first."""
+    """GET /api/predictions?page=&page_size=&label=&model=: this client's own, newest first."""
 
     http_method_names = ["get"]
     serializer_class = PredictionSerializer
     pagination_class = PredictionPagination
 
     def get_queryset(self):
-        return Prediction.objects.recent().filter_by(
+        owned = Prediction.objects.owned_by(Owner.of(self.request))
+        return owned.recent().filter_by(
             label=self.request.query_params.get("label", ""),
             model_name=self.request.query_params.get("model", ""),
         )
 
     @extend_schema(
         operation_id="listPredictions",
-        summary="List predictions, newest first",
+        summary="List this client's predictions, newest first",
+        description="Only the predictions made with this client's session cookie (or by the "
+        "signed-in user); empty for a client without one.",
         parameters=[
             OpenApiParameter("label", str, description="Only this top label"),
             OpenApiParameter("model", str, description="Only this model name"),
@@ -265,11 +316,14 @@ class PredictionDetailView(APIView):
         summary="Get one prediction",
         responses={
             200: PredictionSerializer,
-            404: OpenApiResponse(ErrorSerializer, description="No such prediction"),
+            404: OpenApiResponse(
+                ErrorSerializer, description="No such prediction, or not this client's"
+            ),
         },
     )
     def get(self, request: Request, pk: int) -> Response:
-        return Response(PredictionSerializer(_get_prediction(pk)).data)
+        prediction = _get_prediction(request, pk)
+        return Response(PredictionSerializer(prediction, context={"request": request}).data)
 
 
 class _JsonErrors(BaseContentNegotiation):
@@ -294,7 +348,7 @@ class _PredictionImageView(APIView):
         raise NotImplementedError
 
     def get(self, request: Request, pk: int) -> HttpResponse:
-        prediction = _get_prediction(pk)
+        prediction = _get_prediction(request, pk)
         try:
             png = self.make_png(prediction)
         except classifiers.UnknownModelError as err:
@@ -324,7 +378,8 @@ class _PredictionImageView(APIView):
 _PNG = OpenApiResponse(OpenApiTypes.BINARY, description="A PNG image")
 _PNG_ERRORS = {
     404: OpenApiResponse(
-        ErrorSerializer, description="No such prediction, or its model is no longer served"
+        ErrorSerializer,
+        description="No such prediction (or not this client's), or its model is no longer served",
     ),
     503: OpenApiResponse(ErrorSerializer, description="The model is not installed on this server"),
 }
@@ -395,12 +450,14 @@ class FeedbackView(APIView):
                 description="Neither or both fields, correct other than true, or a label that "
                 "is not one of the model's classes",
             ),
-            404: OpenApiResponse(ErrorSerializer, description="No such prediction"),
+            404: OpenApiResponse(
+                ErrorSerializer, description="No such prediction, or not this client's"
+            ),
             415: OpenApiResponse(ErrorSerializer, description="A body neither JSON nor a form"),
         },
     )
     def post(self, request: Request, pk: int) -> Response:
-        prediction = _get_prediction(pk)
+        prediction = _get_prediction(request, pk)
         fields = FeedbackRequestSerializer(data=request.data)
         fields.is_valid(raise_exception=True)
         try:
@@ -473,8 +530,10 @@ class DocsView(SpectacularSwaggerSplitView):
     url_name = "uploads:api-openapi"
 
 
-def _get_prediction(pk: int) -> Prediction:
-    prediction = Prediction.objects.recent().filter(pk=pk).first()
+def _get_prediction(request: Request, pk: int) -> Prediction:
+    """The client's own prediction `pk`; 404 for a missing one and for anyone else's alike."""
+    owned = Prediction.objects.owned_by(Owner.of(request))
+    prediction = owned.recent().filter(pk=pk).first()
     if prediction is None:
         raise exceptions.NotFound(f"There is no prediction {pk}.")
     return prediction

@@ -1,12 +1,53 @@
-"""Uploaded images and the predictions made for them."""
+"""Uploaded images and the predictions made for them, private to whoever uploaded them."""
 
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
 from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.urls import reverse
 
+SESSION_OWNER_KEY = "uploads_owner"  # the session's owner key, in the session's data
+SHARE_TOKEN_BYTES = 24  # 192 bits: secrets.token_urlsafe gives 32 characters
+
+
+def make_share_token() -> str:
+    """A fresh unguessable token for a share link."""
+    return secrets.token_urlsafe(SHARE_TOKEN_BYTES)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who is asking: the visitor's session owner key and, when signed in, the user.
+
+    The owner key is a random value kept in the session's data (not the session key, which
+    changes when a visitor signs in), so a visitor keeps their history through signing in.
+    """
+
+    key: str = ""
+    user_id: int | None = None
+
+    @classmethod
+    def of(cls, request, *, create: bool = False) -> "Owner":
+        """The visitor of a Django or DRF request; with create, give their session an owner
+        key if it has none (the session middleware then sends the cookie)."""
+        request = getattr(request, "_request", request)  # DRF's Request wraps Django's
+        session = getattr(request, "session", None)
+        key = session.get(SESSION_OWNER_KEY, "") if session is not None else ""
+        if not key and create and session is not None:
+            key = secrets.token_urlsafe(32)
+            session[SESSION_OWNER_KEY] = key
+        user = getattr(request, "user", None)
+        user_id = user.pk if user is not None and user.is_authenticated else None
+        return cls(key=key, user_id=user_id)
+
 
 class Upload(models.Model):
-    """One validated image, stored re-encoded under a generated name."""
+    """One validated image, stored re-encoded under a generated name, and who uploaded it.
+
+    Rows without an owner (made before uploads were private) are reachable by staff only.
+    """
 
     image = models.FileField(upload_to="images/", max_length=255)
     thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
@@ -17,6 +58,16 @@ class Upload(models.Model):
     height = models.PositiveIntegerField()
     format = models.CharField("uploaded format", max_length=16)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    owner_key = models.CharField(
+        "session owner key", max_length=64, blank=True, db_index=True, editable=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="uploads",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -32,6 +83,15 @@ class Upload(models.Model):
 
 
 class PredictionQuerySet(models.QuerySet):
+    def owned_by(self, owner: Owner) -> "PredictionQuerySet":
+        """Keep the predictions of this visitor's uploads (none for a visitor without one)."""
+        mine = models.Q(pk__in=[])
+        if owner.key:
+            mine |= models.Q(upload__owner_key=owner.key)
+        if owner.user_id is not None:
+            mine |= models.Q(upload__user_id=owner.user_id)
+        return self.filter(mine)
+
     def recent(self) -> "PredictionQuerySet":
         """Newest first, with the upload fetched in the same query."""
         return self.select_related("upload").order_by("-created_at", "-id")
@@ -91,6 +151,10 @@ class Prediction(models.Model):
     inference_ms = models.FloatField("classifier time (ms)")
     latency_ms = models.FloatField("total processing time (ms)")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The secret of the read-only share link /s/<token>/; ids never grant access.
+    share_token = models.CharField(
+        max_length=64, unique=True, default=make_share_token, editable=False
+    )
 
     objects = PredictionQuerySet.as_manager()
 
@@ -102,6 +166,15 @@ class Prediction(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("uploads:detail", args=[self.pk])
+
+    def get_share_url(self) -> str:
+        return reverse("uploads:share", args=[self.share_token])
+
+    def is_owned_by(self, owner: Owner) -> bool:
+        upload = self.upload
+        return bool(owner.key and upload.owner_key == owner.key) or (
+            owner.user_id is not None and upload.user_id == owner.user_id
+        )
 
     def as_dict(self) -> dict:
         """The JSON shape returned by the API."""

@@ -149,20 +149,17 @@ class IsoDateTimeField(serializers.DateTimeField):
         return value.isoformat()
 
 
-class PredictionSerializer(serializers.Serializer):
-    """One stored prediction, as every endpoint returns it."""
+class ClassificationSerializer(serializers.Serializer):
+    """What a model said about one image: the answer fields every endpoint returns."""
 
-    id = serializers.IntegerField()
     label = serializers.CharField()
     confidence = serializers.FloatField(min_value=0, max_value=1)
     top_k = RankedClassSerializer(many=True)
     model = ModelVersionSerializer(source="*")
     latency_ms = MillisecondsField(
-        help_text="Server-side time to validate, classify and store the image"
+        help_text="Server-side time to validate, classify (and, when stored, store) the image"
     )
     inference_ms = MillisecondsField(help_text="Time spent in the classifier")
-    image = StoredImageSerializer(source="upload")
-    created_at = IsoDateTimeField()
     unknown = serializers.BooleanField(
         allow_null=True,
         help_text="True when the image does not look like any class the model knows (its score "
@@ -174,6 +171,24 @@ class PredictionSerializer(serializers.Serializer):
         help_text="How much the image looks like the known classes (higher: more); "
         "null for predictions made before scores were recorded",
     )
+
+
+class PredictionSerializer(ClassificationSerializer):
+    """One stored prediction, as every endpoint returns it."""
+
+    id = serializers.IntegerField()
+    image = StoredImageSerializer(source="upload")
+    created_at = IsoDateTimeField()
+    share_url = serializers.SerializerMethodField(
+        help_text="A read-only page of this result for anyone with the link (an unguessable "
+        "token, not the id); absolute when the request's host is known"
+    )
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_share_url(self, prediction) -> str:
+        request = self.context.get("request")
+        url = prediction.get_share_url()
+        return request.build_absolute_uri(url) if request is not None else url
 
 
 class OptionalBooleanField(serializers.BooleanField):

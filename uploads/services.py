@@ -8,14 +8,17 @@ compares with what the model expects.
 import hashlib
 import io
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from django.conf import settings
+from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
@@ -35,7 +38,7 @@ from uploads.images import (
     encode_thumbnail,
     read_validated_image,
 )
-from uploads.models import Prediction, Upload
+from uploads.models import Owner, Prediction, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +61,89 @@ class _ModelAnswer:
 
 
 def classify_uploads(
-    *, files: Sequence[UploadedFile], model_name: str | None = None, top_k: int | None = None
+    *,
+    files: Sequence[UploadedFile],
+    model_name: str | None = None,
+    top_k: int | None = None,
+    owner: Owner | None = None,
 ) -> list[Prediction]:
-    """Validate, classify and store uploaded images, all or nothing.
+    """Validate, classify and store uploaded images for `owner`, all or nothing.
 
     Every file is validated before anything is written; the stored image is the re-encoded
     pixels under a generated name (never the uploaded bytes). Uploads and predictions are
     created in one transaction, and the files written for them are deleted if it fails.
     Raises UploadRejected (a human message, a code and an HTTP status) for bad input, and
-    classifiers.ModelUnavailableError when the model cannot be loaded.
+    classifiers.ModelUnavailableError when the model cannot be loaded. Without an owner the
+    rows are reachable by staff only.
     """
     started = time.perf_counter()
+    batch = _classify(files=files, model_name=model_name, top_k=top_k)
+    owner = owner or Owner()
+    written: list[str] = []
+    try:
+        stored_names = [
+            _store_files(validated, pixels, written)
+            for validated, pixels in zip(batch.images, batch.model_inputs, strict=True)
+        ]
+        latency_ms = (time.perf_counter() - started) * 1000 / len(batch.images)
+        with transaction.atomic():
+            predictions = []
+            for index, names in enumerate(stored_names):
+                prediction = _build(batch, index, names, owner=owner, latency_ms=latency_ms)
+                prediction.upload.save()
+                prediction.upload_id = prediction.upload.pk
+                prediction.save()
+                predictions.append(prediction)
+            return predictions
+    except BaseException:
+        for name in written:
+            default_storage.delete(name)
+        raise
+
+
+def classify_upload(
+    *,
+    file: UploadedFile,
+    model_name: str | None = None,
+    top_k: int | None = None,
+    owner: Owner | None = None,
+) -> Prediction:
+    """Validate, classify and store one uploaded image (see classify_uploads)."""
+    return classify_uploads(files=[file], model_name=model_name, top_k=top_k, owner=owner)[0]
+
+
+def classify_without_storing(
+    *, file: UploadedFile, model_name: str | None = None, top_k: int | None = None
+) -> Prediction:
+    """Validate and classify one image and store nothing (no row, no file): for a live camera.
+
+    Returns an unsaved Prediction (its unsaved Upload describes the image) with the same answer
+    fields as a stored one; raises as classify_uploads.
+    """
+    started = time.perf_counter()
+    batch = _classify(files=[file], model_name=model_name, top_k=top_k)
+    latency_ms = (time.perf_counter() - started) * 1000
+    prediction = _build(batch, 0, ("", ""), owner=Owner(), latency_ms=latency_ms)
+    prediction.created_at = timezone.now()
+    return prediction
+
+
+@dataclass(frozen=True)
+class _Classified:
+    """One request's validated images and what the model said about them."""
+
+    images: list[ValidatedImage]
+    model_inputs: np.ndarray
+    probabilities: np.ndarray
+    ranked: list[list[tuple[str, float]]]
+    verdicts: list["_Verdict"]
+    answer: _ModelAnswer
+
+
+def _classify(
+    *, files: Sequence[UploadedFile], model_name: str | None, top_k: int | None
+) -> _Classified:
+    """Validate every file, then classify them all in one batch; writes nothing."""
     if not files:
         raise UploadRejected("Choose an image to classify.", code="no_file")
     if len(files) > settings.UPLOAD_MAX_FILES:
@@ -108,40 +183,7 @@ def classify_uploads(
         _Verdict(score=_finite_or_none(score), unknown=bool(unknown))
         for score, unknown in zip(classification.scores, classification.unknown, strict=True)
     ]
-
-    written: list[str] = []
-    try:
-        stored_names = [
-            _store_files(validated, pixels, written)
-            for validated, pixels in zip(images, model_inputs, strict=True)
-        ]
-        latency_ms = (time.perf_counter() - started) * 1000 / len(images)
-        with transaction.atomic():
-            return [
-                _record(
-                    validated,
-                    names,
-                    row,
-                    best_first,
-                    verdict,
-                    answer=answer,
-                    latency_ms=latency_ms,
-                )
-                for validated, names, row, best_first, verdict in zip(
-                    images, stored_names, probabilities, ranked, verdicts, strict=True
-                )
-            ]
-    except BaseException:
-        for name in written:
-            default_storage.delete(name)
-        raise
-
-
-def classify_upload(
-    *, file: UploadedFile, model_name: str | None = None, top_k: int | None = None
-) -> Prediction:
-    """Validate, classify and store one uploaded image (see classify_uploads)."""
-    return classify_uploads(files=[file], model_name=model_name, top_k=top_k)[0]
+    return _Classified(images, model_inputs, probabilities, ranked, verdicts, answer)
 
 
 def delete_uploads(*, uploads: QuerySet[Upload]) -> int:
@@ -157,6 +199,81 @@ def delete_uploads(*, uploads: QuerySet[Upload]) -> int:
         count, _ = Upload.objects.filter(pk__in=uploads.values("pk")).delete()
         transaction.on_commit(lambda: [default_storage.delete(name) for name in names])
     return count
+
+
+def purge_uploads(*, older_than_days: int, dry_run: bool = False) -> "PurgeResult":
+    """Delete the uploads (rows and every file) created more than `older_than_days` days ago.
+
+    With dry_run, count what would go and delete nothing.
+    """
+    if older_than_days < 0:
+        raise ValueError("The number of days must be 0 or more.")
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    old = Upload.objects.filter(created_at__lt=cutoff)
+    count = old.count()
+    if not dry_run and count:
+        delete_uploads(uploads=old)
+    return PurgeResult(uploads=count, cutoff=cutoff, dry_run=dry_run)
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    uploads: int
+    cutoff: datetime
+    dry_run: bool
+
+
+MEDIA_KINDS = ("images", "thumbnails", MODEL_INPUTS_DIR, SALIENCY_DIR)
+_MEDIA_USAGE_CACHE_KEY = "uploads:media-usage"
+MEDIA_USAGE_CACHE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class MediaUsage:
+    """Files and bytes under MEDIA_ROOT, per top-level folder (kind) and in all."""
+
+    kinds: dict[str, tuple[int, int]]  # kind -> (files, bytes)
+
+    @property
+    def files(self) -> int:
+        return sum(files for files, _ in self.kinds.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self.kinds.values())
+
+
+def measure_media_usage(*, fresh: bool = False) -> MediaUsage:
+    """Count the files and bytes under MEDIA_ROOT by kind (one directory walk, no file opened),
+    cached for a few minutes so the admin page stays cheap."""
+    if not fresh:
+        cached = cache.get(_MEDIA_USAGE_CACHE_KEY)
+        if cached is not None:
+            return cached
+    kinds = {kind: (0, 0) for kind in MEDIA_KINDS}
+    root = Path(settings.MEDIA_ROOT)
+    if root.is_dir():
+        for entry in os.scandir(root):
+            if entry.is_dir(follow_symlinks=False):
+                kinds[entry.name] = _measure_directory(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                files, size = kinds.get("other", (0, 0))
+                kinds["other"] = (files + 1, size + entry.stat().st_size)
+    usage = MediaUsage(kinds=kinds)
+    cache.set(_MEDIA_USAGE_CACHE_KEY, usage, MEDIA_USAGE_CACHE_SECONDS)
+    return usage
+
+
+def _measure_directory(path: str) -> tuple[int, int]:
+    files = size = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                size += os.stat(os.path.join(directory, name), follow_symlinks=False).st_size
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            files += 1
+    return files, size
 
 
 def _check_top_k(top_k: int | None, num_classes: int) -> int:
@@ -207,17 +324,17 @@ def _store_files(
     return image_name, thumbnail_name
 
 
-def _record(
-    validated: ValidatedImage,
+def _build(
+    batch: _Classified,
+    index: int,
     names: tuple[str, str],
-    probabilities: np.ndarray,
-    best_first: list[tuple[str, float]],
-    verdict: "_Verdict",
     *,
-    answer: _ModelAnswer,
+    owner: Owner,
     latency_ms: float,
 ) -> Prediction:
-    upload = Upload.objects.create(
+    """The unsaved Upload and Prediction of one image of a classified batch."""
+    validated, answer, verdict = batch.images[index], batch.answer, batch.verdicts[index]
+    upload = Upload(
         image=names[0],
         thumbnail=names[1],
         sha256=validated.sha256,
@@ -226,9 +343,12 @@ def _record(
         width=validated.width,
         height=validated.height,
         format=validated.format,
+        owner_key=owner.key,
+        user_id=owner.user_id,
     )
+    best_first = batch.ranked[index]
     label, confidence = best_first[0]
-    return Prediction.objects.create(
+    return Prediction(
         upload=upload,
         model_name=answer.name,
         model_dataset=answer.dataset,
@@ -238,7 +358,8 @@ def _record(
         confidence=confidence,
         top_k=[{"label": name, "probability": probability} for name, probability in best_first],
         probabilities={
-            name: float(p) for name, p in zip(answer.class_names, probabilities, strict=True)
+            name: float(p)
+            for name, p in zip(answer.class_names, batch.probabilities[index], strict=True)
         },
         temperature=answer.temperature,
         unknown_score=verdict.score,

@@ -1,4 +1,8 @@
-"""HTML pages: thin wrappers over uploads.services and the Prediction queryset."""
+"""HTML pages: thin wrappers over uploads.services and the Prediction queryset.
+
+Every page about predictions shows the visitor's own only (404 for anyone else's); a result
+reaches others only through its share link, /s/<token>/, read-only.
+"""
 
 import logging
 import re
@@ -18,11 +22,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic import DetailView, ListView
 
+from classifier_site.middleware import throttle_wait
 from uploads import classifiers, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
 from uploads.images import STORED_CONTENT_TYPES, UploadRejected
-from uploads.models import Prediction
+from uploads.models import Owner, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +44,17 @@ def classify(request: HttpRequest) -> HttpResponse:
     """The home page: the upload form; a valid POST redirects to its result."""
     status = 200
     if request.method == "POST":
+        wait = throttle_wait(request)
+        if wait is not None:
+            return _too_many_requests(request, wait)
         form = ClassifyForm(request.POST, request.FILES)
         status = 400
         if form.is_valid():
             try:
                 predictions = services.classify_uploads(
-                    files=form.cleaned_data["images"], model_name=form.cleaned_data["model"]
+                    files=form.cleaned_data["images"],
+                    model_name=form.cleaned_data["model"],
+                    owner=Owner.of(request, create=True),
                 )
             except UploadRejected as err:
                 form.add_error("images", err.message)
@@ -59,7 +69,7 @@ def classify(request: HttpRequest) -> HttpResponse:
         form = ClassifyForm()
     context = {
         "form": form,
-        "recent": Prediction.objects.recent()[:8],
+        "recent": _own_predictions(request)[:8],
         "max_files": settings.UPLOAD_MAX_FILES,
     }
     return render(request, "uploads/classify.html", context, status=status)
@@ -67,10 +77,10 @@ def classify(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def results(request: HttpRequest) -> HttpResponse:
-    """The results of one multi-file upload (?ids=1,2,3)."""
-    ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.isdigit()]
+    """The results of one multi-file upload (?ids=1,2,3): the visitor's own among them."""
+    ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.isascii() and i.isdigit()]
     predictions = (
-        Prediction.objects.recent().filter(pk__in=ids[: settings.UPLOAD_MAX_FILES]).order_by("pk")
+        _own_predictions(request).filter(pk__in=ids[: settings.UPLOAD_MAX_FILES]).order_by("pk")
     )
     if not predictions:
         raise Http404("No such predictions.")
@@ -78,14 +88,14 @@ def results(request: HttpRequest) -> HttpResponse:
 
 
 class PredictionListView(ListView):
-    """History: newest predictions first, filterable by ?label= and ?model=."""
+    """History: the visitor's own predictions, newest first, filterable by ?label= and ?model=."""
 
     template_name = "uploads/history.html"
     context_object_name = "predictions"
     paginate_by = 24
 
     def get_queryset(self):
-        return Prediction.objects.recent().filter_by(
+        return _own_predictions(self.request).filter_by(
             label=self.request.GET.get("label", ""), model_name=self.request.GET.get("model", "")
         )
 
@@ -95,8 +105,8 @@ class PredictionListView(ListView):
         context.update(
             filters=filters,
             filter_query=urlencode({key: value for key, value in filters.items() if value}),
-            labels=Prediction.objects.labels(),
-            model_names=Prediction.objects.model_names(),
+            labels=_own_predictions(self.request).labels(),
+            model_names=_own_predictions(self.request).model_names(),
         )
         return context
 
@@ -107,19 +117,41 @@ class PredictionDetailView(DetailView):
 
     template_name = "uploads/detail.html"
     context_object_name = "prediction"
-    queryset = Prediction.objects.recent()
+
+    def get_queryset(self):
+        return _own_predictions(self.request)
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context.setdefault("feedback_form", FeedbackForm(prediction=self.object))
         context.update(_describe_input(self.object))
+        context["share_link"] = self.request.build_absolute_uri(self.object.get_share_url())
         return context
+
+
+@require_GET
+def shared(request: HttpRequest, token: str) -> HttpResponse:
+    """A shared result, read-only, for anyone with the link; with Open Graph / Twitter tags."""
+    prediction = get_object_or_404(Prediction.objects.recent(), share_token=token)
+    context = {
+        "prediction": prediction,
+        "is_owner": prediction.is_owned_by(Owner.of(request)),
+        "page_url": request.build_absolute_uri(prediction.get_share_url()),
+        "image_url": request.build_absolute_uri(prediction.upload.get_image_url()),
+    }
+    response = render(request, "uploads/share.html", context)
+    response["Referrer-Policy"] = "no-referrer"  # the token stays out of other sites' logs
+    response["X-Robots-Tag"] = "noindex"
+    return response
 
 
 @require_POST
 def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     """'Is this right?': record the verdict and go back to the prediction (400: say why)."""
-    prediction = get_object_or_404(Prediction.objects.recent(), pk=pk)
+    wait = throttle_wait(request)
+    if wait is not None:
+        return _too_many_requests(request, wait)
+    prediction = get_object_or_404(_own_predictions(request), pk=pk)
     form = FeedbackForm(request.POST, prediction=prediction)
     if form.is_valid():
         try:
@@ -132,7 +164,12 @@ def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
             else:
                 messages.success(request, f"Thank you: recorded as “{feedback.label}”.")
             return redirect(f"{prediction.get_absolute_url()}#feedback")
-    context = {"prediction": prediction, "feedback_form": form, **_describe_input(prediction)}
+    context = {
+        "prediction": prediction,
+        "feedback_form": form,
+        "share_link": request.build_absolute_uri(prediction.get_share_url()),
+        **_describe_input(prediction),
+    }
     return render(request, "uploads/detail.html", context, status=400)
 
 
@@ -209,6 +246,20 @@ def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpRe
         return JsonResponse({"error": message, "code": code}, status=status)
     context = {"status": status, "message": message}
     return render(request, "uploads/error.html", context, status=status)
+
+
+def _too_many_requests(request: HttpRequest, wait: int) -> HttpResponse:
+    """429 with Retry-After: the page says how long to wait."""
+    unit = "second" if wait == 1 else "seconds"
+    message = f"Too many requests from your address. Please try again in {wait} {unit}."
+    response = _error(request, 429, "throttled", message)
+    response["Retry-After"] = str(wait)
+    return response
+
+
+def _own_predictions(request: HttpRequest):
+    """The visitor's predictions, newest first, with their uploads."""
+    return Prediction.objects.owned_by(Owner.of(request)).recent()
 
 
 def _describe_input(prediction: Prediction) -> dict:

@@ -7,9 +7,11 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_CLASSIFIER_DEFAULT_MODEL, DJANGO_UPLOAD_MAX_BYTES, DJANGO_UPLOAD_MAX_PIXELS,
     DJANGO_UPLOAD_MAX_REQUEST_PIXELS, DJANGO_UPLOAD_MAX_CONCURRENT_DECODES,
     DJANGO_UPLOAD_STORED_MAX_SIDE, DJANGO_UPLOAD_MAX_FILES, DJANGO_JAX_CACHE_DIR (empty: off),
-    DJANGO_API_THROTTLE_RATE, DJANGO_LOG_LEVEL.
+    DJANGO_API_THROTTLE_RATE, DJANGO_TRUSTED_PROXIES (comma-separated addresses or networks),
+    DJANGO_UPLOAD_RETENTION_DAYS (empty: keep forever), DJANGO_LOG_LEVEL.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -102,6 +104,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "classifier_site.middleware.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "classifier_site.middleware.UploadLimitsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -179,6 +182,24 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 100
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
+# Uploads older than this many days are deleted by `manage.py purge_uploads` (run it from cron
+# or a timer); None keeps them forever.
+UPLOAD_RETENTION_DAYS = read_env_int("DJANGO_UPLOAD_RETENTION_DAYS", 0) or None
+
+# The reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or
+# networks, e.g. "127.0.0.1,::1"); from anyone else classifier_site.middleware removes them.
+# Without one, the client address is the peer's and the scheme is the connection's.
+TRUSTED_PROXIES = read_env_list("DJANGO_TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _err:
+        raise ImproperlyConfigured(
+            f"DJANGO_TRUSTED_PROXIES items are addresses or networks, got {_proxy!r}"
+        ) from _err
+if TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 # Classifier registry: model name -> directory exported by research.train.
 CLASSIFIER_MODELS = read_classifier_models(
     {
@@ -199,9 +220,11 @@ JAX_CACHE_DIR = os.environ.get("DJANGO_JAX_CACHE_DIR", str(BASE_DIR / ".cache" /
 # them. The compilation cache is keyed by these flags, so warm-up and workers must agree.
 CLASSIFIER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
-# The JSON API (uploads.api). Anonymous: no authentication classes, so no session and no
-# CSRF check (the HTML form keeps both). Throttling counts requests per client address in the
-# default cache, which is per process: a shared cache makes the rate hold across workers.
+# The JSON API (uploads.api). No authentication classes, so no CSRF check (the HTML form keeps
+# it); a client that keeps the session cookie sees its own history. Throttling counts requests
+# per client address (REMOTE_ADDR, after TrustedProxyMiddleware) in the default cache, which is
+# per process: a shared cache makes the rate hold across workers. The HTML form's uploads and
+# feedback count against the same rate.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
@@ -210,7 +233,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.AnonRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["classifier_site.middleware.ClientRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"anon": os.environ.get("DJANGO_API_THROTTLE_RATE", "120/min")},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "uploads.api.handle_exception",

@@ -13,7 +13,7 @@ STORAGES["staticfiles"] = {  # noqa: F405
     "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage",
 }
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# SECURE_PROXY_SSL_HEADER is set in base only when DJANGO_TRUSTED_PROXIES names the proxy.
 SECURE_SSL_REDIRECT = read_env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = read_env_int("DJANGO_SECURE_HSTS_SECONDS", 60 * 60 * 24 * 30)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = read_env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)

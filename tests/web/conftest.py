@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from uploads import classifiers
+from uploads.models import SESSION_OWNER_KEY, Owner
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +93,19 @@ def upload_file(image_bytes) -> Callable[..., SimpleUploadedFile]:
         )
 
     return build
+
+
+def own(client) -> Owner:
+    """Give a test client's session an owner key (as its first upload would) and return the
+    Owner that predictions made for it should have."""
+    session = client.session  # a new saved session with its cookie set when it had none
+    key = session.get(SESSION_OWNER_KEY) or f"test-owner-{uuid.uuid4().hex}"
+    session[SESSION_OWNER_KEY] = key
+    session.save()
+    return Owner(key=key)
+
+
+@pytest.fixture
+def owner(client) -> Owner:
+    """The Owner of the `client` fixture's visitor: pass it to services.classify_upload."""
+    return own(client)

@@ -13,8 +13,9 @@ from django.urls import reverse
 from PIL import Image
 from rest_framework.throttling import AnonRateThrottle
 
+from tests.web.conftest import own
 from uploads import classifiers, services
-from uploads.models import Prediction
+from uploads.models import Owner, Prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -23,6 +24,12 @@ pytestmark = pytest.mark.django_db
 def api_client() -> Client:
     """An anonymous client that enforces CSRF like a browser would."""
     return Client(enforce_csrf_checks=True)
+
+
+@pytest.fixture
+def api_owner(api_client) -> Owner:
+    """The Owner of api_client's session (its cookie kept, as a client of the API would)."""
+    return own(api_client)
 
 
 def test_predict_returns_201_with_the_prediction(api_client, upload_file):
@@ -209,9 +216,9 @@ def test_predict_only_accepts_post(api_client):
     assert "POST" in response.json()["error"]
 
 
-def test_predictions_are_listed_newest_first_with_pages(api_client, upload_file):
-    """GET /api/predictions pages through the history with next/previous links."""
-    ids = [services.classify_upload(file=upload_file()).pk for _ in range(5)]
+def test_predictions_are_listed_newest_first_with_pages(api_client, api_owner, upload_file):
+    """GET /api/predictions pages through the client's history with next/previous links."""
+    ids = [services.classify_upload(file=upload_file(), owner=api_owner).pk for _ in range(5)]
     first = api_client.get(reverse("uploads:api-predictions"), {"page_size": 2}).json()
     assert first["count"] == 5 and first["num_pages"] == 3
     assert [p["id"] for p in first["results"]] == ids[::-1][:2]
@@ -221,10 +228,12 @@ def test_predictions_are_listed_newest_first_with_pages(api_client, upload_file)
     assert second["previous"] is not None
 
 
-def test_predictions_can_be_filtered(api_client, upload_file):
+def test_predictions_can_be_filtered(api_client, api_owner, upload_file):
     """?model= and ?label= filter the list."""
-    services.classify_upload(file=upload_file(), model_name="cifar10")
-    fashion = services.classify_upload(file=upload_file(), model_name="fashion_mnist")
+    services.classify_upload(file=upload_file(), model_name="cifar10", owner=api_owner)
+    fashion = services.classify_upload(
+        file=upload_file(), model_name="fashion_mnist", owner=api_owner
+    )
     body = api_client.get(reverse("uploads:api-predictions"), {"model": "fashion_mnist"}).json()
     assert [p["id"] for p in body["results"]] == [fashion.pk]
     body = api_client.get(reverse("uploads:api-predictions"), {"label": "no-such-label"}).json()
@@ -239,9 +248,9 @@ def test_bad_pages_are_400(api_client, query):
     assert response.json()["code"] == "bad_page"
 
 
-def test_one_prediction_by_id(api_client, upload_file):
+def test_one_prediction_by_id(api_client, api_owner, upload_file):
     """GET /api/predictions/<id> returns that prediction; an unknown id is a 404 JSON error."""
-    prediction = services.classify_upload(file=upload_file())
+    prediction = services.classify_upload(file=upload_file(), owner=api_owner)
     body = api_client.get(reverse("uploads:api-prediction", args=[prediction.pk])).json()
     assert body["id"] == prediction.pk
     missing = api_client.get(reverse("uploads:api-prediction", args=[prediction.pk + 1]))
@@ -317,6 +326,7 @@ def test_openapi_describes_every_endpoint(api_client):
     assert spec["openapi"].startswith("3.1")
     assert set(spec["paths"]) >= {
         "/api/predict",
+        "/api/classify",
         "/api/predictions",
         "/api/predictions/{id}",
         "/api/models",

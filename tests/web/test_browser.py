@@ -6,7 +6,6 @@ import shutil
 import tempfile
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
 
@@ -82,17 +81,21 @@ def test_upload_through_the_page_and_read_the_result(browser, live_server, tmp_p
 
 
 @pytest.mark.django_db(transaction=True)
-def test_saliency_toggle_loads_the_overlay_on_first_click(browser, live_server):
+def test_saliency_toggle_loads_the_overlay_on_first_click(browser, live_server, tmp_path):
     """The overlay is not fetched with the page; one click on the toggle loads and shows it,
     and the model's-eye view shows the model's input size."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from uploads import services
-
-    upload = SimpleUploadedFile("blue.png", png_bytes(size=(48, 40)), content_type="image/png")
-    prediction = services.classify_upload(file=upload)
-    browser.get(live_server.url + prediction.get_absolute_url())
+    image_path = tmp_path / "blue.png"
+    image_path.write_bytes(png_bytes(size=(48, 40)))
+    browser.get(live_server.url + reverse("uploads:classify"))  # results are the uploader's
+    browser.find_element(By.NAME, "images").send_keys(str(image_path))
+    browser.find_element(By.CSS_SELECTOR, "[data-submit]").click()
+    WebDriverWait(browser, 60).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "[data-result-label]"))
+    )
     overlay = browser.find_element(By.CSS_SELECTOR, "[data-saliency-image]")
     assert overlay.get_attribute("src") in (None, "") and not overlay.is_displayed()
 

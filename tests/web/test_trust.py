@@ -56,8 +56,11 @@ def threshold_models(settings, threshold_model_dirs) -> None:
 
 
 @pytest.fixture
-def api_client() -> APIClient:
-    return APIClient()
+def api_client(client) -> APIClient:
+    """An API client of the same visitor as `client` (they share the session cookie)."""
+    api = APIClient()
+    api.cookies = client.cookies
+    return api
 
 
 def predict(client, upload_file, **fields) -> dict:
@@ -96,9 +99,9 @@ def test_api_unknown_is_null_for_a_model_without_a_threshold(api_client, upload_
     assert set(body) >= {"label", "confidence", "top_k", "model", "image"}
 
 
-def test_prediction_stores_the_temperature_it_was_made_at(upload_file, threshold_models):
+def test_prediction_stores_the_temperature_it_was_made_at(upload_file, threshold_models, owner):
     """Each prediction keeps the temperature of the record that made it."""
-    prediction = services.classify_upload(file=upload_file(), model_name="strict")
+    prediction = services.classify_upload(file=upload_file(), model_name="strict", owner=owner)
     assert prediction.temperature == classifiers.get_classifier("strict").record.temperature
 
 
@@ -181,10 +184,10 @@ def test_saliency_of_a_model_no_longer_served_is_a_404(api_client, upload_file, 
 
 
 def test_a_prediction_whose_image_is_gone_gets_404s_and_a_page(
-    client, api_client, upload_file, settings
+    client, api_client, upload_file, settings, owner
 ):
     """Stored files deleted behind the site's back: the images 404, the page still answers."""
-    prediction = services.classify_upload(file=upload_file())
+    prediction = services.classify_upload(file=upload_file(), owner=owner)
     for path in Path(settings.MEDIA_ROOT).rglob("*.png"):
         path.unlink()
     for name in ("uploads:api-saliency", "uploads:api-model-input"):
@@ -194,9 +197,9 @@ def test_a_prediction_whose_image_is_gone_gets_404s_and_a_page(
     assert response.status_code == 200 and "What the model saw" not in response.content.decode()
 
 
-def test_detail_page_offers_the_saliency_overlay_lazily(client, upload_file):
+def test_detail_page_offers_the_saliency_overlay_lazily(client, upload_file, owner):
     """The page links the overlay and holds it unloaded (data-src) until toggled."""
-    prediction = services.classify_upload(file=upload_file())
+    prediction = services.classify_upload(file=upload_file(), owner=owner)
     html = client.get(prediction.get_absolute_url()).content.decode()
     url = reverse("uploads:api-saliency", args=[prediction.pk])
     assert f'href="{url}"' in html
@@ -256,11 +259,13 @@ def test_model_input_of_an_unknown_prediction_is_a_404(api_client):
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
-def test_detail_page_shows_the_models_eye_view_and_its_expectations(client, upload_file):
+def test_detail_page_shows_the_models_eye_view_and_its_expectations(client, upload_file, owner):
     """The page shows the pixels the model saw, enlarged pixel-sharp, what the model expects
     and each warning the input raises."""
     white = encode_image(Image.new("RGB", (40, 40), "white"))
-    prediction = services.classify_upload(file=upload_file(white), model_name="fashion_mnist")
+    prediction = services.classify_upload(
+        file=upload_file(white), model_name="fashion_mnist", owner=owner
+    )
     html = client.get(prediction.get_absolute_url()).content.decode()
 
     record = classifiers.get_model_info("fashion_mnist").record
@@ -285,8 +290,9 @@ def escape(text: str) -> str:
 
 
 @pytest.fixture
-def prediction(upload_file) -> Prediction:
-    return services.classify_upload(file=upload_file())
+def prediction(upload_file, owner) -> Prediction:
+    """A prediction of the `client` (and `api_client`) fixture's visitor."""
+    return services.classify_upload(file=upload_file(), owner=owner)
 
 
 def other_label(prediction: Prediction) -> str:
@@ -355,9 +361,10 @@ def test_feedback_api_for_an_unknown_prediction_is_a_404(api_client):
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
-def test_feedback_form_round_trip_with_csrf(prediction):
+def test_feedback_form_round_trip_with_csrf(client, prediction):
     """Yes on the page (with its CSRF token) records a confirmation and redirects back."""
     browser = Client(enforce_csrf_checks=True)
+    browser.cookies = client.cookies  # the visitor who made the prediction
     page = browser.get(prediction.get_absolute_url()).content.decode()
     assert "Is this right?" in page
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.django_db
 
 
 def classify(upload_file, count: int = 1, **kwargs) -> list[Prediction]:
+    """Predictions made for the visitor `kwargs['owner']` (the client fixture's: `owner`)."""
     return [services.classify_upload(file=upload_file(), **kwargs) for _ in range(count)]
 
 
@@ -37,9 +38,9 @@ def test_posting_an_image_redirects_to_its_result(client, upload_file):
     assert response["Location"] == prediction.get_absolute_url()
 
 
-def test_result_page_shows_label_bars_model_and_latency(client, upload_file):
+def test_result_page_shows_label_bars_model_and_latency(client, upload_file, owner):
     """The result page shows the top-k bars, the model, its accuracy and the latency."""
-    prediction = classify(upload_file)[0]
+    prediction = classify(upload_file, owner=owner)[0]
     page = client.get(prediction.get_absolute_url()).content.decode()
     assert prediction.label in page
     assert page.count('<meter class="bar-meter"') == len(prediction.top_k) == 5
@@ -105,9 +106,9 @@ def test_html_form_keeps_csrf_protection(upload_file):
     assert Prediction.objects.count() == 0
 
 
-def test_history_is_paginated_newest_first(client, upload_file):
+def test_history_is_paginated_newest_first(client, upload_file, owner):
     """History shows 24 predictions a page, the newest first."""
-    predictions = classify(upload_file, 26)
+    predictions = classify(upload_file, 26, owner=owner)
     first = client.get(reverse("uploads:history"))
     assert first.context["predictions"][0] == predictions[-1]
     assert len(first.context["predictions"]) == 24
@@ -116,10 +117,10 @@ def test_history_is_paginated_newest_first(client, upload_file):
     assert list(second.context["predictions"]) == predictions[1::-1]
 
 
-def test_history_filters_by_label_and_model(client, upload_file):
+def test_history_filters_by_label_and_model(client, upload_file, owner):
     """?label= and ?model= narrow the history, and pagination keeps the filter."""
-    classify(upload_file, 2, model_name="cifar10")
-    fashion = classify(upload_file, 2, model_name="fashion_mnist")
+    classify(upload_file, 2, owner=owner, model_name="cifar10")
+    fashion = classify(upload_file, 2, owner=owner, model_name="fashion_mnist")
     by_model = client.get(reverse("uploads:history"), {"model": "fashion_mnist"})
     assert set(by_model.context["predictions"]) == set(fashion)
     label = fashion[0].label
@@ -128,9 +129,9 @@ def test_history_filters_by_label_and_model(client, upload_file):
     assert f'<option value="{label}" selected>' in by_both.content.decode()
 
 
-def test_history_shows_thumbnails_labels_and_confidence(client, upload_file):
+def test_history_shows_thumbnails_labels_and_confidence(client, upload_file, owner):
     """Each history card has the thumbnail, label and confidence."""
-    prediction = classify(upload_file)[0]
+    prediction = classify(upload_file, owner=owner)[0]
     page = client.get(reverse("uploads:history")).content.decode()
     assert prediction.upload.get_thumbnail_url() in page
     assert prediction.label in page
@@ -150,9 +151,9 @@ def test_unknown_prediction_is_a_404_page(client):
     assert "There is nothing at this address." in response.content.decode()
 
 
-def test_media_is_served_with_safe_headers(client, upload_file):
+def test_media_is_served_with_safe_headers(client, upload_file, owner):
     """Stored images are served inline with a fixed image type, nosniff and a sandbox CSP."""
-    upload = classify(upload_file)[0].upload
+    upload = classify(upload_file, owner=owner)[0].upload
     response = client.get(upload.get_image_url())
     assert response.status_code == 200
     assert response["Content-Type"] == "image/png"

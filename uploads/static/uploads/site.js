@@ -120,9 +120,29 @@
     });
   }
 
+  // "Copy share link": the link is already shown in a read-only input; the button copies it.
+  function initShare() {
+    var input = document.querySelector("[data-share-link]");
+    var button = document.querySelector("[data-copy-share]");
+    var status = document.querySelector("[data-copy-status]");
+    if (!input || !button) return;
+    button.hidden = false;
+    input.addEventListener("focus", function () { input.select(); });
+    button.addEventListener("click", function () {
+      function copied() { status.textContent = "Link copied."; }
+      function failed() { input.select(); status.textContent = "Press Ctrl+C (or Cmd+C) to copy the selected link."; }
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(input.value).then(copied, failed);
+      } else {
+        failed();
+      }
+    });
+  }
+
   function start() {
     init();
     initSaliency();
+    initShare();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
