@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs the production stack on this machine: nginx (deploy/nginx.conf) in front of gunicorn
+# (classifier_site/gunicorn_conf.py, production settings) on a loopback port. Nothing needs
+# root: nginx runs as `nginx -p RUN_DIR`, and its pid, logs, temp files, the collected
+# static files and (unless set) the SQLite database and MEDIA_ROOT all lie under RUN_DIR.
+#
+#   deploy/run-local.sh [PORT [RUN_DIR]]          # default 8080 and a new temporary folder
+#   GUNICORN_PORT=9001 deploy/run-local.sh 8080   # gunicorn's loopback port (default PORT+1)
+#   RUN_WARMUP=1 deploy/run-local.sh 8080         # fill the JAX compilation cache first
+#   RUN_COLLECTSTATIC=0 ...                        # skip collectstatic (API-only runs, tests)
+#
+# Any DJANGO_*, DATABASE_URL and GUNICORN_* variable passes through (GUNICORN_BIND excepted).
+# gunicorn listens on loopback TCP, not a unix socket: REMOTE_ADDR is then nginx's 127.0.0.1,
+# which DJANGO_TRUSTED_PROXIES names, so the app takes the client from X-Forwarded-For.
+# Defaults for a local run: DJANGO_SECURE_SSL_REDIRECT=0 (plain HTTP on loopback),
+# DJANGO_TRUSTED_PROXIES=127.0.0.1 (nginx), a random DJANGO_SECRET_KEY. Stops both servers on
+# SIGTERM/SIGINT, or when either exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+PORT=${1:-${PORT:-8080}}
+RUN_DIR=${2:-${RUN_DIR:-$(mktemp -d -t classifier-run-XXXXXX)}}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+[ -x "$PYTHON" ] || PYTHON=$(command -v python3)
+if [ ! -x "$NGINX_BIN" ]; then
+  echo "error: nginx not found (Debian: apt-get install nginx)" >&2
+  exit 2
+fi
+
+mkdir -p "$RUN_DIR"/logs "$RUN_DIR"/tmp
+RUN_DIR=$(cd "$RUN_DIR" && pwd)
+# Started as root, nginx's workers run as an unprivileged user: they must reach the static
+# files.
+chmod 755 "$RUN_DIR"
+
+export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-classifier_site.settings.production}
+export DJANGO_SECURE_SSL_REDIRECT=${DJANGO_SECURE_SSL_REDIRECT:-0}
+export DJANGO_TRUSTED_PROXIES=${DJANGO_TRUSTED_PROXIES:-127.0.0.1}
+export DJANGO_STATIC_ROOT=${DJANGO_STATIC_ROOT:-$RUN_DIR/static}
+export DJANGO_MEDIA_ROOT=${DJANGO_MEDIA_ROOT:-$RUN_DIR/media}
+export DATABASE_URL=${DATABASE_URL:-sqlite:///$RUN_DIR/db.sqlite3}
+mkdir -p "$DJANGO_STATIC_ROOT" "$DJANGO_MEDIA_ROOT"
+if [ -z "${DJANGO_SECRET_KEY:-}" ]; then
+  DJANGO_SECRET_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(50))')
+  export DJANGO_SECRET_KEY
+fi
+export GUNICORN_BIND=127.0.0.1:${GUNICORN_PORT:-$((PORT + 1))}
+
+# The app refuses more than DJANGO_UPLOAD_MAX_FILES files of DJANGO_UPLOAD_MAX_BYTES each;
+# nginx refuses any body that could not fit them, plus 1 MiB for the multipart framing.
+max_files=${DJANGO_UPLOAD_MAX_FILES:-10}
+max_bytes=${DJANGO_UPLOAD_MAX_BYTES:-10485760}
+max_body=$((max_files * max_bytes + 1048576))
+
+sed -e "s|@RUN_DIR@|$RUN_DIR|g" \
+  -e "s|@LISTEN@|127.0.0.1:$PORT|g" \
+  -e "s|@UPSTREAM@|$GUNICORN_BIND|g" \
+  -e "s|@STATIC_ROOT@|$DJANGO_STATIC_ROOT|g" \
+  -e "s|@MAX_BODY@|$max_body|g" \
+  deploy/nginx.conf >"$RUN_DIR/nginx.conf"
+"$NGINX_BIN" -t -q -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/logs/error.log"
+
+"$PYTHON" manage.py migrate --noinput -v 0
+if [ "${RUN_COLLECTSTATIC:-1}" = 1 ]; then  # 0: only for API-only runs (pages need it)
+  "$PYTHON" manage.py collectstatic --noinput -v 0
+fi
+if [ "${RUN_WARMUP:-0}" = 1 ]; then
+  "$PYTHON" manage.py warmup_models
+fi
+
+pids=()
+stop() {
+  trap - TERM INT EXIT
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait || true
+}
+trap stop TERM INT EXIT
+
+# gunicorn 27's control socket defaults to one path per user: keep each run's apart.
+"$PYTHON" -m gunicorn -c classifier_site/gunicorn_conf.py --control-socket "$RUN_DIR/gunicorn.ctl" \
+  >"$RUN_DIR/logs/gunicorn.log" 2>&1 &
+pids+=($!)
+"$NGINX_BIN" -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/logs/error.log" &
+pids+=($!)
+echo "serving http://127.0.0.1:$PORT/ (nginx -> $GUNICORN_BIND); logs in $RUN_DIR/logs" >&2
+
+# Either server exiting stops the other.
+status=0
+wait -n || status=$?
+exit "$status"
