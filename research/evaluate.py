@@ -139,7 +139,7 @@ def label_image_folder(
     """[(image path, label)] of class/image or split/class/image, and the split it read.
 
     Of several splits, `split` picks one; by default the only one, else 'validation', else
-    'test'. Each class folder must name one of `class_names` (see `_match_class`).
+    'test'. Each class folder must name one of `class_names` (see `research.image_folder.match_class`).
     """
     root = Path(folder).expanduser()
     layout = image_folder.list_image_folder(root)
@@ -158,7 +158,7 @@ def label_image_folder(
             raise ValueError(f"{root} has no split {split!r}; it has {splits}")
         chosen = split
     classes = layout[chosen]
-    labels = {name: _match_class(name, class_names) for name in classes}
+    labels = {name: image_folder.match_class(name, class_names) for name in classes}
     unknown = sorted(name for name, label in labels.items() if label is None)
     if unknown:
         raise ValueError(
@@ -166,23 +166,6 @@ def label_image_folder(
         )
     files = [(path, labels[name]) for name, paths in classes.items() for path in paths]
     return files, chosen
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.lower())
-
-
-def _match_class(folder_name: str, class_names: Sequence[str]) -> int | None:
-    """The class a folder holds: its exact name, its name up to case and punctuation
-    ('t_shirt_top' for 'T-shirt/top'), or its index."""
-    if folder_name in class_names:
-        return list(class_names).index(folder_name)
-    normalized = [_normalize(name) for name in class_names]
-    if normalized.count(_normalize(folder_name)) == 1:
-        return normalized.index(_normalize(folder_name))
-    if folder_name.isdigit() and int(folder_name) < len(class_names):
-        return int(folder_name)
-    return None
 
 
 def _folder_batches(
