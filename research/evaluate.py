@@ -139,7 +139,8 @@ def label_image_folder(
     """[(image path, label)] of class/image or split/class/image, and the split it read.
 
     Of several splits, `split` picks one; by default the only one, else 'validation', else
-    'test'. Each class folder must name one of `class_names` (see `research.image_folder.match_class`).
+    'test'. Each class folder must name one of `class_names` (see
+    `research.image_folder.match_class`).
     """
     root = Path(folder).expanduser()
     layout = image_folder.list_image_folder(root)
