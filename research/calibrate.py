@@ -86,7 +86,7 @@ def collect_outputs(clf: Classifier, args: argparse.Namespace) -> dict[str, np.n
     sets["train"] = load_arrays(clf.dataset, train_split, data_dir, args.train_images)
     if has_validation:
         sets["validation"] = load_arrays(clf.dataset, "validation", data_dir)
-    else:
+    if not has_validation or getattr(args, "report_split", None) == "test":
         sets["test"] = load_arrays(clf.dataset, "test", data_dir)
     other, other_split = OTHER_DATASET.get(clf.dataset, (None, None))
     if other is not None:
@@ -156,7 +156,7 @@ def calibrate(
         )
 
     result: dict[str, Any] = {"statistics_images": len(outputs["train/labels"])}
-    if "validation/logits" in outputs:
+    if "validation/logits" in outputs and "test/logits" not in outputs:
         logits, labels = outputs["validation/logits"], outputs["validation/labels"]
         temperature = calibration.fit_temperature(logits, labels)
         folds = []
@@ -199,23 +199,29 @@ def calibrate(
         }
         reliability_logits, reliability_labels = logits, labels
         result["reliability_source"] = "validation, at the temperature fitted on all of it"
-    else:
-        logits, labels = outputs["train/logits"], outputs["train/labels"]
+    else:  # fit on validation (or, without one, on training images), report on test
+        fit_name = "validation" if "validation/logits" in outputs else "train"
+        logits, labels = outputs[f"{fit_name}/logits"], outputs[f"{fit_name}/labels"]
         temperature = calibration.fit_temperature(logits, labels)
         test_logits, test_labels = outputs["test/logits"], outputs["test/labels"]
         reports, kind_stats = {}, {}
         for kind in scores:
-            kind_stats[kind] = statistics_for(kind, "train", temperature)
+            kind_stats[kind] = statistics_for(kind, fit_name, temperature)
             reports[kind] = calibration.score_report(
                 kind,
-                scored(kind, "train", temperature, kind_stats[kind]),
+                scored(kind, fit_name, temperature, kind_stats[kind]),
                 scored(kind, "test", temperature, kind_stats[kind]),
                 {name: scored(kind, name, temperature, kind_stats[kind]) for name in outlier_names},
             ).to_dict()
         result.update(
-            method="fitted on training images (without augmentation; the model trained on "
-            "them, so the fit leans towards over-confidence); reported on the test split",
-            fit_split=f"train[:{len(labels)}]",
+            method=(
+                "fitted on the whole validation split (never trained on); reported on the "
+                "test split, never used for fitting"
+                if fit_name == "validation"
+                else "fitted on training images (without augmentation; the model trained on "
+                "them, so the fit leans towards over-confidence); reported on the test split"
+            ),
+            fit_split="validation" if fit_name == "validation" else f"train[:{len(labels)}]",
             report_split="test",
             temperature=temperature,
             fit_before=calibration.calibration_report(logits, labels, 1.0),
@@ -440,6 +446,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="images of the other dataset (its first ones, in tfds's fixed order)",
     )
     parser.add_argument("--score", default="auto", choices=("auto", *calibration.SCORES))
+    parser.add_argument(
+        "--report_split",
+        choices=("validation", "test"),
+        default="validation",
+        help="with a validation split: report by 2-fold cross-validation on it (validation), "
+        "or fit on all of it and report on the test split (test)",
+    )
     parser.add_argument("--out", help="output folder (default: <checkpoint>/calibration)")
     parser.add_argument("--dry_run", action="store_true", help="measure, do not store")
     parser.add_argument(

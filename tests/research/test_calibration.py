@@ -286,3 +286,38 @@ def test_training_on_a_validation_split_stores_a_fitted_temperature_and_threshol
     assert record.temperature == pytest.approx(result["calibration"]["temperature"])
     assert record.temperature != 1.0 and record.unknown_threshold is not None
     assert record.unknown_score == calibrate.TRAINING_SCORE
+
+
+def test_with_report_split_test_it_fits_on_all_of_validation_and_reports_on_test():
+    """calibrate() given validation and test outputs fits the temperature and the threshold on
+    the whole validation split and reports every figure on test, which it never fits on."""
+    rng = np.random.default_rng(0)
+
+    def split(n: int, scale: float) -> dict[str, np.ndarray]:
+        labels = rng.integers(0, 3, n)
+        logits = rng.normal(0, 1, (n, 3)) + scale * np.eye(3)[labels]
+        return {
+            "logits": logits.astype(np.float32),
+            "labels": labels,
+            "features": np.abs(rng.normal(size=(n, 4))).astype(np.float32),
+            "stages": rng.normal(size=(n, 2)).astype(np.float32),
+        }
+
+    outputs = {
+        f"{name}/{key}": value
+        for name, n, scale in (("train", 300, 6.0), ("validation", 400, 3.0), ("test", 500, 3.0))
+        for key, value in split(n, scale).items()
+    }
+    for name in ("noise", "flat"):
+        outputs |= {f"{name}/{k}": v for k, v in split(50, 0.0).items() if k != "labels"}
+        outputs[f"{name}/labels"] = np.zeros(0)
+    result = calibrate.calibrate(outputs, 3, scores=["max_softmax"])
+    assert result["fit_split"] == "validation" and result["report_split"] == "test"
+    fitted = calibration.fit_temperature(outputs["validation/logits"], outputs["validation/labels"])
+    assert result["temperature"] == pytest.approx(fitted)
+    after = calibration.calibration_report(outputs["test/logits"], outputs["test/labels"], fitted)
+    assert result["after"] == pytest.approx(after)
+    known = np.exp(calibration.log_probabilities(outputs["validation/logits"], fitted)).max(-1)
+    assert result["thresholds"]["max_softmax"] == pytest.approx(
+        calibration.acceptance_threshold(known)
+    )
