@@ -30,14 +30,16 @@ class Owner:
 
     @classmethod
     def of(cls, request, *, create: bool = False) -> "Owner":
-        """The visitor of a Django or DRF request; with create, give their session an owner
-        key if it has none (the session middleware then sends the cookie)."""
+        """The visitor of a Django or DRF request; with create (an upload), give their session
+        an owner key if it has none and renew it (the session middleware sends the cookie)."""
         request = getattr(request, "_request", request)  # DRF's Request wraps Django's
         session = getattr(request, "session", None)
         key = session.get(SESSION_OWNER_KEY, "") if session is not None else ""
-        if not key and create and session is not None:
-            key = secrets.token_urlsafe(32)
-            session[SESSION_OWNER_KEY] = key
+        if create and session is not None:
+            if not key:
+                key = secrets.token_urlsafe(32)
+                session[SESSION_OWNER_KEY] = key
+            session.modified = True  # each upload renews the session's expiry (the history's)
         user = getattr(request, "user", None)
         user_id = user.pk if user is not None and user.is_authenticated else None
         return cls(key=key, user_id=user_id)

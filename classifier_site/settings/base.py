@@ -241,8 +241,11 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Image classifier API",
     "DESCRIPTION": (
-        "Classify an image with one of the site's models and browse the prediction history. "
-        "No authentication and no CSRF token are needed. Errors are JSON objects "
+        "Classify an image with one of the site's models and browse your prediction history. "
+        "No authentication and no CSRF token are needed; predictions are private to the client "
+        "that made them: keep the session cookie POST /api/predict sets to list and read them "
+        "(anyone else gets 404), and pass the answer's share_url to show a result to others. "
+        "POST /api/classify answers the same without storing anything. Errors are JSON objects "
         '{"error": human-readable message, "code": machine-readable code} with a 4xx status '
         "(429 when throttled, 503 when a model is not installed)."
     ),

@@ -73,13 +73,13 @@ def test_database_url_selects_postgresql():
 
 @pytest.mark.no_models
 def test_api_throttle_rate_is_read_from_the_environment():
-    """DJANGO_API_THROTTLE_RATE sets the API's anonymous rate; 120/min without it."""
+    """DJANGO_API_THROTTLE_RATE sets the per-client rate; 120/min without it."""
     code = (
         "from django.conf import settings\n"
-        "from rest_framework.throttling import AnonRateThrottle\n"
-        "print(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_CLASSES'][0], AnonRateThrottle().rate)"
+        "from classifier_site.middleware import ClientRateThrottle\n"
+        "print(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_CLASSES'][0], ClientRateThrottle().rate)"
     )
-    throttle = "rest_framework.throttling.AnonRateThrottle"
+    throttle = "classifier_site.middleware.ClientRateThrottle"
     result = run_python(code, {**PRODUCTION, "DJANGO_API_THROTTLE_RATE": "7/min"})
     assert result.stdout.split() == [throttle, "7/min"], result.stderr
     assert run_python(code, PRODUCTION).stdout.split() == [throttle, "120/min"]

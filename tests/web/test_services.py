@@ -119,10 +119,10 @@ def test_one_bad_file_rejects_the_whole_request(upload_file, media_files):
 def test_failed_transaction_removes_written_files(upload_file, media_files, monkeypatch):
     """When the database write fails, the stored image files are deleted."""
 
-    def fail(**kwargs):
+    def fail(*args, **kwargs):
         raise RuntimeError("database down")
 
-    monkeypatch.setattr(Prediction.objects, "create", fail)
+    monkeypatch.setattr(Prediction, "save", fail)
     with pytest.raises(RuntimeError):
         services.classify_upload(file=upload_file(image_bytes_large()))
     assert Upload.objects.count() == 0
