@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the production stack on this machine: nginx (deploy/nginx.conf) in front of gunicorn
-# (classifier_site/gunicorn_conf.py, production settings) on a loopback port. Nothing needs
+# (deploy/gunicorn_conf.py: classifier_site/gunicorn_conf.py with workers that take requests
+# only once warm and recycle one at a time; production settings) on a loopback port. Nothing needs
 # root: nginx runs as `nginx -p RUN_DIR`, and its pid, logs, temp files, the collected
 # static files and (unless set) the SQLite database and MEDIA_ROOT all lie under RUN_DIR.
 #
@@ -79,7 +80,7 @@ stop() {
 trap stop TERM INT EXIT
 
 # gunicorn 27's control socket defaults to one path per user: keep each run's apart.
-"$PYTHON" -m gunicorn -c classifier_site/gunicorn_conf.py --control-socket "$RUN_DIR/gunicorn.ctl" \
+"$PYTHON" -m gunicorn -c "${GUNICORN_CONF:-deploy/gunicorn_conf.py}" --control-socket "$RUN_DIR/gunicorn.ctl" \
   >"$RUN_DIR/logs/gunicorn.log" 2>&1 &
 pids+=($!)
 "$NGINX_BIN" -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/logs/error.log" &
