@@ -2,14 +2,19 @@
 gunicorn with the production settings and the tiny models. Skipped only without nginx."""
 
 import http.client
+import importlib.util
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,12 +30,10 @@ MAX_FILES, MAX_BYTES = 2, 1024 * 1024  # nginx's cap: 2 x 1 MiB + 1 MiB
 MAX_BODY = MAX_FILES * MAX_BYTES + 1024 * 1024
 SLOW_UPLOADS = 64
 
-pytestmark = [
-    pytest.mark.no_models,
-    pytest.mark.skipif(
-        NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx)"
-    ),
-]
+pytestmark = pytest.mark.no_models
+needs_nginx = pytest.mark.skipif(
+    NGINX is None, reason="nginx is not installed (Debian: apt-get install nginx)"
+)
 
 
 def free_port() -> int:
@@ -123,6 +126,7 @@ def front(model_dirs, tmp_path_factory):
         log.close()
 
 
+@needs_nginx
 def test_slow_uploads_do_not_block_other_requests(front, image_bytes):
     """64 stalled uploads held open: /api/models, /healthz and a real upload answer in < 1 s."""
     boundary = uuid.uuid4().hex
@@ -168,6 +172,7 @@ def test_slow_uploads_do_not_block_other_requests(front, image_bytes):
             sock.close()
 
 
+@needs_nginx
 def test_nginx_refuses_a_body_over_the_cap_with_413(front):
     """A Content-Length above files x bytes + 1 MiB gets nginx's 413 before any body is sent."""
     with socket.create_connection((HOST, front), timeout=5) as sock:
@@ -177,6 +182,7 @@ def test_nginx_refuses_a_body_over_the_cap_with_413(front):
     assert b"<center>nginx</center>" in answer  # nginx's own page, not the app's JSON
 
 
+@needs_nginx
 def test_a_bad_request_under_the_cap_reaches_the_app(front):
     """Under the cap, nginx passes the request on: the app answers with its own JSON 400."""
     boundary = uuid.uuid4().hex
@@ -196,3 +202,46 @@ def test_a_bad_request_under_the_cap_reaches_the_app(front):
     connection.close()
     assert response.status == 400
     assert response.getheader("Content-Type", "").startswith("application/json"), payload
+
+
+@dataclass
+class FakeWorker:
+    """What deploy/gunicorn_conf.py's hooks read and write on a gunicorn worker."""
+
+    pid: int
+    ppid: int = 4242
+    nr: int = 299
+    max_requests: int = 300
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("gunicorn.test"))
+
+
+def exited_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_workers_recycle_one_at_a_time(tmp_path, monkeypatch):
+    """A worker at its limit while another restarts is postponed until that one's replacement
+    is warm; then it restarts in turn."""
+    spec = importlib.util.spec_from_file_location(
+        "deploy_gunicorn_conf", ROOT / "deploy" / "gunicorn_conf.py"
+    )
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = threading.Thread(target=lambda: None)
+    finished.start()
+    monkeypatch.setattr("uploads.classifiers.start_background_warmup", lambda: finished)
+
+    first, second = FakeWorker(pid=exited_pid()), FakeWorker(pid=os.getpid())
+    conf.pre_request(first, None)
+    assert first.max_requests == 300  # restarts after this request
+    conf.pre_request(second, None)
+    assert second.max_requests > 300  # postponed: the first is restarting
+
+    conf.post_worker_init(FakeWorker(pid=os.getpid() + 1))  # the first's replacement, warm
+    second.nr = second.max_requests - 1
+    limit = second.max_requests
+    conf.pre_request(second, None)
+    assert second.max_requests == limit  # its turn now
