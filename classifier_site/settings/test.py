@@ -13,10 +13,12 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # A file, not SQLite's shared in-memory database, so that threaded tests exercise the same
 # WAL/busy-timeout/IMMEDIATE locking as production.
-DATABASES["default"].setdefault("TEST", {})  # noqa: F405
-DATABASES["default"]["TEST"]["NAME"] = str(  # noqa: F405
-    Path(tempfile.gettempdir()) / f"classifier_site_test_{os.getpid()}.sqlite3"
-)
+# (SQLite only: DATABASE_URL=postgres://... runs the suite on a real server, CI's second run.)
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
+    DATABASES["default"].setdefault("TEST", {})  # noqa: F405
+    DATABASES["default"]["TEST"]["NAME"] = str(  # noqa: F405
+        Path(tempfile.gettempdir()) / f"classifier_site_test_{os.getpid()}.sqlite3"
+    )
 MEDIA_ROOT = Path(tempfile.gettempdir()) / f"classifier_site_test_media_{os.getpid()}"
 
 # Off unless asked for: tests compile tiny models, and must not write under the repository.
