@@ -246,26 +246,31 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
         """The checkpoint research.model_dir.pick_checkpoint chooses (best eval accuracy, else
-        latest). ModelNotFoundError when `path` holds no usable checkpoint, and
-        IncompatibleModelError when its weights do not fit its record."""
-        directory, step, record = model_dir.pick_checkpoint(path)
-        abstract = models.inference_state(build_model(record, abstract=True))
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
-        mngr = _manager(directory, read_only=True)
-        try:
-            restored = mngr.restore(
-                step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))
-            )["model"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise IncompatibleModelError(
-                f"Checkpoint {directory / str(step)} holds weights that do not fit its record "
-                f"({record.name}): {error}"
-            ) from error
-        finally:
-            mngr.close()
-        model = build_model(record)
-        nnx.update(model, restored)
-        return cls(model, record, model_dir.read_statistics(directory, step))
+        latest); if its weights cannot be restored (a truncated file, weights that do not fit
+        its record), the next one, with a warning naming the broken step and its path.
+        ModelNotFoundError when `path` holds no checkpoint with a readable record, and
+        IncompatibleModelError, naming every step tried, when no weights can be restored."""
+        directory, ranked = model_dir.rank_checkpoints(path)
+        failures = []
+        for step, record in ranked:
+            try:
+                restored = _restore_weights(directory, step, record)
+            except Exception as error:  # TensorStore and Orbax raise several kinds
+                failures.append(f"step {step} ({directory / str(step)}): {error}")
+                log.warning(
+                    "Checkpoint step %d in %s could not be restored, trying the next: %s",
+                    step,
+                    directory,
+                    error,
+                )
+                continue
+            model = build_model(record)
+            nnx.update(model, restored)
+            return cls(model, record, model_dir.read_statistics(directory, step))
+        raise IncompatibleModelError(
+            f"No checkpoint in {directory} could be restored (unreadable, or weights that do not "
+            "fit its record): " + "; ".join(failures)
+        )
 
     def export(self, out_dir: str | Path) -> Path:
         """Writes inference-only weights and the serving record (no optimizer state)."""
@@ -387,6 +392,18 @@ def _outputs(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)
     return models.predict_logits_and_features(model, images, flip_tta=flip_tta)
+
+
+def _restore_weights(directory: Path, step: int, record: ServingRecord) -> Any:
+    abstract = models.inference_state(build_model(record, abstract=True))
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+    mngr = _manager(directory, read_only=True)
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))[
+            "model"
+        ]
+    finally:
+        mngr.close()
 
 
 def _forward(

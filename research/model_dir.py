@@ -118,12 +118,12 @@ def read_statistics(directory: str | Path, step: int) -> dict[str, np.ndarray] |
         raise IncompatibleModelError(f"Statistics {path} are unreadable: {error}") from None
 
 
-def pick_checkpoint(path: str | Path) -> tuple[Path, int, ServingRecord]:
-    """(checkpoint directory, step, record) of the step with the best eval accuracy, else the
-    latest. Steps whose record is unreadable are skipped with a warning naming them; if no step
-    is usable, ModelNotFoundError names the broken ones."""
+def rank_checkpoints(path: str | Path) -> tuple[Path, list[tuple[int, ServingRecord]]]:
+    """(checkpoint directory, [(step, record)] best first: by eval accuracy, then the latest).
+    Steps whose record is unreadable are left out with a warning naming them; if none is
+    usable, ModelNotFoundError names the broken ones."""
     directory = find_checkpoints(path)
-    best: tuple[tuple[float, int], ServingRecord] | None = None
+    ranked: list[tuple[tuple[float, int], ServingRecord]] = []
     broken = []
     for step in list_steps(directory):
         try:
@@ -133,14 +133,21 @@ def pick_checkpoint(path: str | Path) -> tuple[Path, int, ServingRecord]:
             log.warning("Skipping checkpoint step %d: %s", step, error)
             continue
         accuracy = record.eval_accuracy
-        key = (accuracy if accuracy is not None else -1.0, step)
-        if best is None or key > best[0]:
-            best = (key, record)
-    if best is None:
+        ranked.append(((accuracy if accuracy is not None else -1.0, step), record))
+    if not ranked:
         raise ModelNotFoundError(
             f"No usable checkpoint in {directory}: " + "; ".join(broken or ["no steps"])
         )
-    return directory, best[0][1], best[1]
+    ranked.sort(key=lambda item: item[0], reverse=True)
+    return directory, [(key[1], record) for key, record in ranked]
+
+
+def pick_checkpoint(path: str | Path) -> tuple[Path, int, ServingRecord]:
+    """(checkpoint directory, step, record) of the step with the best eval accuracy, else the
+    latest (see `rank_checkpoints`)."""
+    directory, ranked = rank_checkpoints(path)
+    step, record = ranked[0]
+    return directory, step, record
 
 
 def describe(path: str | Path) -> ServingRecord | None:

@@ -148,6 +148,36 @@ def test_a_record_its_weights_or_code_cannot_serve_is_an_incompatible_model(
         Classifier.load(tmp_path / "model")
 
 
+def _weight_files(step_dir) -> list:
+    files = (step_dir / "model").rglob("*")
+    return sorted(p for p in files if p.is_file() and p.parent.name == "d")
+
+
+def test_a_truncated_best_checkpoint_falls_back_to_the_next_with_a_warning(
+    tiny_model_dir, tmp_path, caplog
+):
+    """When the best step's weight files are truncated, load warns naming that step and its
+    path and serves the next best; when no step restores, the error names each one."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (first,) = model_dir.list_steps(model)
+    best = model / str(first + 1)
+    shutil.copytree(model / str(first), best)
+    meta = json.loads(model_dir.meta_path(model, first + 1).read_text())
+    meta.update(step=first + 1, metrics={"eval_accuracy": 0.99})
+    model_dir.meta_path(model, first + 1).write_text(json.dumps(meta))
+    for path in _weight_files(best):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="research.inference"):
+        clf = Classifier.load(model)
+    assert clf.record.step == first
+    assert f"step {first + 1}" in caplog.text and str(model) in caplog.text
+    for path in _weight_files(model / str(first)):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(IncompatibleModelError, match=rf"step {first + 1}.*step {first}"):
+        Classifier.load(model)
+
+
 def test_inference_path_does_not_import_tensorflow(tiny_model_dir):
     """Loading and predicting never imports TensorFlow (the web process stays light)."""
     code = (
