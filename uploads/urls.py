@@ -13,6 +13,7 @@ urlpatterns = [
     path("s/<str:token>/", views.shared, name="share"),
     path("models/<str:name>/", views.model_detail, name="model"),
     path("models/<str:name>/reliability.png", views.model_reliability, name="model-reliability"),
+    path("models/<str:name>/examples/<str:file>", views.model_example, name="model-example"),
     path("media/<path:name>", views.serve_media, name="media"),
     path("api/predict", api.PredictView.as_view(), name="api-predict"),
     path("api/classify", api.ClassifyView.as_view(), name="api-classify"),
@@ -29,4 +30,6 @@ urlpatterns = [
     path("api/openapi.json", api.SchemaView.as_view(), name="api-openapi"),
     path("api/docs/", api.DocsView.as_view(), name="api-docs"),
     path("healthz", api.HealthView.as_view(), name="healthz"),
+    # Browsers ask for /favicon.ico on pages without an icon link (the admin's).
+    path("favicon.ico", views.favicon, name="favicon"),
 ]

@@ -18,11 +18,14 @@ from django.core.exceptions import (
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic import DetailView, ListView
 
 from classifier_site.middleware import throttle_wait
+from research import examples as model_examples
+from research.configs import DATASETS
 from uploads import classifiers, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
@@ -71,8 +74,56 @@ def classify(request: HttpRequest) -> HttpResponse:
         "form": form,
         "recent": _own_predictions(request)[:8],
         "max_files": settings.UPLOAD_MAX_FILES,
+        "live_models": _describe_live_models(),
     }
     return render(request, "uploads/classify.html", context, status=status)
+
+
+def _describe_live_models() -> list[dict]:
+    """Per model, what the camera, drawing and example modes need: the input size, whether its
+    data are drawings on a dark background, and the example images it ships."""
+    described = []
+    for info in classifiers.list_model_infos():
+        if info.record is None:
+            continue
+        spec = DATASETS.get(info.dataset)
+        height, width, channels = info.record.image_shape
+        examples = [
+            {
+                "label": example.label,
+                "url": reverse("uploads:model-example", args=[info.name, example.file]),
+            }
+            for example in model_examples.read_examples(info.directory)
+        ]
+        described.append(
+            {
+                "name": info.name,
+                "title": info.title,
+                "width": width,
+                "height": height,
+                "channels": channels,
+                "draw": spec is not None and spec.background == "dark",
+                "examples": examples,
+            }
+        )
+    return described
+
+
+@require_GET
+def model_example(request: HttpRequest, name: str, file: str) -> FileResponse:
+    """One example image a model ships (research.examples): only files its index lists."""
+    try:
+        directory = classifiers.get_model_dir(name)
+    except classifiers.UnknownModelError as err:
+        raise Http404("No such model.") from err
+    path = model_examples.find_example(directory, file)
+    if path is None:
+        raise Http404("No such example.")
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = _MEDIA_CSP
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 @require_GET
@@ -217,6 +268,12 @@ def serve_media(request: HttpRequest, name: str) -> FileResponse:
     response["Cross-Origin-Resource-Policy"] = "same-origin"
     response["Cache-Control"] = "public, max-age=31536000, immutable"
     return response
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on pages without an icon link (the admin's)."""
+    return redirect(static("uploads/favicon.svg"), permanent=True)
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
