@@ -18,13 +18,16 @@ from typing import Any
 from django.conf import settings
 
 from research import model_dir  # JAX-free: reads model directories without loading a model
+from research.batching import Batcher
 from research.configs import dataset_title
 from research.record import ServingRecord
+from uploads import metrics
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _classifiers: dict[tuple[str, str], Any] = {}
+_batchers: dict[tuple[str, str], Batcher] = {}
 _warm: set[tuple[str, str]] = set()
 _errors: dict[tuple[str, str], str] = {}
 _warmup_thread: threading.Thread | None = None
@@ -144,6 +147,48 @@ def get_classifier(name: str):
     return classifier
 
 
+def get_batcher(name: str) -> Batcher:
+    """Return the process-wide batcher of a model (loading the model on first use): its
+    submit(model_inputs) answers like Classifier.classify_arrays, sharing one forward pass
+    among concurrent requests (research.batching). settings.CLASSIFIER_MAX_BATCH rows at most
+    per pass, rounded down to a compiled batch bucket (0 or 1: no batching), and a leader
+    waits up to settings.CLASSIFIER_BATCH_WAIT_MS for more requests.
+    """
+    key = (name, str(get_model_dir(name)))
+    batcher = _batchers.get(key)
+    if batcher is not None:
+        return batcher
+    classifier = get_classifier(name)
+    with _lock:
+        batcher = _batchers.get(key)
+        if batcher is None:
+            batcher = Batcher(
+                classifier.classify_arrays,
+                max_batch=_max_batch(),
+                max_wait_s=max(0, settings.CLASSIFIER_BATCH_WAIT_MS) / 1000,
+                on_batch=metrics.observe_batch(name),
+            )
+            _batchers[key] = batcher
+    return batcher
+
+
+def _max_batch() -> int:
+    from research.inference import BATCH_BUCKETS
+
+    wanted = settings.CLASSIFIER_MAX_BATCH
+    if wanted <= 1:
+        return 0
+    size = max((bucket for bucket in BATCH_BUCKETS if bucket <= wanted), default=0)
+    if size != wanted:
+        logger.warning(
+            "CLASSIFIER_MAX_BATCH=%d is not a compiled batch size %s; using %d",
+            wanted,
+            BATCH_BUCKETS,
+            size,
+        )
+    return size
+
+
 def warm_up_models(names: list[str] | None = None) -> dict[str, float]:
     """Load and compile the given (default: all) models; return seconds spent per model.
 
@@ -160,7 +205,12 @@ def warm_up_models(names: list[str] | None = None) -> dict[str, float]:
             continue
         start = time.perf_counter()
         try:
-            get_classifier(name).warmup()
+            classifier = get_classifier(name)
+            compile_started = time.perf_counter()
+            classifier.warmup()
+            metrics.MODEL_COMPILE_SECONDS.labels(model=name).observe(
+                time.perf_counter() - compile_started
+            )
         except Exception as err:  # recorded for /healthz, re-raised below
             _errors[key] = str(err)
             failures.append(err)
@@ -225,6 +275,7 @@ def clear_cache() -> None:
     """Forget every loaded model and warm-up state (for tests)."""
     with _lock:
         _classifiers.clear()
+        _batchers.clear()
         _warm.clear()
         _errors.clear()
 
@@ -284,9 +335,12 @@ def _load_classifier(name: str, directory: Path):
     from research.inference import Classifier  # imported here: JAX loads on first use only
 
     logger.info("Loading model %r from %s", name, directory)
+    started = time.perf_counter()
     try:
-        return Classifier.load(directory)
+        classifier = Classifier.load(directory)
     except Exception as err:
         raise ModelUnavailableError(
             f"Model {name!r} could not be loaded from {directory}: {err}", model_name=name
         ) from err
+    metrics.MODEL_LOAD_SECONDS.labels(model=name).observe(time.perf_counter() - started)
+    return classifier

@@ -14,6 +14,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from PIL import Image
 
+from uploads import metrics
 from uploads.models import Feedback, Prediction, Upload
 
 
@@ -46,9 +47,11 @@ def record_feedback(
             )
     true_label = prediction.label if label is None else label
     with transaction.atomic():
-        return Feedback.objects.create(
+        feedback = Feedback.objects.create(
             prediction=prediction, correct=true_label == prediction.label, label=true_label
         )
+    metrics.count_feedback(prediction.model_name, correct=feedback.correct)
+    return feedback
 
 
 def live_accuracy(model_name: str) -> tuple[float | None, int]:

@@ -27,7 +27,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from PIL import Image
 
-from uploads import classifiers
+from uploads import classifiers, metrics
 from uploads.feedback import live_accuracy
 from uploads.images import (
     UploadRejected,
@@ -94,7 +94,8 @@ def classify_uploads(
                 prediction.upload_id = prediction.upload.pk
                 prediction.save()
                 predictions.append(prediction)
-            return predictions
+        _count(predictions)
+        return predictions
     except BaseException:
         for name in written:
             default_storage.delete(name)
@@ -125,7 +126,18 @@ def classify_without_storing(
     latency_ms = (time.perf_counter() - started) * 1000
     prediction = _build(batch, 0, ("", ""), owner=Owner(), latency_ms=latency_ms)
     prediction.created_at = timezone.now()
+    _count([prediction])
     return prediction
+
+
+def _count(predictions: Sequence[Prediction]) -> None:
+    """Count the answers given, for /metrics."""
+    if predictions:
+        metrics.count_predictions(
+            predictions[0].model_name,
+            [prediction.label for prediction in predictions],
+            [prediction.unknown for prediction in predictions],
+        )
 
 
 @dataclass(frozen=True)
@@ -164,7 +176,8 @@ def _classify(
     # The decoded images as they came: the seam alone makes the model's input from them. The
     # input is kept (a few KB) so the pages can show exactly what the model saw.
     model_inputs = np.stack([classifier.model_input(validated.image) for validated in images])
-    classification = classifier.classify_arrays(model_inputs)
+    # Through the model's batcher: concurrent requests share one forward pass.
+    classification = classifiers.get_batcher(model_name).submit(model_inputs)
     probabilities = np.asarray(classification.probs)
     ranked = classifier.top_k(probabilities, top_k)
     inference_ms = (time.perf_counter() - inference_started) * 1000 / len(images)

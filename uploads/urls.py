@@ -1,6 +1,6 @@
 from django.urls import path
 
-from uploads import api, views
+from uploads import api, metrics, views
 
 app_name = "uploads"
 
@@ -30,6 +30,7 @@ urlpatterns = [
     path("api/openapi.json", api.SchemaView.as_view(), name="api-openapi"),
     path("api/docs/", api.DocsView.as_view(), name="api-docs"),
     path("healthz", api.HealthView.as_view(), name="healthz"),
+    path("metrics", metrics.serve_metrics, name="metrics"),
     # Browsers ask for /favicon.ico on pages without an icon link (the admin's).
     path("favicon.ico", views.favicon, name="favicon"),
 ]

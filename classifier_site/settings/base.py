@@ -8,7 +8,9 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_UPLOAD_MAX_REQUEST_PIXELS, DJANGO_UPLOAD_MAX_CONCURRENT_DECODES,
     DJANGO_UPLOAD_STORED_MAX_SIDE, DJANGO_UPLOAD_MAX_FILES, DJANGO_JAX_CACHE_DIR (empty: off),
     DJANGO_API_THROTTLE_RATE, DJANGO_TRUSTED_PROXIES (comma-separated addresses or networks),
-    DJANGO_UPLOAD_RETENTION_DAYS (empty: keep forever), DJANGO_LOG_LEVEL.
+    DJANGO_UPLOAD_RETENTION_DAYS (empty: keep forever), DJANGO_LOG_LEVEL,
+    DJANGO_CLASSIFIER_MAX_BATCH, DJANGO_CLASSIFIER_BATCH_WAIT_MS, DJANGO_METRICS_TOKEN,
+    DJANGO_METRICS_ALLOW (comma-separated addresses or networks).
 """
 
 import ipaddress
@@ -104,6 +106,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "uploads.metrics.MetricsMiddleware",  # first: times the whole stack
     "classifier_site.middleware.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "classifier_site.middleware.UploadLimitsMiddleware",
@@ -211,6 +214,23 @@ CLASSIFIER_DEFAULT_MODEL = os.environ.get(
     "DJANGO_CLASSIFIER_DEFAULT_MODEL", next(iter(CLASSIFIER_MODELS), "")
 )
 CLASSIFIER_TOP_K = 5
+# Batched serving (research.batching): concurrent requests for one model share a forward pass
+# of at most CLASSIFIER_MAX_BATCH images (a compiled batch size; 0 turns batching off); the
+# request that leads a batch waits up to CLASSIFIER_BATCH_WAIT_MS for others, never when it
+# finds the model idle.
+CLASSIFIER_MAX_BATCH = read_env_int("DJANGO_CLASSIFIER_MAX_BATCH", 32)
+CLASSIFIER_BATCH_WAIT_MS = read_env_int("DJANGO_CLASSIFIER_BATCH_WAIT_MS", 2)
+# /metrics (uploads.metrics) answers only `Authorization: Bearer <METRICS_TOKEN>` or a client
+# address in METRICS_ALLOW (addresses or networks); with neither it does not exist.
+METRICS_TOKEN = os.environ.get("DJANGO_METRICS_TOKEN", "")
+METRICS_ALLOW = read_env_list("DJANGO_METRICS_ALLOW", [])
+for _network in METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _err:
+        raise ImproperlyConfigured(
+            f"DJANGO_METRICS_ALLOW items are addresses or networks, got {_network!r}"
+        ) from _err
 # JAX's persistent compilation cache, shared by every worker and filled by
 # `manage.py warmup_models`: a (re)started worker loads compiled code instead of compiling
 # (seconds instead of a minute). Empty turns it off.
