@@ -10,6 +10,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q -e .
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-classifier_site.settings.dev}"
+# Debug off: friendly error pages and JSON errors under /api/, static files through WhiteNoise.
+# DJANGO_DEBUG=1 bash scripts/serve.sh turns Django's debug pages on for development.
+export DJANGO_DEBUG="${DJANGO_DEBUG:-0}"
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py warmup_models  # fails here, clearly, if a shipped model is missing
 

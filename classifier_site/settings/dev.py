@@ -1,4 +1,5 @@
-"""Development settings: DEBUG on, a throw-away secret, everything else from base."""
+"""Development settings: DEBUG on (DJANGO_DEBUG=0 turns it off; scripts/serve.sh does), a
+throw-away secret, everything else from base."""
 
 from .base import *  # noqa: F403
 from .base import read_env_bool
