@@ -13,6 +13,12 @@ urlpatterns = [
     path("s/<str:token>/", views.shared, name="share"),
     path("models/<str:name>/", views.model_detail, name="model"),
     path("models/<str:name>/reliability.png", views.model_reliability, name="model-reliability"),
+    path(
+        "models/<str:name>/confusion/<int:true_index>/<int:predicted_index>/",
+        views.model_confusion,
+        name="model-confusion",
+    ),
+    path("models/<str:name>/report/<path:file>", views.model_report_file, name="model-report-file"),
     path("models/<str:name>/examples/<str:file>", views.model_example, name="model-example"),
     path("media/<path:name>", views.serve_media, name="media"),
     path("api/predict", api.PredictView.as_view(), name="api-predict"),

@@ -26,7 +26,7 @@ from django.views.generic import DetailView, ListView
 from classifier_site.middleware import throttle_wait
 from research import examples as model_examples
 from research.configs import DATASETS
-from uploads import classifiers, services
+from uploads import classifiers, model_pages, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
 from uploads.images import STORED_CONTENT_TYPES, UploadRejected
@@ -226,12 +226,39 @@ def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
-    """A model's page: what it expects, its accuracy (measured and live), how it answers."""
+    """A model's page: its card, accuracy on validation per class, training curves, the
+    confusion matrix (each cell a link to its mistakes), calibration and live accuracy."""
     try:
-        summary = services.summarize_model(name=name)
+        page = model_pages.model_page(name=name)
     except classifiers.UnknownModelError as err:
         raise Http404("No such model.") from err
-    return render(request, "uploads/model.html", {"model": summary})
+    return render(request, "uploads/model.html", {"model": page.summary, "page": page})
+
+
+@require_GET
+def model_confusion(
+    request: HttpRequest, name: str, true_index: int, predicted_index: int
+) -> HttpResponse:
+    """The validation images of one true/predicted pair that the model got wrong."""
+    try:
+        cell = model_pages.confusion_cell(name=name, true=true_index, predicted=predicted_index)
+    except (classifiers.UnknownModelError, model_pages.NoSuchCell) as err:
+        raise Http404("No such model or confusion cell.") from err
+    return render(request, "uploads/model_confusion.html", {"model": cell.summary, "cell": cell})
+
+
+@require_GET
+def model_report_file(request: HttpRequest, name: str, file: str) -> FileResponse:
+    """A figure or example thumbnail of a model's report (only names the report writes)."""
+    try:
+        path = model_pages.report_file(name=name, relative=file)
+    except (classifiers.UnknownModelError, model_pages.NoSuchFile) as err:
+        raise Http404("No such file.") from err
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = _MEDIA_CSP
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 @require_GET
