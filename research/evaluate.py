@@ -10,7 +10,9 @@ an image folder (class/image, or split/class/image, listed by research.image_fol
 research.inference.preprocess_image, the serving preprocessing. Both apply the model's serving
 record (test-time flip, temperature) and write metrics.json, confusion.png and reliability.png
 (drawn by research.plots) to --out (default: <checkpoint>/eval_<split>/). Calibration figures
-use research.calibration's definitions, the ones research.calibrate fits with.
+use research.calibration's definitions, the ones research.calibrate fits with. With --report,
+the same pass also writes <checkpoint>/report/, what the model's web page shows
+(research.model_report: per-class accuracy, confusion cells' examples, training curves).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,25 @@ from research.inference import Classifier, preprocess_image
 # Above this many classes the text confusion matrix is left to the PNG.
 MAX_TEXT_CONFUSION_CLASSES = 20
 
+# Called with each batch's real images (uint8 [n, H, W, C], as the model saw them), their
+# log-probabilities at T=1 ([n, classes]) and labels ([n]), in the split's order: how
+# research.model_report picks its misclassified examples from the same pass.
+Collect = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+
 
 # ----------------------------------------------------------------------------- evaluation
 
 
 def evaluate_split(
-    clf: Classifier, split: str, *, data_dir: str | None = None, batch_size: int | None = None
+    clf: Classifier,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    collect: Collect | None = None,
 ) -> dict[str, Any]:
-    """Metrics of `clf` on a tfds split of its dataset, through the training evaluation path."""
+    """Metrics of `clf` on a tfds split of its dataset, through the training evaluation path;
+    `collect` sees every batch (see `Collect`)."""
     from research import datasets, input_pipeline  # TensorFlow only on this path
     from research.configs import Config
 
@@ -56,11 +69,17 @@ def evaluate_split(
         )
     eval_ds = input_pipeline.create_eval_dataset(config, split, clf.image_shape)
     batch_size = batch_size or config.batch_size
-    return _evaluate(clf, input_pipeline.iterate_padded_batches(eval_ds, batch_size), batch_size)
+    batches = input_pipeline.iterate_padded_batches(eval_ds, batch_size)
+    return _evaluate(clf, batches, batch_size, collect)
 
 
 def evaluate_folder(
-    clf: Classifier, folder: str | Path, *, split: str | None = None, batch_size: int = 128
+    clf: Classifier,
+    folder: str | Path,
+    *,
+    split: str | None = None,
+    batch_size: int = 128,
+    collect: Collect | None = None,
 ) -> dict[str, Any]:
     """Metrics of `clf` on an image folder, preprocessed exactly as serving preprocesses.
 
@@ -71,7 +90,7 @@ def evaluate_folder(
     files, split = label_image_folder(folder, clf.class_names, split=split)
     skipped: list[str] = []
     metrics = _evaluate(
-        clf, _folder_batches(files, clf.image_shape, batch_size, skipped), batch_size
+        clf, _folder_batches(files, clf.image_shape, batch_size, skipped), batch_size, collect
     )
     metrics["skipped"] = skipped
     metrics["folder_split"] = split
@@ -79,7 +98,10 @@ def evaluate_folder(
 
 
 def _evaluate(
-    clf: Classifier, batches: Iterator[dict[str, np.ndarray]], batch_size: int
+    clf: Classifier,
+    batches: Iterator[dict[str, np.ndarray]],
+    batch_size: int,
+    collect: Collect | None = None,
 ) -> dict[str, Any]:
     """What train.evaluate_model reports, at the record's flip and temperature, and the
     calibration before (T=1) and after (the record's temperature), from one pass."""
@@ -94,8 +116,11 @@ def _evaluate(
 
             images = jax.device_put(images, sharding)
         out = np.asarray(train.eval_step(clf.model, images, clf.record.flip_tta, 1.0))
-        log_probs.append(out[batch["mask"]])
-        labels.append(np.asarray(batch["label"])[batch["mask"]])
+        mask = np.asarray(batch["mask"])
+        log_probs.append(out[mask])
+        labels.append(np.asarray(batch["label"])[mask])
+        if collect is not None:
+            collect(np.asarray(batch["image"])[mask], log_probs[-1], labels[-1])
     num_classes = clf.record.num_classes
     if not labels:
         return {**_counts(np.zeros((0, num_classes)), np.zeros(0, int), num_classes), "count": 0}
@@ -283,6 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     clf = Classifier.load(args.checkpoint)
     started = time.monotonic()
+    collector = None
+    if args.report:
+        from research import model_report
+
+        if args.image_folder:
+            raise ValueError("--report evaluates the model's own validation split, not a folder")
+        collector = model_report.MistakeCollector(clf.record.temperature)
     if args.image_folder:
         metrics = evaluate_folder(
             clf, args.image_folder, split=args.split, batch_size=args.batch_size or 128
@@ -295,8 +327,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"warning: skipped {path}", file=sys.stderr)
     else:
         split = args.split or _default_split(clf, args.data_dir)
-        data_dir = args.data_dir or _saved_data_dir(clf)
-        metrics = evaluate_split(clf, split, data_dir=data_dir, batch_size=args.batch_size)
+        data_dir = args.data_dir or saved_data_dir(clf)
+        if collector is not None and split != model_report.SPLIT:
+            raise ValueError(f"--report is made on the {model_report.SPLIT} split, not {split!r}")
+        metrics = evaluate_split(
+            clf, split, data_dir=data_dir, batch_size=args.batch_size, collect=collector
+        )
         source, where = f"{clf.dataset} {split}", split
     if metrics["count"] == 0:
         raise ValueError(f"No readable images in {source}")
@@ -326,6 +362,19 @@ def _run(args: argparse.Namespace) -> int:
     title = f"{clf.name} on {source}: accuracy {metrics['accuracy']:.4f} ({metrics['count']})"
     json_path, png_path = write_results(out, record, clf.class_names, title)
     print(f"\nwrote {json_path}, {png_path} and reliability.png ({seconds:.1f}s)")
+    if collector is not None:
+        report = model_report.write_report(
+            Path(args.checkpoint) / model_report.REPORT_DIR,
+            clf,
+            metrics,
+            collector,
+            model=args.checkpoint,
+            workdir=args.workdir or model_report.default_workdir(args.checkpoint),
+            split=split,
+            seconds=seconds,
+            data_dir=data_dir,
+        )
+        print(model_report.format_summary(report))
     return 0
 
 
@@ -339,7 +388,7 @@ def _default_split(clf: Classifier, data_dir: str | None) -> str:
     return datasets.default_eval_split(datasets.get_info(clf.dataset, data_dir))
 
 
-def _saved_data_dir(clf: Classifier) -> str | None:
+def saved_data_dir(clf: Classifier) -> str | None:
     """The training run's --data_dir when it exists here, else tfds's default."""
     saved = clf.record.config.get("data_dir")
     return saved if saved and Path(saved).is_dir() else None
@@ -362,6 +411,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_dir", help="tfds data dir (default: the training run's, or tfds's)")
     parser.add_argument("--batch_size", type=int, help="default: the training batch size")
     parser.add_argument("--out", help="output folder (default: <checkpoint>/eval_<split>)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write what the model's web page shows to <checkpoint>/report "
+        "(research.model_report; validation split only)",
+    )
+    parser.add_argument("--workdir", help="with --report: the training workdir, for its curves")
     return parser.parse_args(argv)
 
 

@@ -132,3 +132,71 @@ def render_reliability(
         ImageDraw.Draw(axis).text((side / 2, 7), "accuracy", fill="black", font=small, anchor="mm")
         image.paste(axis.rotate(90, expand=True), (x0 - margin + 2, y0))
     return image
+
+
+# Training curves: panel size (pixels) and the colours of the training and evaluation lines.
+CURVES_PANEL = (320, 200)
+TRAIN = (230, 120, 60)
+EVAL = (8, 48, 107)
+
+
+def render_curves(points: Sequence[dict], title: str) -> Image.Image:
+    """Training curves: loss (left panel) and accuracy (right) per evaluation, for the
+    training batches since the previous evaluation and for the evaluation split, against
+    the epoch (else the step). `points` are research.model_report.read_curves' rows: step,
+    epoch, train_loss, train_accuracy, eval_loss, eval_accuracy (any may be None)."""
+    font, small = _fonts(PNG_FONT_SIZE)
+    pw, ph = CURVES_PANEL
+    margin, top = 52, 72
+    width = 2 * (pw + margin) + margin
+    image = Image.new("RGB", (width, top + ph + margin + 8), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title, fill="black", font=font)
+    by_epoch = all(p.get("epoch") is not None for p in points)
+    xs = np.array([p["epoch"] if by_epoch else p["step"] for p in points], np.float64)
+    x_lo, x_hi = 0.0, float(xs.max()) if len(xs) and xs.max() > 0 else 1.0
+    for k, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+        left = margin + k * (pw + margin)
+        x0, y0, x1, y1 = left, top, left + pw, top + ph
+        series = [
+            (np.array([_nan(p.get(f"{kind}_{metric}")) for p in points]), colour, kind)
+            for kind, colour in (("train", TRAIN), ("eval", EVAL))
+        ]
+        values = np.concatenate([s for s, _, _ in series])
+        values = values[np.isfinite(values)]
+        if metric == "accuracy":
+            lo = float(np.floor(values.min() * 10) / 10) if len(values) else 0.0
+            hi = 1.0
+        else:
+            lo, hi = 0.0, float(values.max() * 1.1) if len(values) else 1.0
+        hi = hi if hi > lo else lo + 1.0
+        draw.text((left, top - 40), label, fill="black", font=font)
+        for ys, colour, _ in series:
+            xy = [
+                (x0 + pw * (x - x_lo) / (x_hi - x_lo), y1 - ph * (y - lo) / (hi - lo))
+                for x, y in zip(xs, ys, strict=True)
+                if np.isfinite(y)
+            ]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        for tick in (lo, (lo + hi) / 2, hi):
+            y = y1 - ph * (tick - lo) / (hi - lo)
+            draw.text((x0 - 4, y), f"{tick:.2f}", fill="black", font=small, anchor="rm")
+        for tick in (x_lo, (x_lo + x_hi) / 2, x_hi):
+            x = x0 + pw * (tick - x_lo) / (x_hi - x_lo)
+            draw.text((x, y1 + 4), f"{tick:g}", fill="black", font=small, anchor="mt")
+        axis = "epoch" if by_epoch else "step"
+        draw.text((x0 + pw / 2, y1 + 20), axis, fill="black", font=small, anchor="mt")
+        lx = x0 + 70
+        for _, colour, kind in series:  # legend above the panel
+            draw.line([lx, top - 12, lx + 18, top - 12], fill=colour, width=3)
+            draw.text((lx + 22, top - 12), kind, fill="black", font=small, anchor="lm")
+            lx += 80
+    return image
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
