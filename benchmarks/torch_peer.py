@@ -1,0 +1,248 @@
+"""Our train step beside the same network's in PyTorch: train images/s and their ratio.
+
+    pip install -e '.[bench]'        # CPU torch (2.13.0, taken from this machine's local wheel)
+    python benchmarks/torch_peer.py                       # 3 repeats of 3 steps, batch 1024
+    python benchmarks/torch_peer.py --steps=5 --repeats=5 --threads=2
+
+The network is airbench94 as research.models builds it for `AIRBENCH94_RECIPE` (widths 64/256/256,
+a 2x2 stem with a bias, conv-pool-norm-GELU-conv-norm-GELU blocks, batch norm with a bias but no
+scale, global max pooling, a bias-free head scaled by 1/9), written in PyTorch as airbench94.py
+writes it (/work/shared/peers/gpu/airbench94_torch.py): NCHW tensors in channels_last, the stem's
+kernel frozen, Nesterov SGD with batch-norm biases at a higher rate, cross-entropy with label
+smoothing. One difference from airbench94.py: GELU is the tanh approximation, as ours is. The
+PyTorch step starts from uint8 NHWC images, as ours does (normalising and transposing them is
+part of the step), and runs in fp32 and under bf16 autocast.
+
+Our step is train.train_step on the state `train.create_train_state` builds, timed by
+train_speed.measure_train (the README's training figure), in every compute dtype the Config
+offers. Each figure is the median over --repeats of the images/s of --steps consecutive steps,
+after warm-up steps (the first compiles). Both run on the same random uint8 batch of CIFAR-10's
+shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import train_speed  # benchmarks/: the README's training measurement, shared
+from train_speed import STEPS_PER_EPOCH, measure_train, time_calls
+
+from research import configs, models, train
+from research.configs import Config
+
+WARMUP_STEPS = train_speed.WARMUP_STEPS
+DATASET = "cifar10"
+INSTALL_HINT = "PyTorch is not installed: pip install -e '.[bench]' (a CPU build, torch 2.13.0)"
+
+
+def compute_dtypes() -> tuple[str, ...]:
+    """The compute dtypes our Config offers: float32 alone until it has `compute_dtype`."""
+    if "compute_dtype" in {field.name for field in dataclasses.fields(Config)}:
+        return ("float32", "bfloat16")
+    return ("float32",)
+
+
+def build_torch_net(torch, config: Config, *, in_channels: int, num_classes: int):
+    """airbench94's net in PyTorch, with the widths, norm settings and head scale of `config`'s
+    research.models variant."""
+    nn = torch.nn
+    variant = models.AIRBENCH_VARIANTS[config.model]
+    momentum = 1.0 - variant.norm_momentum  # Flax: weight of the old average; torch: of the new
+
+    def norm(width: int):
+        bn = nn.BatchNorm2d(width, eps=variant.norm_epsilon, momentum=momentum)
+        bn.weight.requires_grad = variant.norm_scale
+        return bn
+
+    def conv(cin: int, cout: int):
+        layer = nn.Conv2d(cin, cout, 3, padding="same", bias=False)
+        nn.init.dirac_(layer.weight.data[:cin])  # airbench94's partial identity
+        return layer
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x * variant.head_scale
+
+    gelu = nn.GELU(approximate="tanh")  # research.models: nnx.gelu(approximate=True)
+    layers = [nn.Conv2d(in_channels, config.stem_width, 2, padding=0, bias=True), gelu]
+    previous = config.stem_width
+    for width in config.widths:
+        layers += [conv(previous, width), nn.MaxPool2d(2), norm(width), gelu]
+        layers += [conv(width, width), norm(width), gelu]
+        previous = width
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes, bias=False)]
+    net = nn.Sequential(*layers, Scale())
+    net[0].weight.requires_grad = False  # the whitening stem's kernel is never trained
+    return net.to(memory_format=torch.channels_last)
+
+
+def count_torch_params(torch, net) -> int:
+    """Parameters as research.models.count_params counts them: batch norm's scale (fixed at 1
+    in airbench94) is not one of ours."""
+    total = 0
+    for module in net.modules():
+        for name, param in module.named_parameters(recurse=False):
+            fixed_scale = isinstance(module, torch.nn.BatchNorm2d) and name == "weight"
+            if not (fixed_scale and not param.requires_grad):
+                total += param.numel()
+    return total
+
+
+def make_torch_step(torch, net, config: Config, batch: dict, *, bf16: bool):
+    """One training step of `net` on `batch` (uint8 NHWC images, as ours takes them)."""
+    functional = torch.nn.functional
+    spec = configs.dataset_spec(DATASET)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    images = torch.from_numpy(batch["image"])
+    labels = torch.from_numpy(batch["label"]).long()
+    biases = [p for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in [m.bias]]
+    ids = {id(p) for p in biases}
+    kernels = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
+    lr = config.learning_rate
+    optimizer = torch.optim.SGD(
+        [
+            dict(params=kernels, lr=lr, weight_decay=config.weight_decay),
+            dict(params=biases, lr=lr * config.bias_lr_scale, weight_decay=0.0),
+        ],
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=True,
+    )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def step() -> None:
+        x = images.permute(0, 3, 1, 2).float().sub(mean).div(std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = net(x)
+        loss = functional.cross_entropy(
+            logits.float(), labels, label_smoothing=config.label_smoothing
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    net.train()
+    return step
+
+
+def rates(times: Sequence[float], batch_size: int, steps: int) -> list[float]:
+    """images/s of each run of `steps` consecutive step times."""
+    return [
+        steps * batch_size / sum(times[i : i + steps])
+        for i in range(0, len(times) - steps + 1, steps)
+    ]
+
+
+def measure_ours(compute_dtype: str, args: argparse.Namespace, image_shape, num_classes: int):
+    """(median images/s, params) of our train step at `compute_dtype`."""
+    overrides = {"compute_dtype": compute_dtype} if len(compute_dtypes()) > 1 else {}
+    config = configs.get_config(DATASET, batch_size=args.batch_size, **overrides)
+    spec = configs.dataset_spec(DATASET)
+    state = train.create_train_state(
+        config,
+        None,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        mean=spec.mean,
+        std=spec.std,
+        steps_per_epoch=STEPS_PER_EPOCH,
+    )
+    batch = train_speed._synthetic_batch(config, image_shape, num_classes)
+    times = measure_train(state, config, batch, args.steps * args.repeats)
+    return statistics.median(rates(times, config.batch_size, args.steps)), models.count_params(
+        state.model
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    spec = configs.dataset_spec(DATASET)
+    image_shape, num_classes = spec.image_shape, spec.num_classes
+    config = configs.get_config(DATASET, batch_size=args.batch_size)
+    print(
+        f"airbench94 {','.join(map(str, config.widths))}, batch {config.batch_size}, "
+        f"{image_shape} uint8, CPU ({os.cpu_count()} cores), torch {torch.__version__} on "
+        f"{args.threads} threads; median of {args.repeats} x {args.steps} steps after "
+        f"{WARMUP_STEPS} warm-up",
+        flush=True,
+    )
+    figures: dict[str, float] = {}
+    our_params = None
+    # Ours first: PyTorch's OpenMP threads keep spinning a while after their last step.
+    for dtype in compute_dtypes():
+        start = time.perf_counter()
+        figures[f"ours {dtype}"], our_params = measure_ours(dtype, args, image_shape, num_classes)
+        print(
+            f"ours  {dtype:9s} {figures[f'ours {dtype}']:8.1f} images/s "
+            f"({time.perf_counter() - start:.0f}s with compiling)",
+            flush=True,
+        )
+
+    torch.manual_seed(config.seed)
+    net = build_torch_net(torch, config, in_channels=image_shape[-1], num_classes=num_classes)
+    torch_params = count_torch_params(torch, net)
+    print(f"parameters: ours {our_params:,}, torch {torch_params:,}", flush=True)
+    assert torch_params == our_params, "the PyTorch net is not ours: parameter counts differ"
+    batch = train_speed._synthetic_batch(config, image_shape, num_classes)
+    for name, bf16 in (("float32", False), ("bfloat16", True)):
+        step = make_torch_step(torch, net, config, batch, bf16=bf16)
+        start = time.perf_counter()
+        times = time_calls(step, args.steps * args.repeats, warmup=WARMUP_STEPS)
+        figures[f"torch {name}"] = statistics.median(rates(times, config.batch_size, args.steps))
+        print(
+            f"torch {name:9s} {figures[f'torch {name}']:8.1f} images/s "
+            f"({time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
+
+    torch_fp32, torch_bf16 = figures["torch float32"], figures["torch bfloat16"]
+    print()
+    print("| step | train images/s | / torch fp32 | / torch bf16 |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| PyTorch fp32 channels_last | {torch_fp32:.0f} | 1.00 | {torch_fp32 / torch_bf16:.2f} |"
+    )
+    print(f"| PyTorch bf16 autocast | {torch_bf16:.0f} | {torch_bf16 / torch_fp32:.2f} | 1.00 |")
+    for dtype in compute_dtypes():
+        rate = figures[f"ours {dtype}"]
+        print(
+            f"| ours (Flax, XLA) {dtype} | {rate:.0f} | {rate / torch_fp32:.2f} "
+            f"| {rate / torch_bf16:.2f} |"
+        )
+    return 0
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/torch_peer.py", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--steps", type=int, default=3, help="consecutive steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="PyTorch's intra-op threads"
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=configs.AIRBENCH94_RECIPE["batch_size"],
+        help="images per step (the recipe's by default)",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
