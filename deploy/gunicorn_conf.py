@@ -11,9 +11,15 @@ make worker recycling (GUNICORN_MAX_REQUESTS) invisible to clients.
    after the arbiter; while another worker holds it (until its replacement is warm), the
    limit is postponed by a few requests. Jitter alone does not do this: workers sharing the
    load reach similar counts, and at 300 requests both restarted within 3 s every time.
+3. /metrics adds up every worker: prometheus_client's multiprocess mode, in the folder
+   PROMETHEUS_MULTIPROC_DIR (default: a new temporary folder per arbiter, set here before any
+   worker forks, since the client reads it at import). Its files are cleared at start, a
+   dead worker's live values are dropped (child_exit), and the folder made here is removed at
+   exit. Counters and histograms only, which this mode sums across workers.
 """
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +29,10 @@ from classifier_site.gunicorn_conf import *  # noqa: F403
 WARMUP_WAIT_S = 100  # below gunicorn's worker timeout (120 s): a stuck warm-up is not fatal
 MARKER_STALE_S = 180  # a marker older than this (its replacement never got warm) is ignored
 POSTPONE_REQUESTS = 20
+
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gunicorn-metrics-")
 
 
 def _marker(worker) -> Path:
@@ -74,5 +84,18 @@ def post_worker_init(worker):
             _marker(worker).unlink(missing_ok=True)
 
 
+def on_starting(server):
+    for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        stale.unlink(missing_ok=True)  # a previous run's values
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def on_exit(server):
     (Path(tempfile.gettempdir()) / f"gunicorn-recycling-{server.pid}").unlink(missing_ok=True)
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
