@@ -3,11 +3,14 @@
 Starts deploy/run-local.sh (nginx in front of gunicorn, production settings, the shipped
 models, a fresh SQLite database and MEDIA_ROOT in a temporary folder, `warmup_models` first so
 the JAX compilation cache is warm), then runs benchmarks/locustfile.py headless for each
-number of users, and prints per run: requests/s, p50/p95/p99 (all answers, and valid uploads),
+number of users, first with batched serving off (DJANGO_CLASSIFIER_MAX_BATCH=0), then on (the
+settings' defaults), and prints per run: requests/s, p50/p95/p99 (all answers, and valid uploads),
 answers by status, errors that are not 4xx (must be 0), rows added against 201s, and at the
 end the files under MEDIA_ROOT that no row owns (must be 0).
 
-    python -m benchmarks.load                              # 8 and 32 users, 60 s each
+    python -m benchmarks.load                              # 1, 8 and 32 users, 60 s each
+    python -m benchmarks.load --users 1 8 32 --seconds 30  # batching off, then on: one table
+    python -m benchmarks.load --batching on                # one mode only
     python -m benchmarks.load --users 8 --seconds 30 --max-requests 300   # workers recycle
     python -m benchmarks.load --database-url postgres://user:pw@127.0.0.1/db   # empty db
 
@@ -70,7 +73,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
+def server_env(args: argparse.Namespace, workdir: Path, batching: bool = True) -> dict[str, str]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "classifier_site.settings.production",
@@ -90,6 +93,8 @@ def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
         "PYTHON": sys.executable,
         "RUN_WARMUP": "1",
     }
+    if not batching:
+        env["DJANGO_CLASSIFIER_MAX_BATCH"] = "0"
     return env
 
 
@@ -180,9 +185,43 @@ def run_locust(port: int, users: int, seconds: int, workdir: Path, env: dict) ->
     }
 
 
+def run_stack(args: argparse.Namespace, batching: bool) -> dict:
+    """Start the stack with batching on or off, run locust for each number of users, stop."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    port = free_port()
+    env = server_env(args, workdir, batching)
+    server = start(env, port, workdir)
+    runs = []
+    try:
+        startup_s = wait_until_ready(port, server, args.workers)
+        for users in args.users:
+            before = media_report(env)
+            run = run_locust(port, users, args.seconds, workdir, env)
+            after = media_report(env)
+            run["rows_added"] = after["predictions"] - before["predictions"]
+            run["batching"] = batching
+            runs.append(run)
+        media = media_report(env)
+        log = (workdir / "logs" / "gunicorn.log").read_text(errors="replace")
+    finally:
+        stop(server)
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "startup_s": startup_s,
+        "runs": runs,
+        "media": media,
+        "worker_starts": len(re.findall(r"Booting worker", log)),
+        "workdir": str(workdir) if args.keep else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[8, 32], help="one run each")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32], help="one run each")
+    parser.add_argument(
+        "--batching", choices=["both", "off", "on"], default="both", help="default: off, then on"
+    )
     parser.add_argument("--seconds", type=int, default=60, help="length of each run")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker")
@@ -196,26 +235,16 @@ def main(argv: list[str] | None = None) -> dict:
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         parser.error("nginx is not installed (Debian: apt-get install nginx)")
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    port = free_port()
-    env = server_env(args, workdir)
-    server = start(env, port, workdir)
-    runs = []
-    try:
-        startup_s = wait_until_ready(port, server, args.workers)
-        for users in args.users:
-            before = media_report(env)
-            run = run_locust(port, users, args.seconds, workdir, env)
-            after = media_report(env)
-            run["rows_added"] = after["predictions"] - before["predictions"]
-            runs.append(run)
-        media = media_report(env)
-        log = (workdir / "logs" / "gunicorn.log").read_text(errors="replace")
-        worker_starts = len(re.findall(r"Booting worker", log))
-    finally:
-        stop(server)
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    modes = {"both": [False, True], "off": [False], "on": [True]}[args.batching]
+    stacks = [run_stack(args, batching) for batching in modes]
+    runs = [run for stack in stacks for run in stack["runs"]]
+    startup_s = max(stack["startup_s"] for stack in stacks)
+    worker_starts = sum(stack["worker_starts"] for stack in stacks)
+    media = {  # every stack's MEDIA_ROOT together
+        key: sum((stack["media"][key] for stack in stacks), [] if key == "orphans" else 0)
+        for key in ("predictions", "uploads", "files", "orphans")
+    }
+    workdir = stacks[-1]["workdir"]
 
     results = {
         "stack": f"nginx -> gunicorn {args.workers} workers x {args.threads} threads, "
@@ -224,9 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
         "max_requests": args.max_requests,
         "startup_s": round(startup_s, 1),
         "runs": runs,
-        "worker_restarts": worker_starts - args.workers,
+        "worker_restarts": worker_starts - args.workers * len(stacks),
         "media": media,
-        "workdir": str(workdir) if args.keep else None,
+        "workdir": workdir,
     }
     if args.json:
         print(json.dumps(results, indent=2))
@@ -242,12 +271,21 @@ def print_report(results: dict) -> None:
             f"GUNICORN_MAX_REQUESTS={results['max_requests']}: "
             f"{results['worker_restarts']} worker restarts"
         )
+    off = {run["users"]: run for run in results["runs"] if not run["batching"]}
     print(
-        f"{'users':>5} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+        f"{'batch':<5} {'vs off':>6} {'users':>5} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
+        f"{'p95 ms':>7} {'p99 ms':>7} "
         f"{'max ms':>7} {'upload p99':>10} {'non-4xx err':>11} {'201s':>5} {'rows':>5}  statuses"
     )
     for run in results["runs"]:
+        base = off.get(run["users"])
+        ratio = (
+            f"{run['requests_per_s'] / base['requests_per_s']:.2f}x"
+            if base and run["batching"] and base["requests_per_s"]
+            else ""
+        )
         print(
+            f"{'on' if run['batching'] else 'off':<5} {ratio:>6} "
             f"{run['users']:>5} {run['requests']:>8} {run['requests_per_s']:>7.1f} "
             f"{run['p50_ms']:>7.0f} {run['p95_ms']:>7.0f} {run['p99_ms']:>7.0f} "
             f"{run['max_ms']:>7.0f} {run['valid_upload_p99_ms']:>10.0f} "

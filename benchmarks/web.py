@@ -2,12 +2,16 @@
 
 Starts the production stack (gunicorn, production settings, SQLite in a temporary folder) on
 loopback, waits for /healthz, then measures POST /api/predict for a 32x32 PNG and a
-1-megapixel JPEG (p50/p95 over sequential requests) and requests/s with concurrent clients,
-next to Classifier.predict for the same images in this process. Everything is bounded.
+1-megapixel JPEG (p50/p95 over sequential requests) and requests/s, p50 and p95 with 1, 8 and
+32 concurrent clients, next to Classifier.predict for the same images in this process. It
+does so twice in one run, with batched serving off (DJANGO_CLASSIFIER_MAX_BATCH=0) and on
+(the settings' defaults), so the ratio compares like with like; the server's /metrics gives
+the mean images per forward pass. Everything is bounded.
 
     python -m benchmarks.web                                   # the shipped models/cifar10
     python -m benchmarks.web --model-dir /tmp/tiny/cifar10     # any exported model
-    python -m benchmarks.web --requests 100 --clients 8 --seconds 10 --workers 2 --threads 4
+    python -m benchmarks.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2 --threads 4
+    python -m benchmarks.web --batching on                     # one mode only
 
 Targets on the 2-core development machine: p50 <= 30 ms (32x32 PNG), <= 60 ms (1 MP JPEG),
 >= 50 requests/s with zero errors.
@@ -187,8 +191,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen:
+METRICS_TOKEN = secrets.token_urlsafe(24)
+
+
+def start_server(
+    args: argparse.Namespace, workdir: Path, port: int, batching: bool
+) -> subprocess.Popen:
     """Migrate a fresh SQLite database and start gunicorn with the production settings."""
+    metrics_dir = workdir / "metrics"
+    metrics_dir.mkdir()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "classifier_site.settings.production",
@@ -203,7 +214,11 @@ def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subproce
         "GUNICORN_BIND": f"{HOST}:{port}",
         "GUNICORN_WORKERS": str(args.workers),
         "GUNICORN_THREADS": str(args.threads),
+        "DJANGO_METRICS_TOKEN": METRICS_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # /metrics sums both workers
     }
+    if not batching:
+        env["DJANGO_CLASSIFIER_MAX_BATCH"] = "0"
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT,
@@ -248,34 +263,53 @@ def wait_until_ready(port: int, server: subprocess.Popen, workers: int) -> float
     raise RuntimeError(f"/healthz not ready after {STARTUP_TIMEOUT_S} s")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="cifar10", help="model name to register")
-    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "cifar10")
-    parser.add_argument("--requests", type=int, default=200, help="sequential requests per image")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    parser.add_argument("--seconds", type=float, default=10.0, help="throughput run length")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args(argv)
-    if not args.model_dir.is_dir():
-        parser.error(f"no model at {args.model_dir}; pass --model-dir PATH to an exported model")
+def scrape_metrics(port: int) -> str:
+    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+    connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    return text if response.status == 200 else ""
 
-    images = {"png_32x32": make_small_png(), "jpeg_1mp": make_megapixel_jpeg()}
-    names = {"png_32x32": "small.png", "jpeg_1mp": "photo.jpg"}
+
+def metric_value(scrape: str, name: str) -> float:
+    """The sum of a metric's samples over every label set (0 when absent)."""
+    total = 0.0
+    for line in scrape.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def images_per_pass(before: str, after: str) -> float:
+    """Mean images per forward pass of the batcher between two scrapes (nan: none or off)."""
+    passes = metric_value(after, "classifier_batch_images_count") - metric_value(
+        before, "classifier_batch_images_count"
+    )
+    images = metric_value(after, "classifier_batch_images_sum") - metric_value(
+        before, "classifier_batch_images_sum"
+    )
+    return images / passes if passes else float("nan")
+
+
+def measure_mode(args: argparse.Namespace, images: dict, names: dict, batching: bool) -> dict:
+    """Start a server with batching on or off, measure, scrape /metrics, stop it."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     port = free_port()
-    server = start_server(args, workdir, port)
+    server = start_server(args, workdir, port, batching)
     try:
         startup_s = wait_until_ready(port, server, args.workers)
         latency = {
             key: measure_latency(port, data, names[key], args.model, args.requests)
             for key, data in images.items()
         }
-        throughput = measure_throughput(
-            port, images["png_32x32"], args.model, args.clients, args.seconds
-        )
+        throughput = []
+        for clients in args.clients:
+            before = scrape_metrics(port)
+            run = measure_throughput(port, images["png_32x32"], args.model, clients, args.seconds)
+            run["images_per_pass"] = images_per_pass(before, scrape_metrics(port))
+            throughput.append(run)
+        scrape = scrape_metrics(port)
     finally:
         server.terminate()
         try:
@@ -283,35 +317,100 @@ def main(argv: list[str] | None = None) -> dict:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "batching": batching,
+        "startup_s": round(startup_s, 1),
+        "latency": latency,
+        "throughput": throughput,
+        "scrape": scrape,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="cifar10", help="model name to register")
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "cifar10")
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests per image")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="concurrent clients, one run each",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--batching", choices=["both", "off", "on"], default="both", help="default: off, then on"
+    )
+    parser.add_argument("--show-scrape", action="store_true", help="print the batcher's metrics")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    if not args.model_dir.is_dir():
+        parser.error(f"no model at {args.model_dir}; pass --model-dir PATH to an exported model")
+
+    images = {"png_32x32": make_small_png(), "jpeg_1mp": make_megapixel_jpeg()}
+    names = {"png_32x32": "small.png", "jpeg_1mp": "photo.jpg"}
+    modes = {"both": [False, True], "off": [False], "on": [True]}[args.batching]
+    runs = [measure_mode(args, images, names, batching) for batching in modes]
     bare = measure_bare_predict(args.model_dir, images, args.requests)
 
     results = {
         "server": f"gunicorn {args.workers} workers x {args.threads} threads, SQLite, loopback",
         "cpus": os.cpu_count(),
-        "startup_s": round(startup_s, 1),
-        "latency": latency,
-        "throughput": throughput,
+        "runs": runs,
         "bare_predict": bare,
     }
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print_report(results)
+        print_report(results, show_scrape=args.show_scrape)
     return results
 
 
-def print_report(results: dict) -> None:
-    print(f"{results['server']}, {results['cpus']} CPUs, ready in {results['startup_s']} s")
-    print(f"{'image':<12}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}{'bare predict p50 ms':>22}")
-    for key, row in results["latency"].items():
-        bare = results["bare_predict"][key]["p50_ms"]
-        print(f"{key:<12}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['errors']:>8}{bare:>22.2f}")
-    t = results["throughput"]
-    print(
-        f"throughput: {t['requests_per_s']:.1f} requests/s with {t['clients']} clients "
-        f"({t['requests']} requests in {t['seconds']} s, {t['errors']} errors, "
-        f"p50 {t['p50_ms']:.1f} ms, p95 {t['p95_ms']:.1f} ms)"
-    )
+SHOWN = (
+    "classifier_batch_images_",
+    "classifier_batch_wait_seconds_sum",
+    "classifier_batch_wait_seconds_count",
+    "classifier_predictions_total",
+)
+
+
+def print_report(results: dict, *, show_scrape: bool = False) -> None:
+    print(f"{results['server']}, {results['cpus']} CPUs")
+    print(f"{'batching':<9}{'image':<12}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}{'bare p50 ms':>13}")
+    for run in results["runs"]:
+        mode = "on" if run["batching"] else "off"
+        for key, row in run["latency"].items():
+            bare = results["bare_predict"][key]["p50_ms"]
+            print(
+                f"{mode:<9}{key:<12}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}"
+                f"{row['errors']:>8}{bare:>13.2f}"
+            )
+    print()
+    print(f"{'batching':<9}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}"
+          f"{'vs off':>8}{'img/pass':>10}")  # fmt: skip
+    off = {
+        t["clients"]: t for run in results["runs"] if not run["batching"] for t in run["throughput"]
+    }
+    for run in results["runs"]:
+        mode = "on" if run["batching"] else "off"
+        for t in run["throughput"]:
+            base = off.get(t["clients"])
+            ratio = (
+                f"{t['requests_per_s'] / base['requests_per_s']:.2f}x"
+                if base and run["batching"]
+                else ""
+            )
+            print(
+                f"{mode:<9}{t['clients']:>8}{t['requests_per_s']:>9.1f}{t['p50_ms']:>9.1f}"
+                f"{t['p95_ms']:>9.1f}{t['errors']:>8}{ratio:>8}{t['images_per_pass']:>10.2f}"
+            )
+    for run in results["runs"]:
+        if run["batching"] and show_scrape:
+            shown = [line for line in run["scrape"].splitlines() if line.startswith(SHOWN)]
+            print("\n".join(shown))
 
 
 if __name__ == "__main__":
