@@ -12,8 +12,8 @@ make worker recycling (GUNICORN_MAX_REQUESTS) invisible to clients.
    limit is postponed by a few requests. Jitter alone does not do this: workers sharing the
    load reach similar counts, and at 300 requests both restarted within 3 s every time.
 3. /metrics adds up every worker: prometheus_client's multiprocess mode, in the folder
-   PROMETHEUS_MULTIPROC_DIR (default: a new temporary folder per arbiter, set here before any
-   worker forks, since the client reads it at import). Its files are cleared at start, a
+   PROMETHEUS_MULTIPROC_DIR (default: a new temporary folder per arbiter, set by on_starting
+   before any worker forks, since the client reads it at import). Its files are cleared at start, a
    dead worker's live values are dropped (child_exit), and the folder made here is removed at
    exit. Counters and histograms only, which this mode sums across workers.
 """
@@ -29,10 +29,7 @@ from classifier_site.gunicorn_conf import *  # noqa: F403
 WARMUP_WAIT_S = 100  # below gunicorn's worker timeout (120 s): a stuck warm-up is not fatal
 MARKER_STALE_S = 180  # a marker older than this (its replacement never got warm) is ignored
 POSTPONE_REQUESTS = 20
-
-_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _OWN_METRICS_DIR:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gunicorn-metrics-")
+_METRICS_DIR_PREFIX = "gunicorn-metrics-"
 
 
 def _marker(worker) -> Path:
@@ -85,6 +82,9 @@ def post_worker_init(worker):
 
 
 def on_starting(server):
+    """In the arbiter, before any worker forks: the workers inherit the metrics folder."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_METRICS_DIR_PREFIX)
     for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         stale.unlink(missing_ok=True)  # a previous run's values
 
@@ -97,5 +97,6 @@ def child_exit(server, worker):
 
 def on_exit(server):
     (Path(tempfile.gettempdir()) / f"gunicorn-recycling-{server.pid}").unlink(missing_ok=True)
-    if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
+    if directory.name.startswith(_METRICS_DIR_PREFIX):  # made by on_starting
+        shutil.rmtree(directory, ignore_errors=True)

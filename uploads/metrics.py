@@ -87,6 +87,8 @@ BATCH_WAIT_SECONDS = Histogram(
 )
 
 UNMATCHED_ROUTE = "<unmatched>"
+# prometheus_client chose where values live when it was imported (above): follow its choice.
+_MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def count_predictions(model: str, labels: Iterable[str], unknown: Iterable[bool | None]) -> None:
@@ -172,7 +174,7 @@ def _is_allowed(request: HttpRequest, allow: tuple[str, ...]) -> bool:
 
 def _registry() -> CollectorRegistry:
     """Every worker's values in multiprocess mode, else this process's."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not _MULTIPROCESS:
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
