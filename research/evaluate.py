@@ -372,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
             workdir=args.workdir or model_report.default_workdir(args.checkpoint),
             split=split,
             seconds=seconds,
-            data_dir=data_dir,
+            steps_per_epoch=model_report.steps_per_epoch(clf.record, data_dir),
         )
         print(model_report.format_summary(report))
     return 0

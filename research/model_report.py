@@ -260,7 +260,7 @@ def build_report(
         workdir=workdir,
         split=SPLIT,
         seconds=time.monotonic() - started,
-        data_dir=data_dir,
+        steps_per_epoch=steps_per_epoch(clf.record, data_dir),
     )
 
 
@@ -274,10 +274,11 @@ def write_report(
     workdir: str | Path | None,
     split: str,
     seconds: float = 0.0,
-    data_dir: str | None = None,
+    steps_per_epoch: float | None = None,
 ) -> Path:
     """Writes report.json, the PNGs and the examples of one evaluation (research.evaluate's
-    `metrics` with `collector` as its `collect`) to `out`, replacing it; returns `out`."""
+    `metrics` with `collector` as its `collect`) to `out`, replacing it; returns `out`.
+    `steps_per_epoch` puts the curves on an epoch axis (else steps)."""
     if split != SPLIT:
         raise ValueError(f"A model report is made on the {SPLIT} split, not {split!r}")
     from research import models as nets
@@ -287,7 +288,7 @@ def write_report(
     names = list(clf.class_names)
     confusion = np.asarray(metrics["confusion"], np.int64)
     directory = model_dir.find_checkpoints(model)
-    curves = read_curves(model, workdir, steps_per_epoch=_steps_per_epoch(record, data_dir))
+    curves = read_curves(model, workdir, steps_per_epoch=steps_per_epoch)
     title = f"{record.name} on {split}: accuracy {metrics['accuracy']:.2%} ({metrics['count']})"
 
     staging = out.parent / f".{out.name}.new"
@@ -370,7 +371,7 @@ def default_workdir(model: str | Path) -> Path | None:
     return Path(model) if (Path(model) / TENSORBOARD_SUBDIR).is_dir() else None
 
 
-def _steps_per_epoch(record: Any, data_dir: str | None) -> float | None:
+def steps_per_epoch(record: Any, data_dir: str | None) -> float | None:
     """Training steps per epoch of the record's run (as research.train counts them), or None
     when its training split cannot be read here."""
     from research import datasets, train

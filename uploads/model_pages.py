@@ -65,6 +65,7 @@ class MatrixCell:
     predicted: int
     count: int
     shade: int  # 0 (empty) .. SHADES (the whole row)
+    predicted_name: str
     url: str  # the cell's examples page; '' on the diagonal and for empty cells
 
 
@@ -182,6 +183,7 @@ def load_report(name: str) -> Report | None:
                 predicted=j,
                 count=int(count),
                 shade=0 if not count else max(1, round(SHADES * count / total)),
+                predicted_name=names[j],
                 url=(
                     reverse("uploads:model-confusion", args=[name, i, j])
                     if count and i != j
