@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.web import METRICS_TOKEN, images_per_pass, scrape_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 600
@@ -92,6 +94,7 @@ def server_env(args: argparse.Namespace, workdir: Path, batching: bool = True) -
         "GUNICORN_PORT": str(free_port()),
         "PYTHON": sys.executable,
         "RUN_WARMUP": "1",
+        "DJANGO_METRICS_TOKEN": METRICS_TOKEN,  # the batcher's images per pass, from /metrics
     }
     if not batching:
         env["DJANGO_CLASSIFIER_MAX_BATCH"] = "0"
@@ -195,11 +198,12 @@ def run_stack(args: argparse.Namespace, batching: bool) -> dict:
     try:
         startup_s = wait_until_ready(port, server, args.workers)
         for users in args.users:
-            before = media_report(env)
+            before, scrape = media_report(env), scrape_metrics(port)
             run = run_locust(port, users, args.seconds, workdir, env)
             after = media_report(env)
             run["rows_added"] = after["predictions"] - before["predictions"]
             run["batching"] = batching
+            run["images_per_pass"] = images_per_pass(scrape, scrape_metrics(port))
             runs.append(run)
         media = media_report(env)
         log = (workdir / "logs" / "gunicorn.log").read_text(errors="replace")
@@ -273,8 +277,8 @@ def print_report(results: dict) -> None:
         )
     off = {run["users"]: run for run in results["runs"] if not run["batching"]}
     print(
-        f"{'batch':<5} {'vs off':>6} {'users':>5} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
-        f"{'p95 ms':>7} {'p99 ms':>7} "
+        f"{'batch':<5} {'vs off':>6} {'img/pass':>8} {'users':>5} {'requests':>8} {'req/s':>7} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
         f"{'max ms':>7} {'upload p99':>10} {'non-4xx err':>11} {'201s':>5} {'rows':>5}  statuses"
     )
     for run in results["runs"]:
@@ -285,7 +289,7 @@ def print_report(results: dict) -> None:
             else ""
         )
         print(
-            f"{'on' if run['batching'] else 'off':<5} {ratio:>6} "
+            f"{'on' if run['batching'] else 'off':<5} {ratio:>6} {run['images_per_pass']:>8.2f} "
             f"{run['users']:>5} {run['requests']:>8} {run['requests_per_s']:>7.1f} "
             f"{run['p50_ms']:>7.0f} {run['p95_ms']:>7.0f} {run['p99_ms']:>7.0f} "
             f"{run['max_ms']:>7.0f} {run['valid_upload_p99_ms']:>10.0f} "
