@@ -60,6 +60,8 @@
         b.setAttribute("aria-pressed", String(b.getAttribute("data-mode") === name));
       });
       panels.forEach(function (p) { p.hidden = p.getAttribute("data-mode-panel") !== name; });
+      // Camera and drawing keep a column for the answer, so the canvas never moves mid-stroke.
+      workspace.classList.toggle("is-live", name !== "upload");
       showError("");
       saved.hidden = true;
       showResult(false);
