@@ -21,8 +21,9 @@ pass keeps the most confident mistakes of each true/predicted pair. Written to
 
 Training curves come from what the run recorded: the metrics in the serving record of every
 kept checkpoint step (model directory and --workdir) and the scalars research.train writes to
-``<workdir>/tensorboard``. An exported model keeps only its final step, so without the
-training workdir its report says the curves are unavailable instead of inventing them.
+``<workdir>/tensorboard`` (and ``<workdir>/metrics.jsonl`` where the run wrote one). An
+exported model keeps only its final step, so without the training workdir its report says the
+curves are unavailable instead of inventing them.
 
 Examples and figures come from the validation split only (a test split is refused): what the
 site shows is chosen where nothing is reported. The web reads these files and never imports
@@ -62,6 +63,7 @@ EXAMPLES_DIR = "examples"
 EXAMPLES_PER_CELL = 8
 SPLIT = "validation"  # the only split examples are chosen from
 TENSORBOARD_SUBDIR = "tensorboard"  # where research.train writes its scalars
+METRICS_JSONL = "metrics.jsonl"  # the same scalars, one JSON line per evaluation
 CURVE_KEYS = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy")
 
 
@@ -127,7 +129,8 @@ def read_curves(
 
     Sources, later ones filling and overriding earlier: the serving record of every kept step
     of `model` and of `workdir` (steps saved at an evaluation carry train and eval loss and
-    accuracy), then `<workdir>/tensorboard`'s scalars (every evaluation of the run). Returns
+    accuracy), then `<workdir>/tensorboard`'s scalars and `<workdir>/metrics.jsonl` (every
+    evaluation of the run). Returns
     {"available", "points": [{step, epoch, train_loss, ...}], "sources", "eval_split",
     "note"}; "available" needs two or more evaluations.
     """
@@ -141,14 +144,17 @@ def read_curves(
             eval_split = eval_split or split
             for step, values in found.items():
                 points.setdefault(step, {}).update(values)
-    events = Path(workdir) / TENSORBOARD_SUBDIR if workdir else None
-    if events is not None and events.is_dir():
-        found, split = read_tensorboard(events)
-        if found:
-            sources.append("TensorBoard events")
-            eval_split = eval_split or split
-            for step, values in found.items():
-                points.setdefault(step, {}).update(values)
+    if workdir is not None:
+        for source, reader, path in (
+            ("TensorBoard events", read_tensorboard, Path(workdir) / TENSORBOARD_SUBDIR),
+            ("metrics.jsonl", read_metrics_jsonl, Path(workdir) / METRICS_JSONL),
+        ):
+            found, split = reader(path) if path.exists() else ({}, None)
+            if found:
+                sources.append(source)
+                eval_split = eval_split or split
+                for step, values in found.items():
+                    points.setdefault(step, {}).update(values)
     rows = [
         {
             "step": step,
@@ -208,20 +214,42 @@ def read_tensorboard(directory: str | Path) -> tuple[dict[int, dict[str, float]]
             for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
                 event = event_pb2.Event.FromString(raw)
                 for value in event.summary.value:
-                    prefix, _, name = value.tag.partition("/")
-                    if name not in ("loss", "accuracy"):
-                        continue
                     if value.HasField("tensor"):
                         number = float(tf.make_ndarray(value.tensor))
                     else:
                         number = float(value.simple_value)
-                    if prefix != "train":
-                        split = split or prefix
-                    key = f"{'train' if prefix == 'train' else 'eval'}_{name}"
-                    points.setdefault(int(event.step), {})[key] = number
+                    split = _add_scalar(points, int(event.step), value.tag, number) or split
         except tf.errors.DataLossError:
             continue
     return points, split
+
+
+def read_metrics_jsonl(path: str | Path) -> tuple[dict[int, dict[str, float]], str | None]:
+    """As `read_tensorboard`, from `<workdir>/metrics.jsonl` (one JSON object per evaluation:
+    step and the same scalar names), which research.train writes beside the events."""
+    points: dict[int, dict[str, float]] = {}
+    split = None
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut off by a killed run
+        for tag, value in row.items():
+            if isinstance(value, (int, float)) and tag != "step":
+                split = _add_scalar(points, step, tag, float(value)) or split
+    return points, split
+
+
+def _add_scalar(points: dict[int, dict[str, float]], step: int, tag: str, value: float) -> str:
+    """Files 'train/loss' as train_loss and '<split>/accuracy' as eval_accuracy; returns the
+    eval split a tag names ('' for others)."""
+    prefix, _, name = tag.partition("/")
+    if name not in ("loss", "accuracy"):
+        return ""
+    kind = "train" if prefix == "train" else "eval"
+    points.setdefault(step, {})[f"{kind}_{name}"] = value
+    return "" if kind == "train" else prefix
 
 
 # ----------------------------------------------------------------------------- report
@@ -380,7 +408,10 @@ def steps_per_epoch(record: Any, data_dir: str | None) -> float | None:
     try:
         config = Config.from_dict(record.config).replace(data_dir=data_dir)
         info = datasets.get_info(config.dataset, config.data_dir)
-        examples = train._count_train_examples(config, info.splits)
+        examples = info.splits.get(config.train_split)
+        if examples is None:  # a slice such as 'train[:90%]': count it
+            split = datasets.load_split(config.dataset, config.train_split, config.data_dir)
+            examples = int(split.cardinality())
         return float(train.count_steps(config, examples).per_epoch)
     except (DataNotFoundError, ValueError, KeyError, TypeError) as error:
         logging.getLogger(__name__).warning("Epochs unknown (%s): curves by step", error)
