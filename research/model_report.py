@@ -388,9 +388,12 @@ def write_report(
         "seconds": round(seconds, 1),
     }
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        shutil.rmtree(out)
+        out.rename(old)  # two renames: readers see the old report or the new, briefly none
     staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
