@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from research import calibration, model_dir, plots
+from research import arrays, calibration, model_dir, plots
 from research.errors import DataNotFoundError, ModelNotFoundError
 from research.inference import Classifier, preprocess
 
@@ -58,9 +58,20 @@ OTHER_DATASET = {"cifar10": ("fashion_mnist", "test"), "fashion_mnist": ("cifar1
 
 
 def load_arrays(
-    dataset: str, split: str, data_dir: str | None, limit: int | None = None
+    dataset: str,
+    split: str,
+    data_dir: str | None,
+    limit: int | None = None,
+    source: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images [N, H, W, C], int labels [N]) of a split in its fixed order."""
+    """(uint8 images [N, H, W, C], int labels [N]) of a split in its fixed order: from the
+    prepared tfds dataset, or without TensorFlow from `source` (research.arrays)."""
+    if source is not None:
+        loaded = arrays.load_split(dataset, split, source)
+        keep = np.arange(len(loaded))
+        if limit and limit < len(keep):  # folders are stored class by class: sample them
+            keep = np.sort(np.random.default_rng(SEED).choice(len(keep), limit, replace=False))
+        return loaded.images[keep], loaded.labels[keep].astype(np.int64)
     from research import datasets  # TensorFlow only here
 
     if limit and limit < datasets.get_info(dataset, data_dir).splits.get(split, limit + 1):
@@ -289,6 +300,7 @@ def fit_and_store(
     data_dir: str | None = None,
     score: str = TRAINING_SCORE,
     train_images: int = 5000,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Fits the temperature and the `score` threshold (95% accepted) on the whole validation
     split and stores them in the record of the step research.model_dir picks (with the feature
@@ -296,14 +308,16 @@ def fit_and_store(
     sets and no report: research.train calls this after training; the command measures."""
     directory, step, record = model_dir.pick_checkpoint(path)
     clf = Classifier.load(path)
-    images, labels = load_arrays(record.dataset, "validation", data_dir)
+    images, labels = load_arrays(record.dataset, "validation", data_dir, source=source)
     logits, features, stages = clf.outputs_arrays(images)
     temperature = calibration.fit_temperature(logits, labels)
     stats = None
     needed = calibration.needed_statistics(score)
     if needed:
         train_split = record.config.get("train_split") or "train"
-        train, train_labels = load_arrays(record.dataset, train_split, data_dir, train_images)
+        train, train_labels = load_arrays(
+            record.dataset, train_split, data_dir, train_images, source=source
+        )
         _, train_features, train_stages = clf.outputs_arrays(train)
         stats = calibration.fit_feature_statistics(
             train_features, train_labels, record.num_classes

@@ -172,6 +172,12 @@ class Config:
     data_dir: str | None = None  # tfds data_dir; None means tfds's default (~/tensorflow_datasets)
     train_split: str = "train"
     eval_split: str | None = None  # None: 'validation' if the dataset has it, else 'test'
+    # 'tfdata': the tf.data pipeline (research.input_pipeline); 'device': the split kept in
+    # device memory, batches gathered and augmented inside the jitted step (research.device_input)
+    input: str = "tfdata"
+    # --input=device only: read the data without TensorFlow from an image folder, a .tar.gz of
+    # one, or a folder of idx files (research.arrays); None: the prepared tfds dataset
+    data_source: str | None = None
     mean: tuple[float, ...] | None = None  # None: the DatasetSpec's, else measured on train
     std: tuple[float, ...] | None = None
     # Augmentation, training split only.
@@ -184,6 +190,9 @@ class Config:
     stem_width: int = 24  # channels of the 2x2 stem convolution
     whiten_stem: bool = True  # airbench: init the stem to whiten 2x2 patches of training data
     conv_impl: str = "auto"  # research.layers.Conv: 'auto', 'xla' or 'matmul'
+    # Convolutions' operands: 'bfloat16' (float32 accumulation, parameters and optimizer state
+    # stay float32), 'float32', or 'auto' (research.layers.resolve_compute_dtype).
+    compute_dtype: str = "auto"
     # Optimization.
     optimizer: str = "sgd"  # one of OPTIMIZERS; sgd is Nesterov momentum
     batch_size: int = 512
@@ -221,6 +230,11 @@ class Config:
             raise ValueError(
                 f"Unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
             )
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"Unknown compute_dtype {self.compute_dtype!r}; choose one of "
+                f"{', '.join(COMPUTE_DTYPES)}"
+            )
         if self.batch_size <= 0 or self.epochs <= 0:
             raise ValueError("batch_size and epochs must be positive")
         return self
@@ -233,6 +247,9 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
         return cls(**kept)
+
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
 def uses_flip(config: Config) -> bool:

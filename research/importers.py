@@ -9,7 +9,6 @@ so that ``tfds.load(name, data_dir=...)`` reads it like the official one.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import shutil
@@ -21,19 +20,22 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research import configs
+from research.arrays import (
+    DEFAULT_VALIDATION_PER_CLASS,
+    IDX_PATTERNS,
+    carve_validation,
+    decode_image,
+    find_one,
+    read_idx,
+)
 from research.datasets import DatasetInfo, get_info, resolve_data_dir
 from research.errors import DataNotFoundError
 from research.image_folder import list_image_folder, match_class
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VALIDATION_PER_CLASS = 500
 # The official CIFAR-10 labels; tfds only learns them from the archive's batches.meta.txt.
 CIFAR10_CLASS_NAMES = configs.DATASETS["cifar10"].class_names
-_IDX_PATTERNS = {
-    "train": ("train-images*idx3*", "train-labels*idx1*"),
-    "test": ("t10k-images*idx3*", "t10k-labels*idx1*"),
-}
 
 
 def import_idx(
@@ -54,9 +56,9 @@ def import_idx(
     """
     source = Path(source_dir).expanduser()
     arrays = {}
-    for split, (images_glob, labels_glob) in _IDX_PATTERNS.items():
-        images_path = _find_one(source, images_glob)
-        labels_path = _find_one(source, labels_glob)
+    for split, (images_glob, labels_glob) in IDX_PATTERNS.items():
+        images_path = find_one(source, images_glob)
+        labels_path = find_one(source, labels_glob)
         if images_path is None and labels_path is None and split != "train":
             continue
         if images_path is None or labels_path is None:
@@ -76,7 +78,7 @@ def import_idx(
     num_classes = int(max(labels.max() for _, labels in arrays.values())) + 1
     image_shape = next(iter(arrays.values()))[0].shape[1:]
     if validation_per_class > 0:
-        arrays["train"], arrays["validation"] = _carve_validation(
+        arrays["train"], arrays["validation"] = carve_validation(
             *arrays["train"], validation_per_class
         )
 
@@ -93,46 +95,6 @@ def import_idx(
         split_generators={split: make_generator(split) for split in arrays},
         overwrite=overwrite,
     )
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads an idx file (the MNIST format), gzipped or not, into an array."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    zero, dtype_code, ndim = data[0:2], data[2], data[3]
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if zero != b"\x00\x00" or dtype_code not in dtypes:
-        raise ValueError(f"{path} is not an idx file (header {data[:4].hex()})")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape}, file holds {array.size} values")
-    return array.reshape(shape).astype(array.dtype.newbyteorder("="))
-
-
-def _carve_validation(
-    images: np.ndarray, labels: np.ndarray, per_class: int
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(train, validation): the last `per_class` examples of each class go to validation."""
-    held_out = np.zeros(len(labels), bool)
-    for label in np.unique(labels):
-        where = np.flatnonzero(labels == label)
-        if len(where) <= per_class:
-            raise ValueError(
-                f"Class {label} has {len(where)} training images, too few to hold out "
-                f"{per_class} for validation (see --validation_per_class)"
-            )
-        held_out[where[-per_class:]] = True
-    return (images[~held_out], labels[~held_out]), (images[held_out], labels[held_out])
-
-
-def _find_one(directory: Path, pattern: str) -> Path | None:
-    matches = sorted(directory.glob(pattern))
-    if len(matches) > 1:
-        raise ValueError(f"Several files match {pattern!r} in {directory}: {matches}")
-    return matches[0] if matches else None
 
 
 def import_image_folder(
@@ -181,7 +143,7 @@ def import_image_folder(
 
     first = next(iter(next(iter(files.values())).values()))[0]
     mode = None if spec is None else ("L" if spec.image_shape[-1] == 1 else "RGB")
-    image_shape = _decode_image(first, image_size, mode=mode).shape
+    image_shape = decode_image(first, image_size, mode=mode).shape
     mode = "L" if image_shape[-1] == 1 else "RGB"
 
     def make_generator(split: str) -> Callable[[], Iterator[tuple[int, dict[str, Any]]]]:
@@ -193,7 +155,7 @@ def import_image_folder(
 
         def generate() -> Iterator[tuple[int, dict[str, Any]]]:
             for path, label in examples:
-                image = _decode_image(path, image_size, mode)
+                image = decode_image(path, image_size, mode)
                 if image.shape != image_shape:
                     raise ValueError(
                         f"{path} is {image.shape}, but {first} is {image_shape}; all images "
@@ -245,19 +207,6 @@ def _list_splits(source: Path) -> dict[str, dict[str, list[Path]]]:
     if "train" not in files:
         raise ValueError(f"{source} has splits {sorted(files)} but no 'train'")
     return files
-
-
-def _decode_image(path: Path, image_size: tuple[int, int] | None, mode: str | None) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if mode is None:
-            mode = "L" if image.mode in ("1", "L", "I;16", "I") else "RGB"
-        image = image.convert(mode)
-        if image_size is not None and image.size != (image_size[1], image_size[0]):
-            image = image.resize((image_size[1], image_size[0]), Image.Resampling.BICUBIC)
-        array = np.asarray(image, dtype=np.uint8)
-    return array[..., None] if array.ndim == 2 else array
 
 
 def _write_dataset(

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from research.configs import MODELS, Config
-from research.layers import Conv, max_pool
+from research.layers import Conv, max_pool, resolve_compute_dtype
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
@@ -104,10 +104,19 @@ class ConvBlock(nnx.Module):
         *,
         impl: str,
         variant: AirbenchVariant,
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         def conv(cin: int, cout: int) -> Conv:
-            return Conv(cin, cout, 3, impl=impl, kernel_init=variant.kernel_init, rngs=rngs)
+            return Conv(
+                cin,
+                cout,
+                3,
+                impl=impl,
+                kernel_init=variant.kernel_init,
+                compute_dtype=compute_dtype,
+                rngs=rngs,
+            )
 
         def norm(features: int) -> nnx.BatchNorm:
             return nnx.BatchNorm(
@@ -141,6 +150,7 @@ class AirbenchNet(nnx.Module):
         std: Sequence[float],
         conv_impl: str = "auto",
         variant: str = "airbench",
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
         v = AIRBENCH_VARIANTS[variant]
@@ -154,6 +164,7 @@ class AirbenchNet(nnx.Module):
             use_bias=not v.stem_norm,
             impl=conv_impl,
             kernel_init=v.stem_init,
+            compute_dtype=compute_dtype,
             rngs=rngs,
         )
         self.stem_norm = (
@@ -163,7 +174,16 @@ class AirbenchNet(nnx.Module):
         )
         blocks, previous = [], stem_width
         for width in widths:
-            blocks.append(ConvBlock(previous, width, impl=conv_impl, variant=v, rngs=rngs))
+            blocks.append(
+                ConvBlock(
+                    previous,
+                    width,
+                    impl=conv_impl,
+                    variant=v,
+                    compute_dtype=compute_dtype,
+                    rngs=rngs,
+                )
+            )
             previous = width
         self.blocks = nnx.List(blocks)
         self.head = nnx.Linear(
@@ -204,17 +224,17 @@ class BaselineNet(nnx.Module):
         mean: Sequence[float],
         std: Sequence[float],
         conv_impl: str = "auto",
+        compute_dtype: str = "float32",
         rngs: nnx.Rngs,
         **_: object,
     ):
         self.mean, self.std = tuple(mean), tuple(std)
         w1, w2, hidden = (tuple(widths) + (32, 64, 128))[:3]
+        pairs = ((in_channels, w1), (w1, w1), (w1, w2), (w2, w2))
         self.convs = nnx.List(
             [
-                Conv(in_channels, w1, 3, impl=conv_impl, rngs=rngs),
-                Conv(w1, w1, 3, impl=conv_impl, rngs=rngs),
-                Conv(w1, w2, 3, impl=conv_impl, rngs=rngs),
-                Conv(w2, w2, 3, impl=conv_impl, rngs=rngs),
+                Conv(cin, cout, 3, impl=conv_impl, compute_dtype=compute_dtype, rngs=rngs)
+                for cin, cout in pairs
             ]
         )
         self.norms = nnx.List([nnx.BatchNorm(w, rngs=rngs) for w in (w1, w1, w2, w2)])
@@ -262,6 +282,7 @@ def create_model(
         mean=mean,
         std=std,
         conv_impl=config.conv_impl,
+        compute_dtype=resolve_compute_dtype(config.compute_dtype),
         rngs=rngs,
     )
     if config.model in AIRBENCH_VARIANTS:

@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research import checkpoints, configs, models
+from research import checkpoints, configs, device_input, layers, models, run_data
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
@@ -42,8 +42,6 @@ from research.optim import Lookahead, create_optimizer
 from research.record import ServingRecord
 
 log = logging.getLogger("research.train")
-
-WHITENING_IMAGES = 5000  # training images whose 2x2 patches airbench's stem whitens
 
 
 # ----------------------------------------------------------------------------- steps
@@ -57,6 +55,14 @@ def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], label_smoothing: flo
     return loss, logits
 
 
+def _update(model, opt, metrics, batch, label_smoothing: float) -> jax.Array:
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    (loss, logits), grads = grad_fn(model, batch, label_smoothing)
+    opt.update(model, grads)
+    metrics.update(loss=loss, logits=logits, labels=batch["label"])
+    return loss
+
+
 @functools.partial(nnx.jit, static_argnames="label_smoothing", donate_argnames=("model", "opt"))
 def train_step(
     model: nnx.Module,
@@ -65,11 +71,31 @@ def train_step(
     batch: dict[str, jax.Array],
     label_smoothing: float,
 ) -> jax.Array:
-    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits), grads = grad_fn(model, batch, label_smoothing)
-    opt.update(model, grads)
-    metrics.update(loss=loss, logits=logits, labels=batch["label"])
-    return loss
+    """One optimizer step on a batch the host prepared (the tf.data input mode)."""
+    return _update(model, opt, metrics, batch, label_smoothing)
+
+
+@functools.partial(
+    nnx.jit,
+    static_argnames=("label_smoothing", "augmentation"),
+    donate_argnames=("model", "opt"),
+)
+def device_train_step(
+    model: nnx.Module,
+    opt: nnx.Optimizer,
+    metrics: nnx.MultiMetric,
+    images: jax.Array,
+    labels: jax.Array,
+    indices: jax.Array,
+    positions: jax.Array,
+    seed: jax.Array,
+    label_smoothing: float,
+    augmentation: device_input.Augmentation,
+) -> jax.Array:
+    """One optimizer step on examples `indices` of the device-resident split, augmented here
+    (the device input mode: research.device_input)."""
+    batch = device_input.gather_batch(images, labels, indices, positions, seed, augmentation)
+    return _update(model, opt, metrics, batch, label_smoothing)
 
 
 @functools.partial(nnx.jit, static_argnames="flip_tta")
@@ -242,76 +268,52 @@ def _normalization(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]
     return input_pipeline.measure_mean_std(config)
 
 
-def _count_train_examples(config: Config, splits: dict[str, int]) -> int:
-    if config.train_split in splits:
-        return splits[config.train_split]
-    from research import datasets  # a slice such as 'train[:90%]': count it
-
-    return int(
-        datasets.load_split(config.dataset, config.train_split, config.data_dir).cardinality()
-    )
-
-
-def _whitening_images(config: Config) -> np.ndarray:
-    from research import datasets
-
-    sample = datasets.load_split(config.dataset, config.train_split, config.data_dir)
-    return np.stack([image for image, _ in sample.take(WHITENING_IMAGES).as_numpy_iterator()])
-
-
 # ----------------------------------------------------------------------------- loop
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the metrics."""
-    import tensorflow as tf
-
-    from research import datasets, input_pipeline  # TensorFlow only on the training path
-
     config.validate()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    info = datasets.get_info(config.dataset, config.data_dir)
-    eval_split = config.eval_split or datasets.default_eval_split(info)
-    num_classes = len(info.class_names)
     mean, std = _normalization(config)
-    train_examples = _count_train_examples(config, info.splits)
-    steps = count_steps(config, train_examples)
+    data = run_data.load_run_data(config, mean)
+    num_classes = len(data.class_names)
+    steps = count_steps(config, data.train_examples)
     state = create_train_state(
         config,
         workdir,
         num_classes=num_classes,
-        image_shape=info.image_shape,
+        image_shape=data.image_shape,
         mean=mean,
         std=std,
         steps_per_epoch=steps.per_epoch,
-        whitening_images=functools.partial(_whitening_images, config),
+        whitening_images=data.whitening_images,
     )
     start_step = state.step
     record = functools.partial(
         checkpoints.serving_record,
         config,
-        class_names=info.class_names,
-        image_shape=info.image_shape,
+        class_names=data.class_names,
+        image_shape=data.image_shape,
         mean=mean,
         std=std,
     )
-    eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
-    evaluate = functools.partial(_evaluate, config, state, eval_ds, num_classes, eval_split)
-    summary = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-    train_iter = input_pipeline.create_train_iterator(config, mean=mean, start_step=start_step)
-    print(_run_line(config, info, eval_split, train_examples, state, steps), flush=True)
+    evaluate = functools.partial(_evaluate, config, state, data, num_classes)
+    feed = _feed(config, data, state, mean, start_step)
+    summary = _Summary(workdir)
+    print(_run_line(config, data, state, steps), flush=True)
     result: dict[str, Any] = {"step": start_step}
     pending: list[tuple[int, jax.Array]] = []  # losses not yet checked for NaN
     eval_metrics: dict[str, Any] | None = None
     started = time.time()
+    timer = _EpochTimer(config.batch_size)
     with _StopRequest() as stop, _progress(start_step, steps.total) as bar:
         for step in range(start_step, steps.total):
-            batch = jax.device_put(next(train_iter), state.data_sharding)
             if step == start_step:
                 bar.set_description("compiling", refresh=False)
                 log.info("Compiling the train step...")
-            loss = train_step(state.model, state.opt, state.metrics, batch, config.label_smoothing)
+            loss = feed(step, timer)
             done = step + 1
             pending.append((done, loss))
             bar.update(1)
@@ -322,13 +324,14 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{_check_finite(pending):.3f}", refresh=False)
                 pending.clear()
             if done % steps.eval_every == 0 or done == steps.total:
-                train_metrics = state.take_metrics()
+                train_metrics = state.take_metrics() | timer.take(loss)
                 eval_metrics = evaluate()
                 elapsed = time.time() - started
                 bar.write(_epoch_line(done, steps, train_metrics, eval_metrics, elapsed))
-                _write_scalars(summary, done, train_metrics, eval_metrics)
+                summary.write(done, train_metrics, eval_metrics)
                 scalars = _scalar_metrics(eval_metrics, train_metrics, elapsed)
                 state.save(record(step=done, metrics=scalars))
+                timer.restart()  # evaluation and the checkpoint are not training time
             elif done % config.checkpoint_every_steps == 0 or stop.signal:
                 state.save(record(step=done))
             result["step"] = done
@@ -338,6 +341,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         eval_metrics = evaluate()
     state.checkpoints.wait_until_finished()
     state.checkpoints.close()
+    summary.close()
     result.update(
         interrupted=bool(stop.signal),
         total_steps=steps.total,
@@ -347,10 +351,12 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if stop.signal:
         print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
     else:
-        if eval_split == "validation":  # calibrate on it; a test split is never fitted on
+        if data.eval_split == "validation":  # calibrate on it; a test split is never fitted on
             from research import calibrate
 
-            result["calibration"] = calibrate.fit_and_store(workdir, data_dir=config.data_dir)
+            result["calibration"] = calibrate.fit_and_store(
+                workdir, data_dir=config.data_dir, source=config.data_source
+            )
             print(
                 f"Calibrated on validation: temperature {result['calibration']['temperature']:.3f}"
                 f", '{result['calibration']['unknown_score']}' unknown threshold "
@@ -361,29 +367,130 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     return result
 
 
-def _evaluate(
-    config: Config, state: TrainState, eval_ds: Any, num_classes: int, split: str
-) -> dict[str, Any]:
-    from research import input_pipeline
+def _feed(
+    config: Config, data: run_data.RunData, state: TrainState, mean, start_step: int
+) -> Callable[[int, _EpochTimer], jax.Array]:
+    """`feed(step, timer)` runs train step `step` on its batch, in the config's input mode,
+    and returns its loss (not waited for); the timer counts the host's wait for data."""
+    if data.train_arrays is not None:
+        order = device_input.EpochOrder(data.train_examples, config.batch_size, config.seed)
+        images = jax.device_put(data.train_arrays.images, state.replicated)
+        labels = jax.device_put(data.train_arrays.labels, state.replicated)
+        augmentation = device_input.Augmentation.from_config(config, mean)
+        seed = jax.device_put(np.uint32(config.seed), state.replicated)
 
+        def device_feed(step: int, timer: _EpochTimer) -> jax.Array:
+            with timer.waiting():
+                indices, positions = jax.device_put(order.step(step), state.data_sharding)
+            return device_train_step(
+                state.model,
+                state.opt,
+                state.metrics,
+                images,
+                labels,
+                indices,
+                positions,
+                seed,
+                config.label_smoothing,
+                augmentation,
+            )
+
+        return device_feed
+    iterator = data.train_iterator(start_step)
+
+    def host_feed(step: int, timer: _EpochTimer) -> jax.Array:
+        with timer.waiting():
+            batch = jax.device_put(next(iterator), state.data_sharding)
+        return train_step(state.model, state.opt, state.metrics, batch, config.label_smoothing)
+
+    return host_feed
+
+
+class _EpochTimer:
+    """Training telemetry between evaluations: images/s, time per step and the time the host
+    waited for input (a slow input pipeline shows as a large wait)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps, self.wait = time.perf_counter(), 0, 0.0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wait += time.perf_counter() - started
+            self.steps += 1
+
+    def take(self, last_loss: jax.Array) -> dict[str, float]:
+        """The figures since the last restart; waits for the device to finish `last_loss`."""
+        jax.block_until_ready(last_loss)
+        seconds = time.perf_counter() - self.start
+        steps = max(self.steps, 1)
+        return {
+            "images_per_second": self.steps * self.batch_size / max(seconds, 1e-9),
+            "step_ms": 1000 * seconds / steps,
+            "data_wait_ms": 1000 * self.wait / steps,
+        }
+
+
+class _Summary:
+    """The epoch figures to TensorBoard (when TensorFlow is installed) and to
+    `<workdir>/metrics.jsonl`, one JSON object per evaluation (readable without TensorFlow)."""
+
+    def __init__(self, workdir: Path):
+        self.jsonl = workdir / "metrics.jsonl"
+        try:
+            import tensorflow as tf
+        except ImportError:
+            self.tf, self.writer = None, None
+        else:
+            self.tf, self.writer = tf, tf.summary.create_file_writer(str(workdir / "tensorboard"))
+
+    def write(self, step: int, train_metrics: dict, eval_metrics: dict) -> None:
+        split = eval_metrics["split"]
+        scalars = {f"train/{name}": value for name, value in train_metrics.items()}
+        scalars |= {f"{split}/{k}": eval_metrics[k] for k in ("loss", "accuracy")}
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                for name, value in scalars.items():
+                    self.tf.summary.scalar(name, value)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _evaluate(
+    config: Config, state: TrainState, data: run_data.RunData, num_classes: int
+) -> dict[str, Any]:
     metrics = evaluate_model(
         state.model,
-        input_pipeline.iterate_padded_batches(eval_ds, config.batch_size),
+        data.eval_batches(config.batch_size),
         num_classes=num_classes,
         flip_tta=bool(config.flip_tta and configs.uses_flip(config)),
         sharding=state.data_sharding,
     )
-    return {**metrics, "split": split}
+    return {**metrics, "split": data.eval_split}
 
 
-def _run_line(config, info, eval_split, train_examples, state, steps) -> str:
+def _run_line(config: Config, data: run_data.RunData, state: TrainState, steps) -> str:
     """What the run trains, on what, for how long: printed once at the start."""
     devices = jax.local_devices()
     return (
-        f"{config.dataset}: {train_examples} train / {info.splits.get(eval_split, '?')} "
-        f"{eval_split} examples, {len(info.class_names)} classes, {config.model} "
-        f"({models.count_params(state.model):,} params) on {len(devices)}x "
-        f"{devices[0].platform}, {steps.per_epoch} steps/epoch, {steps.total} steps"
+        f"{config.dataset}: {data.train_examples} train / {data.eval_examples or '?'} "
+        f"{data.eval_split} examples, {len(data.class_names)} classes, {config.model} "
+        f"({models.count_params(state.model):,} params, "
+        f"{layers.resolve_compute_dtype(config.compute_dtype)}) on {len(devices)}x "
+        f"{devices[0].platform}, {config.input} input, {steps.per_epoch} steps/epoch, "
+        f"{steps.total} steps"
     )
 
 
@@ -428,22 +535,11 @@ def _epoch_line(done: int, steps: StepCounts, train_metrics, eval_metrics, elaps
         f"epoch {done / steps.per_epoch:5.2f}  step {done:6d}  "
         f"train loss {train_metrics['loss']:.4f} acc {train_metrics['accuracy']:.4f}  "
         f"{eval_metrics['split']} loss {eval_metrics['loss']:.4f} "
-        f"acc {eval_metrics['accuracy']:.4f}"
+        f"acc {eval_metrics['accuracy']:.4f}  "
+        f"{train_metrics['images_per_second']:.0f} img/s, step {train_metrics['step_ms']:.0f} ms"
+        f" (data wait {train_metrics['data_wait_ms']:.0f} ms)"
         f"  [{elapsed:.0f}s]"
     )
-
-
-def _write_scalars(summary: Any, step: int, train_metrics, eval_metrics) -> None:
-    """The epoch line's figures to TensorBoard."""
-    import tensorflow as tf
-
-    split = eval_metrics["split"]
-    with summary.as_default(step=step):
-        for name, value in train_metrics.items():
-            tf.summary.scalar(f"train/{name}", value)
-        tf.summary.scalar(f"{split}/loss", eval_metrics["loss"])
-        tf.summary.scalar(f"{split}/accuracy", eval_metrics["accuracy"])
-    summary.flush()
 
 
 def _scalar_metrics(eval_metrics, train_metrics, elapsed) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""The device-resident input mode (`--input=device`): the whole uint8 training split lives in
+accelerator memory and each step gathers and augments its batch inside the jitted train step,
+as airbench does. For datasets that fit on the device (CIFAR, the MNIST family: 150 MB and
+50 MB as uint8); the tf.data pipeline (research.input_pipeline) stays the default otherwise.
+
+The same contract as the tf.data pipeline, so either mode resumes exactly:
+- epoch e is a seeded permutation of the split (numpy's generator keyed by (seed, e)), cut to
+  whole batches; step s takes positions (s mod steps_per_epoch) * B ... + B - 1 of it;
+- element i of the stream (i = s * B + j) is augmented with a key derived from (seed, i) only,
+  so a resumed run sees the batches an uninterrupted run would have seen.
+The augmentations (random translation with reflect padding, horizontal flip, cutout) draw from
+the same distributions as research.input_pipeline's: translation offsets uniform in
+[-padding, padding] on each axis, flips with probability 1/2, cutout centres uniform over the
+image (tests/research/test_device_input.py checks both against each other). The random
+streams differ (JAX's threefry here, TensorFlow's Philox there).
+
+No TensorFlow here: with research.arrays it trains from image folders or idx files alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from research.configs import Config, uses_flip
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What the train step does to each image (static: hashable, part of the compiled step)."""
+
+    crop_padding: int = 0
+    flip: bool = False
+    cutout: int = 0
+    fill: tuple[int, ...] = (0,)  # cutout's value per channel (the dataset's rounded mean)
+
+    @classmethod
+    def from_config(cls, config: Config, mean: Sequence[float]) -> Augmentation:
+        return cls(
+            crop_padding=config.crop_padding,
+            flip=uses_flip(config),
+            cutout=config.cutout,
+            fill=tuple(int(round(m)) for m in mean),
+        )
+
+
+def _augment_one(image: jax.Array, key: jax.Array, aug: Augmentation) -> jax.Array:
+    translate_key, flip_key, cutout_key = jax.random.split(key, 3)
+    h, w, c = image.shape
+    if aug.crop_padding > 0:
+        p = aug.crop_padding
+        padded = jnp.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect")
+        offsets = jax.random.randint(translate_key, (2,), 0, 2 * p + 1)
+        image = lax.dynamic_slice(padded, (offsets[0], offsets[1], 0), (h, w, c))
+    if aug.flip:
+        image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    if aug.cutout > 0:
+        centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([h, w]))
+        rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+        inside = (jnp.abs(rows - centre[0]) * 2 < aug.cutout) & (
+            jnp.abs(cols - centre[1]) * 2 < aug.cutout
+        )
+        fill = jnp.asarray(aug.fill, image.dtype)
+        image = jnp.where(inside[:, :, None], fill, image)
+    return image
+
+
+def example_keys(seed: int | jax.Array, positions: jax.Array) -> jax.Array:
+    """One key per stream position: a function of (seed, position) only."""
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(positions)
+
+
+def augment(images: jax.Array, keys: jax.Array, aug: Augmentation) -> jax.Array:
+    """Augments uint8 images [B, H, W, C], image b with keys[b]; uint8 out."""
+    return jax.vmap(functools.partial(_augment_one, aug=aug))(images, keys)
+
+
+def gather_batch(
+    images: jax.Array,
+    labels: jax.Array,
+    indices: jax.Array,
+    positions: jax.Array,
+    seed: int | jax.Array,
+    aug: Augmentation,
+) -> dict[str, jax.Array]:
+    """The augmented batch of examples `indices` at stream `positions` (inside a jit)."""
+    batch = jnp.take(images, indices, axis=0)
+    return {"image": augment(batch, example_keys(seed, positions), aug), "label": labels[indices]}
+
+
+class EpochOrder:
+    """Which examples step s trains on: the seeded permutation of its epoch, in whole batches."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {num_examples} training examples"
+            )
+        self._epoch, self._permutation = -1, np.arange(0)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch, self._permutation = epoch, rng.permutation(self.num_examples)
+        return self._permutation
+
+    def step(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(example indices, stream positions), int32 [batch_size] each, of `step`."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        start = within * self.batch_size
+        indices = self.permutation(epoch)[start : start + self.batch_size]
+        positions = step * self.batch_size + np.arange(self.batch_size)
+        return indices.astype(np.int32), positions.astype(np.int32)
