@@ -218,7 +218,7 @@ CLASSIFIER_TOP_K = 5
 # of at most CLASSIFIER_MAX_BATCH images (a compiled batch size; 0 turns batching off); the
 # request that leads a batch waits up to CLASSIFIER_BATCH_WAIT_MS for others, never when it
 # finds the model idle.
-CLASSIFIER_MAX_BATCH = read_env_int("DJANGO_CLASSIFIER_MAX_BATCH", 32)
+CLASSIFIER_MAX_BATCH = read_env_int("DJANGO_CLASSIFIER_MAX_BATCH", 8)
 CLASSIFIER_BATCH_WAIT_MS = read_env_int("DJANGO_CLASSIFIER_BATCH_WAIT_MS", 2)
 # /metrics (uploads.metrics) answers only `Authorization: Bearer <METRICS_TOKEN>` or a client
 # address in METRICS_ALLOW (addresses or networks); with neither it does not exist.
