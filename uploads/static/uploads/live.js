@@ -111,8 +111,9 @@
       workspace.classList.toggle("has-answer", visible);
     }
 
-    function classify(blob, heading, continuous) {
-      var began = performance.now();
+    // began: when the frame was taken (performance.now()), so the round trip counts encoding too.
+    function classify(blob, heading, continuous, began) {
+      began = began || performance.now();
       return post(classifyUrl, blob, "frame." + (blob.type === "image/png" ? "png" : "jpg")).then(
         function (answer) {
           var ms = performance.now() - began;
@@ -224,9 +225,10 @@
         timer = null;
         if (!running || inFlight) return;
         inFlight = true;
+        var began = performance.now();
         grabFrame(CAMERA_MAX_SIDE, "image/jpeg", 0.85).then(function (blob) {
           if (!blob) return null;
-          return classify(blob, "The camera sees", true);
+          return classify(blob, "The camera sees", true, began);
         }).then(function () {
           inFlight = false;
           showError("", "camera");
