@@ -236,7 +236,9 @@
         }, function (error) {
           inFlight = false;
           var wait = error.retryAfter ? error.retryAfter * 1000 : 1000;
-          showError(error.message + (error.retryAfter ? " Resuming in " + error.retryAfter + " s." : ""), "camera");
+          showError(error.retryAfter
+            ? "Paused: too many requests from this address. The camera resumes in " + error.retryAfter + " s."
+            : error.message, "camera");
           if (running) timer = window.setTimeout(loop, wait);
         });
       }
