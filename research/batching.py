@@ -73,6 +73,57 @@ def take_rows(result: Any, start: int, stop: int) -> Any:
     raise TypeError(f"Cannot take rows of a {type(result).__name__}")
 
 
+def concat_rows(results: Sequence[Any]) -> Any:
+    """The inverse of take_rows: results of consecutive row ranges joined into one."""
+    first = results[0]
+    if len(results) == 1:
+        return first
+    if isinstance(first, np.ndarray):
+        return np.concatenate(results)
+    if isinstance(first, tuple | list):
+        return type(first)(concat_rows(parts) for parts in zip(*results, strict=True))
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        changes = {
+            field.name: np.concatenate([getattr(result, field.name) for result in results])
+            for field in dataclasses.fields(first)
+            if isinstance(getattr(first, field.name), np.ndarray)
+        }
+        return dataclasses.replace(first, **changes)
+    raise TypeError(f"Cannot join rows of a {type(first).__name__}")
+
+
+def bucket_chunks(rows: int, buckets: Sequence[int], min_fill: float = 0.75) -> list[int]:
+    """Sizes of the calls that cover `rows` rows with little padding: as many full calls of
+    the largest bucket that fits as possible, then the same for what is left; a remainder
+    that fills at least `min_fill` of the next bucket up is one padded call, else calls of
+    one row each (on a CPU a call's cost grows with its padded size: 2 rows padded to 8 cost
+    about 5 single calls)."""
+    buckets = sorted(buckets)
+    sizes = []
+    while rows:
+        fitting = [b for b in buckets if b <= rows]
+        largest = fitting[-1] if fitting else 0
+        above = next((b for b in buckets if b > rows), None)
+        if above is not None and rows >= min_fill * above:
+            sizes.append(rows)  # padded up to `above` by the runner
+            break
+        if largest <= 1:
+            sizes.extend([1] * rows)
+            break
+        sizes.append(largest)
+        rows -= largest
+    return sizes
+
+
+def run_in_buckets(run: Callable[[np.ndarray], R], batch: np.ndarray, buckets: Sequence[int]) -> R:
+    """`run(batch)` as calls of the sizes bucket_chunks picks, joined."""
+    sizes = bucket_chunks(len(batch), buckets)
+    if len(sizes) <= 1:
+        return run(batch)
+    starts = np.cumsum([0, *sizes])
+    return concat_rows([run(batch[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)])
+
+
 @dataclasses.dataclass(eq=False)
 class _Request:
     inputs: np.ndarray

@@ -6,6 +6,7 @@ same research.inference.Classifier instance then serves every thread of the proc
 """
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 from django.conf import settings
 
 from research import model_dir  # JAX-free: reads model directories without loading a model
-from research.batching import Batcher
+from research.batching import Batcher, run_in_buckets
 from research.configs import dataset_title
 from research.record import ServingRecord
 from uploads import metrics
@@ -163,13 +164,20 @@ def get_batcher(name: str) -> Batcher:
         batcher = _batchers.get(key)
         if batcher is None:
             batcher = Batcher(
-                classifier.classify_arrays,
+                functools.partial(_classify_in_buckets, classifier),
                 max_batch=_max_batch(),
                 max_wait_s=max(0, settings.CLASSIFIER_BATCH_WAIT_MS) / 1000,
                 on_batch=metrics.observe_batch(name),
             )
             _batchers[key] = batcher
     return batcher
+
+
+def _classify_in_buckets(classifier, batch):
+    """classify_arrays in calls of compiled sizes with little padding (run_in_buckets)."""
+    from research.inference import BATCH_BUCKETS
+
+    return run_in_buckets(classifier.classify_arrays, batch, BATCH_BUCKETS)
 
 
 def _max_batch() -> int:

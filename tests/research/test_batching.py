@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.batching import Batcher, BatchReport, take_rows
+from research.batching import Batcher, BatchReport, bucket_chunks, run_in_buckets, take_rows
 from research.inference import Classifier
 
 
@@ -202,3 +202,23 @@ def test_concurrent_classifications_equal_unbatched_ones(tiny_model_dir: Path):
     assert sum(report.rows for report in reports) == sum(len(batch) for batch in inputs)
     assert all(report.rows <= 8 or report.requests == 1 for report in reports)
     assert any(report.requests > 1 for report in reports)
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes"),
+    [(1, [1]), (3, [1, 1, 1]), (6, [6]), (8, [8]), (9, [8, 1]), (14, [8, 6]), (40, [32, 8])],
+)
+def test_bucket_chunks_pad_only_a_nearly_full_bucket(rows, sizes):
+    """Rows go in full buckets; a remainder is padded only when it nearly fills one."""
+    assert bucket_chunks(rows, (1, 8, 32, 128)) == sizes
+
+
+def test_run_in_buckets_equals_one_call(tiny_model_dir: Path):
+    """Classifying 13 images as calls of 8, 1, 1, 1, 1, 1 gives what one call gives."""
+    classifier = Classifier.load(tiny_model_dir)
+    batch = np.random.default_rng(2).integers(0, 256, (13, 32, 32, 3), dtype=np.uint8)
+    joined = run_in_buckets(classifier.classify_arrays, batch, (1, 8, 32, 128))
+    whole = classifier.classify_arrays(batch)
+    np.testing.assert_allclose(joined.probs, whole.probs, atol=1e-6)
+    np.testing.assert_allclose(joined.scores, whole.scores, atol=1e-5, rtol=1e-6)
+    np.testing.assert_array_equal(joined.unknown, whole.unknown)
