@@ -113,6 +113,7 @@ class Robustness:
     columns: list[str]
     rows: list[list[str]]
     note: str = ""
+    html: SafeString | None = None  # research.robustness's own markdown table, rendered
 
 
 @dataclass
@@ -263,8 +264,9 @@ def confusion_cell(*, name: str, true: int, predicted: int) -> CellPage:
 
 def read_robustness(name: str) -> Robustness | None:
     """The corruption table of robustness.json beside the model (research.robustness), as
-    text cells, or None when the model has none. Reads a list of row objects (under "rows",
-    "table", "results" or "corruptions", or the file itself) or an object of objects."""
+    text cells, or None when the model has none. Reads research.robustness's record (its
+    markdown "table", rendered escaped), else a list of row objects (under "rows", "table",
+    "results" or "corruptions", or the file itself) or an object of objects."""
     path = classifiers.get_model_dir(name) / ROBUSTNESS_FILE
     if not path.is_file():
         return None
@@ -275,6 +277,12 @@ def read_robustness(name: str) -> Robustness | None:
         return None
     note = ""
     rows: Any = data
+    if isinstance(data, dict) and isinstance(data.get("table"), str):  # research.robustness
+        note = (
+            f"Accuracy on {data.get('count', '?')} images of the {data.get('split', '?')} "
+            "split, each corrupted by every corruption at the severities shown."
+        )
+        return Robustness(columns=[], rows=[], note=note, html=render_markdown(data["table"]))
     if isinstance(data, dict):
         note = str(data.get("note") or data.get("description") or "")
         rows = next(

@@ -190,6 +190,22 @@ def test_robustness_table_is_shown_when_the_model_has_one(client, reported):
     assert "gaussian_noise" in html and "50.00%" in html and "data-no-robustness" not in html
 
 
+@pytest.mark.django_db
+def test_robustness_records_markdown_table_is_rendered_escaped(client, reported):
+    """research.robustness's record: its markdown table becomes an HTML table, escaped."""
+    path = reported / model_pages.ROBUSTNESS_FILE
+    path.write_text(
+        '{"split": "validation", "count": 100, "table": "| corruption | severity 3 |\\n'
+        '|---|---:|\\n| fog <b>x</b> | 61.00% |\\n| **mean** | **61.00%** |"}'
+    )
+    try:
+        html = client.get(model_url()).content.decode()
+    finally:
+        path.unlink()
+    assert "<td>fog &lt;b&gt;x&lt;/b&gt;</td>" in html and "<strong>61.00%</strong>" in html
+    assert "100 images of the validation split" in html
+
+
 def test_markdown_renderer_escapes_html_and_keeps_only_http_links():
     """Card Markdown renders headings, tables and code; raw HTML and javascript: links do not
     survive."""
