@@ -44,9 +44,10 @@ NORM = "batch norm (statistics, normalize)"
 ACT = "elementwise / activation"
 MOVE = "pad / concat / slice / copy (im2col)"
 POOL = "pooling"
+CONVERT = "dtype conversion"
 OPT = "optimizer update"
 OTHER = "other (loss, metrics, ...)"
-CLASSES = (CONV, NORM, ACT, MOVE, POOL, OPT, OTHER)
+CLASSES = (CONV, NORM, ACT, MOVE, POOL, CONVERT, OPT, OTHER)
 
 # HLO opcodes that only move or lay out data.
 MOVE_OPCODES = {
@@ -118,6 +119,8 @@ def classify(ins: Instruction) -> str:
         return OPT
     if ops & {"dot", "convolution"} or ins.primitive in {"dot_general", "conv_general_dilated"}:
         return CONV
+    if "convert" in ops and not (ops - MOVE_OPCODES - STRUCTURAL_OPCODES - {"convert"}):
+        return CONVERT  # bf16 <-> f32 casts, alone or with a slice or copy
     if any(part in file for part in OTHER_FILES) or function in OTHER_FUNCTIONS:
         return OTHER
     if (
@@ -135,6 +138,8 @@ def classify(ins: Instruction) -> str:
     moves_only = not (ops - MOVE_OPCODES - STRUCTURAL_OPCODES)
     if moves_only or ins.primitive in MOVE_PRIMITIVES or function.startswith("conv2d"):
         return MOVE
+    if not ins.op_name and ops & {"concatenate", "copy", "pad", "slice", "transpose"}:
+        return MOVE  # XLA's own instructions (no JAX op name) that shift or lay out data
     if "reduce" in ops or ins.primitive.startswith("reduce") or not ins.op_name:
         return OTHER
     return ACT
