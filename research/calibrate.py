@@ -27,6 +27,7 @@ the fitting images. Writes calibration.json and reliability.png to --out (defaul
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -63,11 +64,14 @@ def load_arrays(
     data_dir: str | None,
     limit: int | None = None,
     source: str | None = None,
+    validation_per_class: int = arrays.DEFAULT_VALIDATION_PER_CLASS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, H, W, C], int labels [N]) of a split in its fixed order: from the
     prepared tfds dataset, or without TensorFlow from `source` (research.arrays)."""
     if source is not None:
-        loaded = arrays.load_split(dataset, split, source)
+        loaded = arrays.load_split(
+            dataset, split, source, validation_per_class=validation_per_class
+        )
         keep = np.arange(len(loaded))
         if limit and limit < len(keep):  # folders are stored class by class: sample them
             keep = np.sort(np.random.default_rng(SEED).choice(len(keep), limit, replace=False))
@@ -300,7 +304,6 @@ def fit_and_store(
     data_dir: str | None = None,
     score: str = TRAINING_SCORE,
     train_images: int = 5000,
-    source: str | None = None,
 ) -> dict[str, Any]:
     """Fits the temperature and the `score` threshold (95% accepted) on the whole validation
     split and stores them in the record of the step research.model_dir picks (with the feature
@@ -308,16 +311,17 @@ def fit_and_store(
     sets and no report: research.train calls this after training; the command measures."""
     directory, step, record = model_dir.pick_checkpoint(path)
     clf = Classifier.load(path)
-    images, labels = load_arrays(record.dataset, "validation", data_dir, source=source)
+    source = record.config.get("data_source")  # None: the prepared tfds dataset
+    held_out = record.config.get("validation_per_class", arrays.DEFAULT_VALIDATION_PER_CLASS)
+    read = functools.partial(load_arrays, source=source, validation_per_class=held_out)
+    images, labels = read(record.dataset, "validation", data_dir)
     logits, features, stages = clf.outputs_arrays(images)
     temperature = calibration.fit_temperature(logits, labels)
     stats = None
     needed = calibration.needed_statistics(score)
     if needed:
         train_split = record.config.get("train_split") or "train"
-        train, train_labels = load_arrays(
-            record.dataset, train_split, data_dir, train_images, source=source
-        )
+        train, train_labels = read(record.dataset, train_split, data_dir, train_images)
         _, train_features, train_stages = clf.outputs_arrays(train)
         stats = calibration.fit_feature_statistics(
             train_features, train_labels, record.num_classes

@@ -178,6 +178,8 @@ class Config:
     # --input=device only: read the data without TensorFlow from an image folder, a .tar.gz of
     # one, or a folder of idx files (research.arrays); None: the prepared tfds dataset
     data_source: str | None = None
+    validation_per_class: int = 500  # data_source without a validation split: the last N of
+    # each class (by file name) are held out, as `python -m research.data import-folder` does
     mean: tuple[float, ...] | None = None  # None: the DatasetSpec's, else measured on train
     std: tuple[float, ...] | None = None
     # Augmentation, training split only.

@@ -86,7 +86,11 @@ def _device_data(config: Config) -> RunData:
 
     def load(split: str) -> ArraySplit:
         return arrays.load_split(
-            config.dataset, split, config.data_source, data_dir=config.data_dir
+            config.dataset,
+            split,
+            config.data_source,
+            data_dir=config.data_dir,
+            validation_per_class=config.validation_per_class,
         )
 
     train = load(config.train_split)

@@ -354,9 +354,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         if data.eval_split == "validation":  # calibrate on it; a test split is never fitted on
             from research import calibrate
 
-            result["calibration"] = calibrate.fit_and_store(
-                workdir, data_dir=config.data_dir, source=config.data_source
-            )
+            result["calibration"] = calibrate.fit_and_store(workdir, data_dir=config.data_dir)
             print(
                 f"Calibrated on validation: temperature {result['calibration']['temperature']:.3f}"
                 f", '{result['calibration']['unknown_score']}' unknown threshold "
