@@ -24,9 +24,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
+
+disable_created_metrics()  # no `_created` series beside every counter: half the scrape
 
 REQUESTS = Counter(
     "classifier_http_requests_total",
