@@ -104,6 +104,13 @@ class ClientRateThrottle(AnonRateThrottle):
         return request.META.get("REMOTE_ADDR", "") or "unknown"
 
 
+class LiveRateThrottle(ClientRateThrottle):
+    """A rate of its own for POST /api/classify, which stores nothing and which a live camera
+    calls several times a second (DJANGO_LIVE_THROTTLE_RATE, default 900/min: 15 frames/s)."""
+
+    scope = "live"
+
+
 def throttle_wait(request) -> int | None:
     """Count one request of this client against the rate (for views outside DRF); None when
     allowed, else the whole seconds to wait before the next one."""

@@ -31,6 +31,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from classifier_site.middleware import LiveRateThrottle
 from uploads import classifiers, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.images import UploadRejected
@@ -162,13 +163,15 @@ class ClassifyView(APIView):
 
     http_method_names = ["post"]
     parser_classes = [MultiPartParser, FormParser]
+    throttle_classes = [LiveRateThrottle]  # a rate of its own: frames come several a second
 
     @extend_schema(
         operation_id="classify",
         summary="Classify one image without storing it",
         description="The same fields as POST /api/predict (image, model, top_k) and the same "
         "answer, but no row and no file are kept, so the answer has no id, image URL or share "
-        "link. Made for classifying camera frames continuously; throttled like every endpoint.",
+        "link. Made for classifying camera frames continuously; throttled per client at its own "
+        "rate (900 a minute by default).",
         request={"multipart/form-data": PredictRequestSerializer},
         responses={
             200: ClassificationSerializer,

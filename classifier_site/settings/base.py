@@ -7,7 +7,8 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_CLASSIFIER_DEFAULT_MODEL, DJANGO_UPLOAD_MAX_BYTES, DJANGO_UPLOAD_MAX_PIXELS,
     DJANGO_UPLOAD_MAX_REQUEST_PIXELS, DJANGO_UPLOAD_MAX_CONCURRENT_DECODES,
     DJANGO_UPLOAD_STORED_MAX_SIDE, DJANGO_UPLOAD_MAX_FILES, DJANGO_JAX_CACHE_DIR (empty: off),
-    DJANGO_API_THROTTLE_RATE, DJANGO_TRUSTED_PROXIES (comma-separated addresses or networks),
+    DJANGO_API_THROTTLE_RATE, DJANGO_LIVE_THROTTLE_RATE (POST /api/classify),
+    DJANGO_TRUSTED_PROXIES (comma-separated addresses or networks),
     DJANGO_UPLOAD_RETENTION_DAYS (empty: keep forever), DJANGO_LOG_LEVEL,
     DJANGO_CLASSIFIER_MAX_BATCH, DJANGO_CLASSIFIER_BATCH_WAIT_MS, DJANGO_METRICS_TOKEN,
     DJANGO_METRICS_ALLOW (comma-separated addresses or networks).
@@ -254,7 +255,10 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "DEFAULT_THROTTLE_CLASSES": ["classifier_site.middleware.ClientRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"anon": os.environ.get("DJANGO_API_THROTTLE_RATE", "120/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("DJANGO_API_THROTTLE_RATE", "120/min"),
+        "live": os.environ.get("DJANGO_LIVE_THROTTLE_RATE", "900/min"),  # /api/classify
+    },
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "uploads.api.handle_exception",
 }

@@ -42,8 +42,9 @@ def stranger() -> Client:
 def rate(monkeypatch):
     """Set the per-client rate for one test: rate('1/min')."""
 
-    def set_rate(value: str) -> None:
-        monkeypatch.setattr(ClientRateThrottle, "THROTTLE_RATES", {"anon": value})
+    def set_rate(value: str, live: str | None = None) -> None:
+        rates = {"anon": value, "live": live or value}  # live: POST /api/classify's own
+        monkeypatch.setattr(ClientRateThrottle, "THROTTLE_RATES", rates)
 
     cache.clear()
     yield set_rate
@@ -268,11 +269,14 @@ def test_classify_refuses_bad_input_with_4xx_and_stores_nothing(client, media_fi
     assert (Upload.objects.count(), media_files()) == (0, [])
 
 
-def test_classify_is_throttled_like_the_rest(client, upload_file, rate):
-    """Past the per-client rate, /api/classify answers 429 with Retry-After."""
-    rate("1/min")
+def test_classify_is_throttled_at_its_own_live_rate(client, upload_file, rate):
+    """/api/classify (a camera's frames) counts against its own per-client rate, not the
+    uploads' one; past it, 429 with Retry-After."""
+    rate("1/min", live="2/min")
     url = reverse("uploads:api-classify")
-    assert client.post(url, {"image": upload_file()}).status_code == 200
+    assert client.post(reverse("uploads:api-predict"), {"image": upload_file()}).status_code == 201
+    for _ in range(2):
+        assert client.post(url, {"image": upload_file()}).status_code == 200
     refused = client.post(url, {"image": upload_file()})
     assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
 
