@@ -126,7 +126,7 @@ def classify(ins: Instruction) -> str:
     if (
         "pool" in function
         or ins.primitive in POOL_PRIMITIVES
-        or ops & {"reduce-window", "select-and-scatter"}
+        or (ins.op_name and ops & {"reduce-window", "select-and-scatter"})
     ):
         return POOL
     if ins.primitive == "add_any" and ops & {"pad", "slice"}:
