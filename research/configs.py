@@ -186,6 +186,9 @@ class Config:
     crop_padding: int = 4  # random translation by up to this many pixels (reflect padding)
     flip: bool | None = None  # None: the DatasetSpec's (True for unknown datasets)
     cutout: int = 0  # side of a random square set to the mean; 0 disables it
+    # Robustness to noise, blur, compression and light (research.augment), applied inside the
+    # device-resident step (--input=device): 'none', 'trivial' or 'augmix'
+    robust_augment: str = "none"
     # Model.
     model: str = "airbench"  # one of MODELS
     widths: tuple[int, ...] = (64, 256, 256)  # channels of the three conv blocks

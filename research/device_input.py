@@ -28,7 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research import augment as robust
 from research.configs import Config, uses_flip
+
+# Config.robust_augment -> the research.augment policy the step applies after the geometric
+# augmentations ('none': nothing).
+ROBUST_POLICIES = {
+    "none": None,
+    "trivial": robust.AugmentPolicy(),  # one operation per augmented image (TrivialAugment)
+    "augmix": robust.AugmentPolicy(chains=3),  # AugMix: three mixed chains
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +48,21 @@ class Augmentation:
     flip: bool = False
     cutout: int = 0
     fill: tuple[int, ...] = (0,)  # cutout's value per channel (the dataset's rounded mean)
+    robust: robust.AugmentPolicy | None = None  # noise, blur, JPEG, light: research.augment
 
     @classmethod
     def from_config(cls, config: Config, mean: Sequence[float]) -> Augmentation:
+        if config.robust_augment not in ROBUST_POLICIES:
+            raise ValueError(
+                f"Unknown robust_augment {config.robust_augment!r}; choose one of "
+                f"{', '.join(ROBUST_POLICIES)}"
+            )
         return cls(
             crop_padding=config.crop_padding,
             flip=uses_flip(config),
             cutout=config.cutout,
             fill=tuple(int(round(m)) for m in mean),
+            robust=ROBUST_POLICIES[config.robust_augment],
         )
 
 
@@ -78,8 +94,13 @@ def example_keys(seed: int | jax.Array, positions: jax.Array) -> jax.Array:
 
 
 def augment(images: jax.Array, keys: jax.Array, aug: Augmentation) -> jax.Array:
-    """Augments uint8 images [B, H, W, C], image b with keys[b]; uint8 out."""
-    return jax.vmap(functools.partial(_augment_one, aug=aug))(images, keys)
+    """Augments uint8 images [B, H, W, C], image b with keys[b]: uint8 out, or float32 in
+    [0, 255] with a robust policy (which the model normalizes like uint8)."""
+    images = jax.vmap(functools.partial(_augment_one, aug=aug))(images, keys)
+    if aug.robust is None:
+        return images
+    robust_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
+    return robust.augment_batch(images, robust_keys, aug.robust)
 
 
 def gather_batch(

@@ -263,3 +263,20 @@ def test_mixed_dot_gradient_matches_the_float32_product_of_the_rounded_operands(
     assert dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(dx, np.float32), np.asarray(rx), rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(np.asarray(dk), np.asarray(rk), rtol=2e-2, atol=5e-2)
+
+
+def test_robust_policy_is_applied_in_the_device_step_only(color_dataset, tmp_path):
+    """--robust_augment changes the device batches (float 0..255 out, deterministic per
+    position) and is refused in the tf.data mode, which cannot apply it."""
+    images = jnp.asarray(_probe_images(6))
+    keys = device_input.example_keys(0, jnp.arange(6))
+    plain = device_input.Augmentation(crop_padding=2, flip=True)
+    policy = device_input.ROBUST_POLICIES["trivial"].__class__(probability=1.0)
+    robust = device_input.Augmentation(crop_padding=2, flip=True, robust=policy)
+    a, b = device_input.augment(images, keys, robust), device_input.augment(images, keys, robust)
+    base = device_input.augment(images, keys, plain)
+    assert a.dtype == jnp.float32 and float(a.min()) >= 0 and float(a.max()) <= 255
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(a), np.asarray(base, np.float32))
+    with pytest.raises(ValueError, match="--input=device"):
+        train.train_and_evaluate(_config(color_dataset, robust_augment="trivial"), tmp_path)
