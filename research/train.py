@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research import checkpoints, configs, models
+from research import checkpoints, configs, distributed, models
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
@@ -95,8 +95,10 @@ def evaluate_model(
     confusion = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, count = 0.0, 0
     for batch in batches:
-        images = batch["image"] if sharding is None else jax.device_put(batch["image"], sharding)
-        log_probs = np.asarray(eval_step(model, images, flip_tta, temperature))
+        images = batch["image"]
+        if sharding is not None:
+            images = distributed.put_replicated_batch(images, sharding)
+        log_probs = distributed.to_host(eval_step(model, images, flip_tta, temperature))
         mask, labels = batch["mask"], batch["label"]
         log_probs, labels = log_probs[mask], labels[mask]
         loss_sum -= float(log_probs[np.arange(len(labels)), labels].sum(dtype=np.float64))
@@ -175,16 +177,15 @@ def create_train_state(
     steps_per_epoch: int,
     whitening_images: Callable[[], np.ndarray] | None = None,
 ) -> TrainState:
-    """The model, optimizer, metrics and lookahead of `config`, replicated over the local
-    devices and restored from the latest checkpoint in `workdir` when it holds one.
+    """The model, optimizer, metrics and lookahead of `config`, replicated over every
+    process's devices and restored from the latest checkpoint in `workdir` when it holds one.
 
     A fresh airbench stem is whitened on `whitening_images()` (uint8 training images; None
     leaves it random). `workdir=None` keeps no checkpoints, as the speed benchmark does.
     """
-    devices = jax.local_devices()
-    if config.batch_size % len(devices):
-        raise ValueError(f"batch_size {config.batch_size} must divide over {len(devices)} devices")
-    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    mesh = distributed.global_mesh()
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size {config.batch_size} must divide over {mesh.size} devices")
     model = models.create_model(
         config,
         num_classes=num_classes,
@@ -298,16 +299,21 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     )
     eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
     evaluate = functools.partial(_evaluate, config, state, eval_ds, num_classes, eval_split)
-    summary = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-    train_iter = input_pipeline.create_train_iterator(config, mean=mean, start_step=start_step)
-    print(_run_line(config, info, eval_split, train_examples, state, steps), flush=True)
+    main_process = distributed.is_main_process()  # the one that logs and writes results
+    summary = tf.summary.create_file_writer(str(workdir / "tensorboard")) if main_process else None
+    rows = distributed.process_rows(state.data_sharding, config.batch_size)
+    train_iter = input_pipeline.create_train_iterator(
+        config, mean=mean, start_step=start_step, rows=rows
+    )
+    if main_process:
+        print(_run_line(config, info, eval_split, train_examples, state, steps), flush=True)
     result: dict[str, Any] = {"step": start_step}
     pending: list[tuple[int, jax.Array]] = []  # losses not yet checked for NaN
     eval_metrics: dict[str, Any] | None = None
     started = time.time()
     with _StopRequest() as stop, _progress(start_step, steps.total) as bar:
         for step in range(start_step, steps.total):
-            batch = jax.device_put(next(train_iter), state.data_sharding)
+            batch = distributed.put_batch(next(train_iter), state.data_sharding)
             if step == start_step:
                 bar.set_description("compiling", refresh=False)
                 log.info("Compiling the train step...")
@@ -325,8 +331,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 train_metrics = state.take_metrics()
                 eval_metrics = evaluate()
                 elapsed = time.time() - started
-                bar.write(_epoch_line(done, steps, train_metrics, eval_metrics, elapsed))
-                _write_scalars(summary, done, train_metrics, eval_metrics)
+                if main_process:
+                    bar.write(_epoch_line(done, steps, train_metrics, eval_metrics, elapsed))
+                    _write_scalars(summary, done, train_metrics, eval_metrics)
                 scalars = _scalar_metrics(eval_metrics, train_metrics, elapsed)
                 state.save(record(step=done, metrics=scalars))
             elif done % config.checkpoint_every_steps == 0 or stop.signal:
@@ -345,19 +352,24 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         eval=eval_metrics,
     )
     if stop.signal:
-        print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
+        if main_process:
+            print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
     else:
+        # Every process calibrates (Orbax restores in step across processes; each computes and
+        # atomically writes the same record); process 0 reports.
         if eval_split == "validation":  # calibrate on it; a test split is never fitted on
             from research import calibrate
 
             result["calibration"] = calibrate.fit_and_store(workdir, data_dir=config.data_dir)
+        if main_process and "calibration" in result:
             print(
                 f"Calibrated on validation: temperature {result['calibration']['temperature']:.3f}"
                 f", '{result['calibration']['unknown_score']}' unknown threshold "
                 f"{result['calibration']['unknown_threshold']:.4f}",
                 flush=True,
             )
-        (workdir / "results.json").write_text(json.dumps(result, indent=2))
+        if main_process:
+            (workdir / "results.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -378,7 +390,7 @@ def _evaluate(
 
 def _run_line(config, info, eval_split, train_examples, state, steps) -> str:
     """What the run trains, on what, for how long: printed once at the start."""
-    devices = jax.local_devices()
+    devices = jax.devices()
     return (
         f"{config.dataset}: {train_examples} train / {info.splits.get(eval_split, '?')} "
         f"{eval_split} examples, {len(info.class_names)} classes, {config.model} "
@@ -472,6 +484,7 @@ class _progress:
             dynamic_ncols=True,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
             file=sys.stderr,
+            disable=not distributed.is_main_process(),
         )
 
     def __enter__(self):
@@ -508,6 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workdir", help="checkpoints, TensorBoard logs and results (default: workdirs/<dataset>)"
     )
+    cluster = parser.add_argument_group(
+        "several processes (jax.distributed; each defaults to its environment variable)"
+    )
+    cluster.add_argument(
+        "--coordinator_address",
+        help=f"host:port of process 0, or 'auto' to detect a TPU pod or SLURM/MPI job "
+        f"(${distributed.ENV_ADDRESS})",
+    )
+    cluster.add_argument("--num_processes", type=int, help=f"(${distributed.ENV_COUNT})")
+    cluster.add_argument(
+        "--process_id", type=int, help=f"0..num_processes-1 (${distributed.ENV_ID})"
+    )
     for field in dataclasses.fields(Config):
         annotation = str(field.type)
         parser.add_argument(
@@ -527,7 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     workdir = args.pop("workdir", None)
     dataset = args.pop("dataset", "cifar10")
+    cluster = [args.pop(name) for name in ("coordinator_address", "num_processes", "process_id")]
     try:
+        distributed.initialize(distributed.ProcessGroup.from_flags(*cluster))
+        if not distributed.is_main_process():  # process 0 reports; the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
         config = configs.get_config(dataset, **args)
         result = train_and_evaluate(config, workdir or Path("workdirs") / dataset)
     except (DataNotFoundError, ValueError, NonFiniteLossError) as error:
@@ -536,11 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     if result["interrupted"]:
         return 130
     accuracy = result["eval"]["accuracy"] if result["eval"] else float("nan")
-    print(
-        f"done: {result['eval']['split'] if result['eval'] else 'eval'} accuracy "
-        f"{accuracy:.4f} after {result['step']} steps ({result['wall_seconds']:.0f}s)",
-        flush=True,
-    )
+    if distributed.is_main_process():
+        print(
+            f"done: {result['eval']['split'] if result['eval'] else 'eval'} accuracy "
+            f"{accuracy:.4f} after {result['step']} steps ({result['wall_seconds']:.0f}s)",
+            flush=True,
+        )
     return 0
 
 
