@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
@@ -151,6 +152,25 @@ def put_replicated_batch(full: np.ndarray, sharding: NamedSharding) -> jax.Array
     if jax.process_count() == 1:
         return jax.device_put(full, sharding)
     return jax.make_array_from_process_local_data(sharding, full, full.shape)
+
+
+def replicate(tree: Any, sharding: NamedSharding) -> Any:
+    """`tree` (the same values in every process) -> a copy on every device of `sharding`.
+
+    With several processes the values go through host memory: `jax.device_put` of an array
+    already committed to a local device (as restored from a checkpoint) would be a cross-host
+    transfer, which the CPU backend does not do.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
+
+
+def _replicate_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _replicate_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), sharding)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

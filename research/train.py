@@ -213,7 +213,7 @@ def create_train_state(
     replicated = NamedSharding(mesh, P())
     _replicate(replicated, model, opt, metrics)
     if lookahead is not None:
-        lookahead.ema = jax.device_put(lookahead.ema, replicated)
+        lookahead.ema = distributed.replicate(lookahead.ema, replicated)
     return TrainState(
         model=model,
         opt=opt,
@@ -229,7 +229,7 @@ def create_train_state(
 def _replicate(sharding: NamedSharding, *nodes: Any) -> None:
     """One sharding for every state, so the jitted steps compile once."""
     for node in nodes:
-        nnx.update(node, jax.device_put(nnx.state(node), sharding))
+        nnx.update(node, distributed.replicate(nnx.state(node), sharding))
 
 
 def _normalization(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
