@@ -78,12 +78,14 @@ def create_train_iterator(
     *,
     mean: tuple[float, ...],
     start_step: int = 0,
+    rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless iterator of {'image': uint8 [B,H,W,C], 'label': int32 [B]} training batches.
 
     Each epoch is a fresh seeded permutation cut to whole batches; element i of the stream is
     augmented with the seed (config.seed, i). So `start_step` resumes exactly where an
-    uninterrupted run would be.
+    uninterrupted run would be. `rows=(start, stop)` keeps only those rows of each global
+    batch, picked before augmentation: each of several processes reads its own part.
     """
     ds = datasets.load_split(config.dataset, config.train_split, config.data_dir).cache()
     num_examples = _count(ds)
@@ -105,8 +107,13 @@ def create_train_iterator(
     # shuffle (and so the cache) to its end; take() would leave the cache unfilled.
     ds = ds.batch(config.batch_size, drop_remainder=True).unbatch()
     ds = ds.repeat().enumerate().skip(start_step * config.batch_size)
+    start, stop = rows or (0, config.batch_size)
+    if (start, stop) != (0, config.batch_size):
+        ds = ds.filter(
+            lambda i, _: (i % config.batch_size >= start) & (i % config.batch_size < stop)
+        )
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(stop - start, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
 
 

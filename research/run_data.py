@@ -35,7 +35,8 @@ class RunData:
     eval_batches: Callable[[int], Iterable[dict[str, np.ndarray]]]  # batch size -> padded
     whitening_images: Callable[[], np.ndarray]
     train_arrays: ArraySplit | None = None  # 'device' mode
-    train_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]] | None = None  # 'tfdata'
+    # 'tfdata': (start step, this process's rows of each batch or None) -> host batches
+    train_iterator: Callable[..., Iterator[dict[str, np.ndarray]]] | None = None
 
 
 def load_run_data(config: Config, mean: tuple[float, ...]) -> RunData:
@@ -79,8 +80,8 @@ def _tfdata_data(config: Config, mean: tuple[float, ...]) -> RunData:
         eval_examples=info.splits.get(eval_split),
         eval_batches=lambda size: input_pipeline.iterate_padded_batches(eval_ds, size),
         whitening_images=whitening_images,
-        train_iterator=lambda start: input_pipeline.create_train_iterator(
-            config, mean=mean, start_step=start
+        train_iterator=lambda start, rows=None: input_pipeline.create_train_iterator(
+            config, mean=mean, start_step=start, rows=rows
         ),
     )
 

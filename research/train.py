@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research import checkpoints, configs, device_input, layers, models, run_data
+from research import checkpoints, configs, device_input, distributed, layers, models, run_data
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
@@ -121,8 +121,10 @@ def evaluate_model(
     confusion = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, count = 0.0, 0
     for batch in batches:
-        images = batch["image"] if sharding is None else jax.device_put(batch["image"], sharding)
-        log_probs = np.asarray(eval_step(model, images, flip_tta, temperature))
+        images = batch["image"]
+        if sharding is not None:
+            images = distributed.put_replicated_batch(images, sharding)
+        log_probs = distributed.to_host(eval_step(model, images, flip_tta, temperature))
         mask, labels = batch["mask"], batch["label"]
         log_probs, labels = log_probs[mask], labels[mask]
         loss_sum -= float(log_probs[np.arange(len(labels)), labels].sum(dtype=np.float64))
@@ -201,16 +203,15 @@ def create_train_state(
     steps_per_epoch: int,
     whitening_images: Callable[[], np.ndarray] | None = None,
 ) -> TrainState:
-    """The model, optimizer, metrics and lookahead of `config`, replicated over the local
-    devices and restored from the latest checkpoint in `workdir` when it holds one.
+    """The model, optimizer, metrics and lookahead of `config`, replicated over every
+    process's devices and restored from the latest checkpoint in `workdir` when it holds one.
 
     A fresh airbench stem is whitened on `whitening_images()` (uint8 training images; None
     leaves it random). `workdir=None` keeps no checkpoints, as the speed benchmark does.
     """
-    devices = jax.local_devices()
-    if config.batch_size % len(devices):
-        raise ValueError(f"batch_size {config.batch_size} must divide over {len(devices)} devices")
-    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    mesh = distributed.global_mesh()
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size {config.batch_size} must divide over {mesh.size} devices")
     model = models.create_model(
         config,
         num_classes=num_classes,
@@ -238,7 +239,7 @@ def create_train_state(
     replicated = NamedSharding(mesh, P())
     _replicate(replicated, model, opt, metrics)
     if lookahead is not None:
-        lookahead.ema = jax.device_put(lookahead.ema, replicated)
+        lookahead.ema = distributed.replicate(lookahead.ema, replicated)
     return TrainState(
         model=model,
         opt=opt,
@@ -254,7 +255,7 @@ def create_train_state(
 def _replicate(sharding: NamedSharding, *nodes: Any) -> None:
     """One sharding for every state, so the jitted steps compile once."""
     for node in nodes:
-        nnx.update(node, jax.device_put(nnx.state(node), sharding))
+        nnx.update(node, distributed.replicate(nnx.state(node), sharding))
 
 
 def _normalization(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -301,8 +302,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     )
     evaluate = functools.partial(_evaluate, config, state, data, num_classes)
     feed = _feed(config, data, state, mean, start_step)
-    summary = _Summary(workdir)
-    print(_run_line(config, data, state, steps), flush=True)
+    main_process = distributed.is_main_process()  # the one that logs and writes results
+    summary = _Summary(workdir if main_process else None)
+    if main_process:
+        print(_run_line(config, data, state, steps), flush=True)
     result: dict[str, Any] = {"step": start_step}
     pending: list[tuple[int, jax.Array]] = []  # losses not yet checked for NaN
     eval_metrics: dict[str, Any] | None = None
@@ -327,7 +330,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 train_metrics = state.take_metrics() | timer.take(loss)
                 eval_metrics = evaluate()
                 elapsed = time.time() - started
-                bar.write(_epoch_line(done, steps, train_metrics, eval_metrics, elapsed))
+                if main_process:
+                    bar.write(_epoch_line(done, steps, train_metrics, eval_metrics, elapsed))
                 summary.write(done, train_metrics, eval_metrics)
                 scalars = _scalar_metrics(eval_metrics, train_metrics, elapsed)
                 state.save(record(step=done, metrics=scalars))
@@ -349,19 +353,24 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
         eval=eval_metrics,
     )
     if stop.signal:
-        print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
+        if main_process:
+            print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
     else:
+        # Every process calibrates (Orbax restores in step across processes; each computes and
+        # atomically writes the same record); process 0 reports.
         if data.eval_split == "validation":  # calibrate on it; a test split is never fitted on
             from research import calibrate
 
             result["calibration"] = calibrate.fit_and_store(workdir, data_dir=config.data_dir)
+        if main_process and "calibration" in result:
             print(
                 f"Calibrated on validation: temperature {result['calibration']['temperature']:.3f}"
                 f", '{result['calibration']['unknown_score']}' unknown threshold "
                 f"{result['calibration']['unknown_threshold']:.4f}",
                 flush=True,
             )
-        (workdir / "results.json").write_text(json.dumps(result, indent=2))
+        if main_process:
+            (workdir / "results.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -372,14 +381,19 @@ def _feed(
     and returns its loss (not waited for); the timer counts the host's wait for data."""
     if data.train_arrays is not None:
         order = device_input.EpochOrder(data.train_examples, config.batch_size, config.seed)
-        images = jax.device_put(data.train_arrays.images, state.replicated)
-        labels = jax.device_put(data.train_arrays.labels, state.replicated)
+        # The same arrays in every process: a copy of the split on every device.
+        images, labels, seed = distributed.replicate(
+            (data.train_arrays.images, data.train_arrays.labels, np.uint32(config.seed)),
+            state.replicated,
+        )
         augmentation = device_input.Augmentation.from_config(config, mean)
-        seed = jax.device_put(np.uint32(config.seed), state.replicated)
 
         def device_feed(step: int, timer: _EpochTimer) -> jax.Array:
             with timer.waiting():
-                indices, positions = jax.device_put(order.step(step), state.data_sharding)
+                indices, positions = (
+                    distributed.put_replicated_batch(rows, state.data_sharding)
+                    for rows in order.step(step)
+                )
             return device_train_step(
                 state.model,
                 state.opt,
@@ -394,11 +408,12 @@ def _feed(
             )
 
         return device_feed
-    iterator = data.train_iterator(start_step)
+    rows = distributed.process_rows(state.data_sharding, config.batch_size)
+    iterator = data.train_iterator(start_step, rows)
 
     def host_feed(step: int, timer: _EpochTimer) -> jax.Array:
         with timer.waiting():
-            batch = jax.device_put(next(iterator), state.data_sharding)
+            batch = distributed.put_batch(next(iterator), state.data_sharding)
         return train_step(state.model, state.opt, state.metrics, batch, config.label_smoothing)
 
     return host_feed
@@ -440,16 +455,20 @@ class _Summary:
     """The epoch figures to TensorBoard (when TensorFlow is installed) and to
     `<workdir>/metrics.jsonl`, one JSON object per evaluation (readable without TensorFlow)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path | None):
+        self.jsonl, self.tf, self.writer = None, None, None
+        if workdir is None:  # not the main process: it writes nothing
+            return
         self.jsonl = workdir / "metrics.jsonl"
         try:
             import tensorflow as tf
         except ImportError:
-            self.tf, self.writer = None, None
-        else:
-            self.tf, self.writer = tf, tf.summary.create_file_writer(str(workdir / "tensorboard"))
+            return
+        self.tf, self.writer = tf, tf.summary.create_file_writer(str(workdir / "tensorboard"))
 
     def write(self, step: int, train_metrics: dict, eval_metrics: dict) -> None:
+        if self.jsonl is None:
+            return
         split = eval_metrics["split"]
         scalars = {f"train/{name}": value for name, value in train_metrics.items()}
         scalars |= {f"{split}/{k}": eval_metrics[k] for k in ("loss", "accuracy")}
@@ -481,7 +500,7 @@ def _evaluate(
 
 def _run_line(config: Config, data: run_data.RunData, state: TrainState, steps) -> str:
     """What the run trains, on what, for how long: printed once at the start."""
-    devices = jax.local_devices()
+    devices = jax.devices()
     return (
         f"{config.dataset}: {data.train_examples} train / {data.eval_examples or '?'} "
         f"{data.eval_split} examples, {len(data.class_names)} classes, {config.model} "
@@ -566,6 +585,7 @@ class _progress:
             dynamic_ncols=True,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
             file=sys.stderr,
+            disable=not distributed.is_main_process(),
         )
 
     def __enter__(self):
@@ -602,6 +622,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workdir", help="checkpoints, TensorBoard logs and results (default: workdirs/<dataset>)"
     )
+    cluster = parser.add_argument_group(
+        "several processes (jax.distributed; each defaults to its environment variable)"
+    )
+    cluster.add_argument(
+        "--coordinator_address",
+        help=f"host:port of process 0, or 'auto' to detect a TPU pod or SLURM/MPI job "
+        f"(${distributed.ENV_ADDRESS})",
+    )
+    cluster.add_argument("--num_processes", type=int, help=f"(${distributed.ENV_COUNT})")
+    cluster.add_argument(
+        "--process_id", type=int, help=f"0..num_processes-1 (${distributed.ENV_ID})"
+    )
     for field in dataclasses.fields(Config):
         annotation = str(field.type)
         parser.add_argument(
@@ -621,7 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     workdir = args.pop("workdir", None)
     dataset = args.pop("dataset", "cifar10")
+    cluster = [args.pop(name) for name in ("coordinator_address", "num_processes", "process_id")]
     try:
+        distributed.initialize(distributed.ProcessGroup.from_flags(*cluster))
+        if not distributed.is_main_process():  # process 0 reports; the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
         config = configs.get_config(dataset, **args)
         result = train_and_evaluate(config, workdir or Path("workdirs") / dataset)
     except (DataNotFoundError, ValueError, NonFiniteLossError) as error:
@@ -630,11 +666,12 @@ def main(argv: list[str] | None = None) -> int:
     if result["interrupted"]:
         return 130
     accuracy = result["eval"]["accuracy"] if result["eval"] else float("nan")
-    print(
-        f"done: {result['eval']['split'] if result['eval'] else 'eval'} accuracy "
-        f"{accuracy:.4f} after {result['step']} steps ({result['wall_seconds']:.0f}s)",
-        flush=True,
-    )
+    if distributed.is_main_process():
+        print(
+            f"done: {result['eval']['split'] if result['eval'] else 'eval'} accuracy "
+            f"{accuracy:.4f} after {result['step']} steps ({result['wall_seconds']:.0f}s)",
+            flush=True,
+        )
     return 0
 
 
