@@ -396,7 +396,12 @@ def _outputs(
 
 def _restore_weights(directory: Path, step: int, record: ServingRecord) -> Any:
     abstract = models.inference_state(build_model(record, abstract=True))
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+    # Onto this process's first device, whatever devices wrote it (several processes, a GPU):
+    # a target without a sharding would ask Orbax for the writer's topology.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+    )
     mngr = _manager(directory, read_only=True)
     try:
         return mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))[

@@ -18,7 +18,7 @@ import pytest
 
 import research
 from research import distributed, model_dir, models, train
-from research.inference import build_model
+from research.inference import Classifier, build_model
 
 REPO = Path(research.__file__).resolve().parent.parent
 TIMEOUT = 300  # seconds a group of processes may take (generous: CI machines are slow)
@@ -74,10 +74,8 @@ def _wait(procs: list[subprocess.Popen]) -> list[str]:
 
 
 def _weights(workdir: Path, step: int) -> Any:
-    """The weights at `step`, restored onto this process's first device.
-
-    (A checkpoint written by several processes records their devices; restoring it needs a
-    target with a sharding, which Classifier.load does not give yet.)"""
+    """The weights at `step`, restored onto this process's first device (as Classifier.load
+    does: a checkpoint written by several processes records their devices)."""
     directory = model_dir.find_checkpoints(workdir)
     record = model_dir.read_record(directory, step)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -152,6 +150,9 @@ def test_two_processes_killed_and_restarted_match_one_process(reference, tmp_pat
     assert two.temperature == pytest.approx(one["calibration"]["temperature"], rel=1e-3)
     assert "done: validation accuracy" in outputs[0] and (tmp_path / "results.json").is_file()
     assert "done:" not in outputs[1] and "step     30" not in outputs[1]  # process 1 is quiet
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    served = Classifier.load(tmp_path).predict(list(images))  # one process serves it
+    np.testing.assert_allclose(served, Classifier.load(one_dir).predict(list(images)), atol=1e-2)
 
 
 def test_process_flags_default_to_the_environment_and_are_checked():
