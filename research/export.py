@@ -176,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{format_size(size)}; {record.metrics.get('eval_split', 'eval')} accuracy {shown}"
     )
     print(f"wrote {card}")
+    if args.report:  # the model page's files: research.model_report on the validation split
+        from research import model_report
+
+        print(f"wrote {model_report.build_report(args.out, workdir=args.workdir)}")
     return 0
 
 
@@ -188,6 +192,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--command", help="the command that trained it (default: rebuilt)")
     parser.add_argument("--notes", help="free text for the model card, e.g. the hardware")
     parser.add_argument("--overwrite", action="store_true", help="replace an exported model")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write the model page's report (validation accuracy, confusion matrix, "
+        "misclassified examples, training curves from the workdir)",
+    )
     return parser.parse_args(argv)
 
 
