@@ -118,11 +118,22 @@ def load_split(
     *,
     data_dir: str | None = None,
     validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
+    limit: int | None = None,
 ) -> ArraySplit:
     """`split` of `dataset` in memory, from `source` (see the module docstring; None: the
-    prepared tfds dataset in `data_dir`)."""
+    prepared tfds dataset in `data_dir`); only its first `limit` examples when given (tfds:
+    read no further)."""
     if source is None:
-        return _from_tfds(dataset, split, data_dir)
+        return _from_tfds(dataset, split, data_dir, limit)
+    loaded = _from_files(dataset, split, source, validation_per_class)
+    if limit is None:
+        return loaded
+    return ArraySplit(loaded.images[:limit], loaded.labels[:limit], loaded.class_names)
+
+
+def _from_files(
+    dataset: str, split: str, source: str | os.PathLike, validation_per_class: int
+) -> ArraySplit:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataNotFoundError(f"Data source {path} does not exist")
@@ -131,17 +142,22 @@ def load_split(
     return _from_images(dataset, split, path, validation_per_class)
 
 
-def _from_tfds(dataset: str, split: str, data_dir: str | None) -> ArraySplit:
+def _from_tfds(dataset: str, split: str, data_dir: str | None, limit: int | None) -> ArraySplit:
     from research import datasets  # TensorFlow
 
     info = datasets.get_info(dataset, data_dir)
+    ds = datasets.load_split(dataset, split, data_dir)
+    if limit is not None:
+        ds = ds.take(limit)
     images, labels = [], []
-    for image, label in datasets.load_split(dataset, split, data_dir).as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
+    for image_batch, label_batch in ds.batch(1024).as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    if not images:
+        raise DataNotFoundError(f"No images in {dataset} {split}")
     return ArraySplit(
-        np.stack(images).astype(np.uint8),
-        np.asarray(labels, np.int32),
+        np.concatenate(images).astype(np.uint8),
+        np.concatenate(labels).astype(np.int32),
         tuple(info.class_names),
     )
 
@@ -210,6 +226,15 @@ def _from_images(dataset: str, split: str, path: Path, validation_per_class: int
                 renamed.setdefault(name, {}).setdefault(spec.class_names[index], []).extend(entries)
         listing = renamed
     class_names = _class_names(dataset, sorted({c for s in listing.values() for c in s}))
+    if "train" not in listing:
+        raise DataNotFoundError(f"{path} has splits {sorted(listing)} but no 'train'")
+    if "validation" not in listing and validation_per_class > 0:
+        for cls, entries in listing["train"].items():
+            if len(entries) <= validation_per_class:
+                raise ValueError(
+                    f"Class {cls!r} has {len(entries)} training images, too few to hold out "
+                    f"{validation_per_class} for validation (see --validation_per_class)"
+                )
     if split == "validation" and "validation" not in listing and validation_per_class > 0:
         chosen = {cls: entries[-validation_per_class:] for cls, entries in listing["train"].items()}
     elif split == "train" and "validation" not in listing and validation_per_class > 0:
@@ -223,8 +248,15 @@ def _from_images(dataset: str, split: str, path: Path, validation_per_class: int
     ]
     mode = None if spec is None else ("L" if spec.image_shape[-1] == 1 else "RGB")
     size = None if spec is None else spec.image_shape[:2]
+    if not examples:
+        raise DataNotFoundError(f"No images in the {split!r} split of {path}")
+    if mode is None:  # an unknown dataset: every image in the first one's mode, as the importer
+        first = decode_image(read(examples[0][0]))
+        mode = "L" if first.shape[-1] == 1 else "RGB"
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         images = list(pool.map(lambda e: decode_image(read(e[0]), size, mode), examples))
+    if len({image.shape for image in images}) > 1:
+        raise ValueError(f"The images of {path} differ in size; import them with --image_size")
     return ArraySplit(
         np.stack(images), np.asarray([label for _, label in examples], np.int32), class_names
     )

@@ -19,6 +19,7 @@ tuple of arrays or a dataclass of arrays, cut by `take_rows`). No JAX here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +29,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -184,7 +187,13 @@ class Batcher(Generic[R]):
             batch = None
             while not request.done:
                 if not self._running and self._queue[0] is request:
-                    batch = self._take(request)
+                    try:
+                        batch = self._take(request)
+                    except BaseException:  # interrupted while waiting: let another lead
+                        if request in self._queue:
+                            self._queue.remove(request)
+                        self._condition.notify_all()
+                        raise
                     self._running = True
                     break
                 self._condition.wait()
@@ -231,13 +240,15 @@ class Batcher(Generic[R]):
                 self._running = False
                 self._condition.notify_all()
         if self.on_batch is not None:
-            self.on_batch(
-                BatchReport(
-                    rows=sum(len(request.inputs) for request in batch),
-                    requests=len(batch),
-                    waits_s=tuple(max(0.0, started - request.arrived) for request in batch),
-                )
+            report = BatchReport(
+                rows=sum(len(request.inputs) for request in batch),
+                requests=len(batch),
+                waits_s=tuple(max(0.0, started - request.arrived) for request in batch),
             )
+            try:
+                self.on_batch(report)
+            except Exception:  # metrics must never fail an answer already delivered
+                log.exception("on_batch failed")
 
     def _execute(self, batch: Sequence[_Request]) -> None:
         if len(batch) > 1:

@@ -76,15 +76,8 @@ def load_arrays(
         if limit and limit < len(keep):  # folders are stored class by class: sample them
             keep = np.sort(np.random.default_rng(SEED).choice(len(keep), limit, replace=False))
         return loaded.images[keep], loaded.labels[keep].astype(np.int64)
-    from research import datasets  # TensorFlow only here
-
-    if limit and limit < datasets.get_info(dataset, data_dir).splits.get(split, limit + 1):
-        split = f"{split}[:{limit}]"
-    images, labels = [], []
-    for image, label in datasets.load_split(dataset, split, data_dir).as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
-    return np.stack(images), np.asarray(labels, np.int64)
+    loaded = arrays.load_split(dataset, split, data_dir=data_dir, limit=limit)
+    return loaded.images, loaded.labels.astype(np.int64)
 
 
 def collect_outputs(clf: Classifier, args: argparse.Namespace) -> dict[str, np.ndarray]:

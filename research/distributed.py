@@ -117,6 +117,16 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set in any process; every process calls it at the same point (with
+    several processes it is a collective)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
 def global_mesh() -> Mesh:
     """A 1-D 'data' mesh over every process's devices, each process's devices contiguous, so
     each process owns one contiguous block of rows of a batch."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from research import model_dir, models
 from research.configs import Config, get_config
-from research.errors import ModelNotFoundError
+from research.errors import DataNotFoundError, ModelNotFoundError
 from research.inference import Classifier
 from research.record import ServingRecord
 
@@ -179,7 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:  # the model page's files: research.model_report on the validation split
         from research import model_report
 
-        print(f"wrote {model_report.build_report(args.out, workdir=args.workdir)}")
+        try:
+            print(f"wrote {model_report.build_report(args.out, workdir=args.workdir)}")
+        except (DataNotFoundError, ValueError) as error:  # exported; the report is not
+            print(f"error: no report: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

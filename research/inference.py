@@ -159,9 +159,13 @@ def _manager(directory: Path, *, read_only: bool) -> ocp.CheckpointManager:
 def build_model(record: ServingRecord, *, abstract: bool = False) -> nnx.Module:
     """The network `record` describes, randomly initialised (or only its shapes)."""
 
+    config = Config.from_dict(record.config)
+    if record.config.get("compute_dtype", "auto") == "auto":  # before the field was stored
+        config = config.replace(compute_dtype="float32")  # as it was trained and calibrated
+
     def create() -> nnx.Module:
         return models.create_model(
-            Config.from_dict(record.config),
+            config,
             num_classes=record.num_classes,
             image_shape=record.image_shape,
             mean=record.mean,

@@ -49,30 +49,20 @@ def load_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, H, W, C] images, int64 [N] labels) of a tfds split of the model's dataset,
     in the split's fixed order; the first `limit` only when given."""
-    from research import datasets  # TensorFlow only here
+    from research import arrays
 
-    info = datasets.get_info(clf.dataset, data_dir)
-    if list(info.class_names) != clf.class_names:
+    loaded = arrays.load_split(clf.dataset, split, data_dir=data_dir, limit=limit)
+    if list(loaded.class_names) != clf.class_names:
         raise ValueError(
-            f"Dataset {clf.dataset!r} has classes {list(info.class_names)}, but the model "
+            f"Dataset {clf.dataset!r} has classes {list(loaded.class_names)}, but the model "
             f"was trained on {clf.class_names}"
         )
-    ds = datasets.load_split(clf.dataset, split, data_dir)
-    if limit is not None:
-        ds = ds.take(limit)
-    images, labels = [], []
-    for image_batch, label_batch in ds.batch(1024).as_numpy_iterator():
-        images.append(image_batch)
-        labels.append(label_batch)
-    if not images:
-        raise ValueError(f"No images in {clf.dataset} {split}")
-    images_array = np.concatenate(images).astype(np.uint8)
-    if images_array.shape[1:] != tuple(clf.image_shape):
+    if loaded.images.shape[1:] != tuple(clf.image_shape):
         raise ValueError(
-            f"{clf.dataset} {split} has images of shape {images_array.shape[1:]}, the model "
+            f"{clf.dataset} {split} has images of shape {loaded.images.shape[1:]}, the model "
             f"takes {tuple(clf.image_shape)}"
         )
-    return images_array, np.concatenate(labels).astype(np.int64)
+    return loaded.images, loaded.labels.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- benchmark

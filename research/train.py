@@ -275,6 +275,8 @@ def _normalization(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the metrics."""
     config.validate()
+    # The dtype this machine resolves 'auto' to is the model's: stored, it is served the same.
+    config = config.replace(compute_dtype=layers.resolve_compute_dtype(config.compute_dtype))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mean, std = _normalization(config)
@@ -307,6 +309,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     if main_process:
         print(_run_line(config, data, state, steps), flush=True)
     result: dict[str, Any] = {"step": start_step}
+    stopping = False
     pending: list[tuple[int, jax.Array]] = []  # losses not yet checked for NaN
     eval_metrics: dict[str, Any] | None = None
     started = time.time()
@@ -320,9 +323,11 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             done = step + 1
             pending.append((done, loss))
             bar.update(1)
+            # A signal reaches processes at different steps: all stop at the same one.
+            stopping = distributed.any_process(stop.signal is not None)
             if state.lookahead is not None:
                 state.lookahead.after_step(state.model, done, steps.schedule)
-            if done % config.log_every_steps == 0 or done == steps.total or stop.signal:
+            if done % config.log_every_steps == 0 or done == steps.total or stopping:
                 bar.set_description(f"epoch {done / steps.per_epoch:.2f}", refresh=False)
                 bar.set_postfix(loss=f"{_check_finite(pending):.3f}", refresh=False)
                 pending.clear()
@@ -336,23 +341,23 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 scalars = _scalar_metrics(eval_metrics, train_metrics, elapsed)
                 state.save(record(step=done, metrics=scalars))
                 timer.restart()  # evaluation and the checkpoint are not training time
-            elif done % config.checkpoint_every_steps == 0 or stop.signal:
+            elif done % config.checkpoint_every_steps == 0 or stopping:
                 state.save(record(step=done))
             result["step"] = done
-            if stop.signal:
+            if stopping:
                 break
-    if eval_metrics is None and not stop.signal:  # resumed a finished run: report it again
+    if eval_metrics is None and not stopping:  # resumed a finished run: report it again
         eval_metrics = evaluate()
     state.checkpoints.wait_until_finished()
     state.checkpoints.close()
     summary.close()
     result.update(
-        interrupted=bool(stop.signal),
+        interrupted=stopping,
         total_steps=steps.total,
         wall_seconds=time.time() - started,
         eval=eval_metrics,
     )
-    if stop.signal:
+    if stopping:
         if main_process:
             print(f"Stopped at step {result['step']}; run the same command to resume.", flush=True)
     else:
