@@ -634,10 +634,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--coordinator_address",
         help=f"host:port of process 0, or 'auto' to detect a TPU pod or SLURM/MPI job "
         f"(${distributed.ENV_ADDRESS})",
+        default=argparse.SUPPRESS,  # absent unless given, so the rest are Config fields
     )
-    cluster.add_argument("--num_processes", type=int, help=f"(${distributed.ENV_COUNT})")
     cluster.add_argument(
-        "--process_id", type=int, help=f"0..num_processes-1 (${distributed.ENV_ID})"
+        "--num_processes",
+        type=int,
+        help=f"(${distributed.ENV_COUNT})",
+        default=argparse.SUPPRESS,
+    )
+    cluster.add_argument(
+        "--process_id",
+        type=int,
+        help=f"0..num_processes-1 (${distributed.ENV_ID})",
+        default=argparse.SUPPRESS,
     )
     for field in dataclasses.fields(Config):
         annotation = str(field.type)
@@ -658,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     workdir = args.pop("workdir", None)
     dataset = args.pop("dataset", "cifar10")
-    cluster = [args.pop(name) for name in ("coordinator_address", "num_processes", "process_id")]
+    cluster = [
+        args.pop(name, None) for name in ("coordinator_address", "num_processes", "process_id")
+    ]
     try:
         distributed.initialize(distributed.ProcessGroup.from_flags(*cluster))
         if not distributed.is_main_process():  # process 0 reports; the others only warn
