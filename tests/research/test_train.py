@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from research import checkpoints, configs, model_dir, models, optim, train
+from research import checkpoints, configs, layers, model_dir, models, optim, train
 from research.errors import IncompatibleModelError, NonFiniteLossError
 from research.inference import Classifier
 from research.record import ServingRecord
@@ -60,7 +60,9 @@ def test_checkpoint_carries_what_inference_needs(trained):
     assert len(record.mean) == len(record.std) == 3
     assert record.flip_tta is True  # the tiny config flips; unknown datasets flip by default
     assert record.step == 12 and record.version == f"{record.created[:10].replace('-', '')}-step12"
-    assert configs.Config.from_dict(record.config) == config
+    # The config as trained: with the compute dtype this machine resolved 'auto' to.
+    resolved = layers.resolve_compute_dtype(config.compute_dtype)
+    assert configs.Config.from_dict(record.config) == config.replace(compute_dtype=resolved)
     assert record.metrics["eval_accuracy"] == 1.0 and record.metrics["eval_split"] == "train"
     assert Classifier.load(workdir).record.class_names == record.class_names
 
