@@ -96,8 +96,7 @@ def server_env(args: argparse.Namespace, workdir: Path, batching: bool = True) -
         "RUN_WARMUP": "1",
         "DJANGO_METRICS_TOKEN": METRICS_TOKEN,  # the batcher's images per pass, from /metrics
     }
-    if not batching:
-        env["DJANGO_CLASSIFIER_MAX_BATCH"] = "0"
+    env["DJANGO_CLASSIFIER_MAX_BATCH"] = "8" if batching else "0"
     return env
 
 

@@ -219,8 +219,7 @@ def start_server(
         "DJANGO_METRICS_TOKEN": METRICS_TOKEN,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # /metrics sums both workers
     }
-    if not batching:
-        env["DJANGO_CLASSIFIER_MAX_BATCH"] = "0"
+    env["DJANGO_CLASSIFIER_MAX_BATCH"] = "8" if batching else "0"
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT,

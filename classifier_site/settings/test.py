@@ -35,3 +35,7 @@ REST_FRAMEWORK = {  # noqa: F405
         "anon": os.environ.get("DJANGO_API_THROTTLE_RATE", "100000/min"),
     },
 }
+
+# Batched serving is off by default (slower on a 2-core CPU); the tests run the web through it,
+# so the batcher's path (and its metrics) is what they exercise.
+CLASSIFIER_MAX_BATCH = read_env_int("DJANGO_CLASSIFIER_MAX_BATCH", 8)  # noqa: F405
