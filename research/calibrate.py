@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from research import arrays, calibration, model_dir, plots
+from research import arrays, calibration, cli, model_dir, plots
 from research.errors import DataNotFoundError, ModelNotFoundError
 from research.inference import Classifier, preprocess
 
@@ -368,14 +366,11 @@ def format_summary(result: dict[str, Any], chosen: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.setup_logging()
     args = _parse_args(argv)
     args.command = "python -m research.calibrate " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return _run(args)
     except (ModelNotFoundError, DataNotFoundError, FileNotFoundError, ValueError) as error:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from research import datasets, importers
+from research import cli, datasets, importers
 from research.errors import DataNotFoundError
 
 # Sample grid: images per class row, and the smallest cell side in pixels (small images scale up).
@@ -28,10 +27,8 @@ GRID_LABEL_WIDTH = 110
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    cli.setup_logging()
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return args.run(args)
     except (DataNotFoundError, FileExistsError, ValueError) as e:

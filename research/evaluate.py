@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import re
 import sys
 import time
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from research import calibration, image_folder, plots
+from research import calibration, cli, image_folder, plots
 from research.errors import DataNotFoundError, ModelNotFoundError
 from research.inference import Classifier, preprocess_image
 
@@ -293,11 +291,8 @@ def write_results(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.setup_logging()
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return _run(args)
     except (ModelNotFoundError, DataNotFoundError, FileNotFoundError, ValueError) as error:

@@ -17,7 +17,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from research import model_dir
+from research import cli, model_dir
 from research.errors import DataNotFoundError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ def write_examples(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model directory, e.g. models/cifar10")
     parser.add_argument("--per_class", type=int, default=1, help="examples per class (default 1)")
@@ -152,9 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data_dir", default=None, help="tfds data dir (default: the one the model trained with)"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.per_class < 1:
         parser.error("--per_class must be at least 1")
     try:

@@ -38,7 +38,6 @@ import datetime as dt
 import heapq
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from research import model_dir, plots
+from research import cli, model_dir, plots
 from research.errors import DataNotFoundError, IncompatibleModelError, ModelNotFoundError
 
 REPORT_DIR = "report"  # inside the model directory
@@ -449,11 +448,8 @@ def format_summary(report_dir: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.setup_logging()
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         out = build_report(
             args.model,

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import shlex
 import sys
 import time
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from research import corruptions
+from research import cli, corruptions
 from research.errors import DataNotFoundError, ModelNotFoundError
 from research.evaluate import saved_data_dir
 from research.inference import Classifier
@@ -212,11 +210,8 @@ def draw_examples(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.setup_logging()
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return _run(args, argv)
     except (ModelNotFoundError, DataNotFoundError, FileNotFoundError, ValueError) as error:

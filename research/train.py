@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -34,7 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research import checkpoints, configs, device_input, distributed, layers, models, run_data
+from research import checkpoints, cli, configs, device_input, distributed, layers, models, run_data
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
@@ -660,10 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)  # over absl's
-    for noisy in ("absl", "orbax", "jax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cli.setup_logging(logging.WARNING, force=True)  # force: over absl's handler
     args = vars(build_parser().parse_args(argv))
     workdir = args.pop("workdir", None)
     dataset = args.pop("dataset", "cifar10")
