@@ -12,6 +12,7 @@ from these views and uploads.serializers.
 """
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousOperation, TooManyFilesSent
@@ -138,17 +139,11 @@ class PredictView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        _refuse_oversized_body(request)
-        try:
-            data = request.data
-        except exceptions.UnsupportedMediaType:
-            data = {}  # a JSON or raw body has no 'image' field: say which field to send
-        fields = PredictRequestSerializer(data=data)
-        fields.is_valid(raise_exception=True)
+        fields = _predict_fields(request)
         prediction = services.classify_upload(
-            file=fields.validated_data["image"],
-            model_name=fields.validated_data.get("model"),
-            top_k=fields.validated_data.get("top_k"),
+            file=fields["image"],
+            model_name=fields.get("model"),
+            top_k=fields.get("top_k"),
             owner=Owner.of(request, create=True),
         )
         return Response(
@@ -185,17 +180,11 @@ class ClassifyView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        _refuse_oversized_body(request)
-        try:
-            data = request.data
-        except exceptions.UnsupportedMediaType:
-            data = {}
-        fields = PredictRequestSerializer(data=data)
-        fields.is_valid(raise_exception=True)
+        fields = _predict_fields(request)
         prediction = services.classify_without_storing(
-            file=fields.validated_data["image"],
-            model_name=fields.validated_data.get("model"),
-            top_k=fields.validated_data.get("top_k"),
+            file=fields["image"],
+            model_name=fields.get("model"),
+            top_k=fields.get("top_k"),
         )
         response = Response(ClassificationSerializer(prediction).data)
         response["Cache-Control"] = "no-store"
@@ -540,6 +529,19 @@ def _get_prediction(request: Request, pk: int) -> Prediction:
     if prediction is None:
         raise exceptions.NotFound(f"There is no prediction {pk}.")
     return prediction
+
+
+def _predict_fields(request: Request) -> dict[str, Any]:
+    """The validated image, model and top_k of POST /api/predict and /api/classify (400 with
+    the field named when they are wrong, 413 before parsing a body far over the limit)."""
+    _refuse_oversized_body(request)
+    try:
+        data = request.data
+    except exceptions.UnsupportedMediaType:
+        data = {}  # a JSON or raw body has no 'image' field: say which field to send
+    fields = PredictRequestSerializer(data=data)
+    fields.is_valid(raise_exception=True)
+    return fields.validated_data
 
 
 def _refuse_oversized_body(request: Request) -> None:
