@@ -1,7 +1,8 @@
 """The device-resident input mode (`--input=device`): the whole uint8 training split lives in
 accelerator memory and each step gathers and augments its batch inside the jitted train step,
-as airbench does. For datasets that fit on the device (CIFAR, the MNIST family: 150 MB and
-50 MB as uint8); the tf.data pipeline (research.input_pipeline) stays the default otherwise.
+as airbench does. For datasets that fit on the device (CIFAR-10, the MNIST family: 138 MB and
+43 MB of uint8 training images); the tf.data pipeline (research.input_pipeline) stays the
+default otherwise.
 
 The same contract as the tf.data pipeline, so either mode resumes exactly:
 - epoch e is a seeded permutation of the split (numpy's generator keyed by (seed, e)), cut to
