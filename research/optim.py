@@ -123,6 +123,10 @@ class Lookahead:
         self.every = every
         self.ema = jax.tree.map(jnp.copy, nnx.state(model, _AVERAGED))
 
+    def acts_at(self, step: int, total_steps: int) -> bool:
+        """Whether `after_step(model, step, total_steps)` reads or changes the model."""
+        return step % self.every == 0 or step == total_steps
+
     def after_step(self, model: nnx.Module, step: int, total_steps: int) -> None:
         """Call after each step (1-based) of a `total_steps` schedule, `max_steps` aside."""
         if step % self.every == 0:
