@@ -53,18 +53,23 @@ class Augmentation:
 
     @classmethod
     def from_config(cls, config: Config, mean: Sequence[float]) -> Augmentation:
-        if config.robust_augment not in ROBUST_POLICIES:
-            raise ValueError(
-                f"Unknown robust_augment {config.robust_augment!r}; choose one of "
-                f"{', '.join(ROBUST_POLICIES)}"
-            )
         return cls(
             crop_padding=config.crop_padding,
             flip=uses_flip(config),
             cutout=config.cutout,
             fill=tuple(int(round(m)) for m in mean),
-            robust=ROBUST_POLICIES[config.robust_augment],
+            robust=robust_policy(config),
         )
+
+
+def robust_policy(config: Config) -> robust.AugmentPolicy | None:
+    """The research.augment policy `config.robust_augment` names (None: 'none')."""
+    if config.robust_augment not in ROBUST_POLICIES:
+        raise ValueError(
+            f"Unknown robust_augment {config.robust_augment!r}; choose one of "
+            f"{', '.join(ROBUST_POLICIES)}"
+        )
+    return ROBUST_POLICIES[config.robust_augment]
 
 
 def _augment_one(image: jax.Array, key: jax.Array, aug: Augmentation) -> jax.Array:
@@ -98,10 +103,19 @@ def augment(images: jax.Array, keys: jax.Array, aug: Augmentation) -> jax.Array:
     """Augments uint8 images [B, H, W, C], image b with keys[b]: uint8 out, or float32 in
     [0, 255] with a robust policy (which the model normalizes like uint8)."""
     images = jax.vmap(functools.partial(_augment_one, aug=aug))(images, keys)
-    if aug.robust is None:
+    return robust_augment(images, keys, aug.robust)
+
+
+def robust_augment(
+    images: jax.Array, keys: jax.Array, policy: robust.AugmentPolicy | None
+) -> jax.Array:
+    """`policy` on translated/flipped uint8 images, image b with its example key keys[b]. Both
+    input modes call it inside the train step: the device mode after its own geometric
+    augmentation, the tf.data mode on the batch the host augmented (same keys: same draws)."""
+    if policy is None:
         return images
     robust_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-    return robust.augment_batch(images, robust_keys, aug.robust)
+    return robust.augment_batch(images, robust_keys, policy)
 
 
 def gather_batch(

@@ -44,10 +44,6 @@ def load_run_data(config: Config, mean: tuple[float, ...]) -> RunData:
         raise ValueError(f"Unknown input {config.input!r}; choose one of {', '.join(INPUTS)}")
     if config.input == "device":
         return _device_data(config)
-    if config.robust_augment != "none":
-        raise ValueError(
-            "robust_augment runs inside the device-resident train step: add --input=device"
-        )
     if config.data_source is not None:
         raise ValueError(
             "data_source is read by the device input mode (--input=device); the tf.data mode "

@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research import checkpoints, cli, configs, device_input, distributed, layers, models, run_data
+from research.augment import AugmentPolicy
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
@@ -62,16 +63,31 @@ def _update(model, opt, metrics, batch, label_smoothing: float) -> jax.Array:
     return loss
 
 
-@functools.partial(nnx.jit, static_argnames="label_smoothing", donate_argnames=("model", "opt"))
-def train_step(
+def _host_update(
     model: nnx.Module,
     opt: nnx.Optimizer,
     metrics: nnx.MultiMetric,
     batch: dict[str, jax.Array],
     label_smoothing: float,
+    seed: jax.Array | None = None,
+    robust: AugmentPolicy | None = None,
 ) -> jax.Array:
-    """One optimizer step on a batch the host prepared (the tf.data input mode)."""
+    """One optimizer step on a batch the host prepared (the tf.data input mode); a `robust`
+    policy is applied here, to image b with the key of (seed, batch['position'][b])."""
+    if robust is not None:
+        keys = device_input.example_keys(seed, batch["position"])
+        batch = {
+            "image": device_input.robust_augment(batch["image"], keys, robust),
+            "label": batch["label"],
+        }
     return _update(model, opt, metrics, batch, label_smoothing)
+
+
+train_step = nnx.jit(
+    _host_update,
+    static_argnames=("label_smoothing", "robust"),
+    donate_argnames=("model", "opt"),
+)
 
 
 def _device_update(
@@ -106,7 +122,9 @@ def _functional(update: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Arr
     (3-5 ms on this CPU, more than a GPU's whole step); this walks it once, at `nnx.split`."""
 
     @functools.partial(
-        jax.jit, static_argnames=("label_smoothing", "augmentation"), donate_argnums=1
+        jax.jit,
+        static_argnames=("label_smoothing", "augmentation", "robust"),
+        donate_argnums=1,
     )
     def step(graphdef, arrays, *args, **static):
         objects = nnx.merge(graphdef, arrays)
@@ -116,7 +134,7 @@ def _functional(update: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Arr
     return step
 
 
-_functional_train_step = _functional(_update)
+_functional_train_step = _functional(_host_update)
 _functional_device_step = _functional(_device_update)
 
 
@@ -480,11 +498,19 @@ def _feed(
         return device_feed
     rows = distributed.process_rows(state.data_sharding, config.batch_size)
     iterator = data.train_iterator(start_step, rows)
+    policy = device_input.robust_policy(config)
+    seed = distributed.replicate(np.uint32(config.seed), state.replicated) if policy else None
 
     def host_feed(step: int, timer: _EpochTimer) -> jax.Array:
         with timer.waiting():
             batch = distributed.put_batch(next(iterator), state.data_sharding)
-        return stepper(_functional_train_step, batch, label_smoothing=config.label_smoothing)
+        return stepper(
+            _functional_train_step,
+            batch,
+            label_smoothing=config.label_smoothing,
+            seed=seed,
+            robust=policy,
+        )
 
     return host_feed
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import write_color_folder  # tests/research/conftest.py
 
-from research import arrays, configs, device_input, models, train
+from research import arrays, configs, device_input, input_pipeline, models, train
 from research.inference import Classifier
 
 
@@ -265,9 +265,11 @@ def test_mixed_dot_gradient_matches_the_float32_product_of_the_rounded_operands(
     np.testing.assert_allclose(np.asarray(dk), np.asarray(rk), rtol=2e-2, atol=5e-2)
 
 
-def test_robust_policy_is_applied_in_the_device_step_only(color_dataset, tmp_path):
+def test_robust_policy_is_applied_in_the_train_step_of_both_input_modes(color_dataset, tmp_path):
     """--robust_augment changes the device batches (float 0..255 out, deterministic per
-    position) and is refused in the tf.data mode, which cannot apply it."""
+    position); the tf.data mode's batches carry their stream positions, and its train step
+    applies the same policy to them with the same keys (robust_augment after the geometric
+    part is exactly the device mode's augment)."""
     images = jnp.asarray(_probe_images(6))
     keys = device_input.example_keys(0, jnp.arange(6))
     plain = device_input.Augmentation(crop_padding=2, flip=True)
@@ -278,5 +280,14 @@ def test_robust_policy_is_applied_in_the_device_step_only(color_dataset, tmp_pat
     assert a.dtype == jnp.float32 and float(a.min()) >= 0 and float(a.max()) <= 255
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.allclose(np.asarray(a), np.asarray(base, np.float32))
-    with pytest.raises(ValueError, match="--input=device"):
-        train.train_and_evaluate(_config(color_dataset, robust_augment="trivial"), tmp_path)
+    split = device_input.robust_augment(base, keys, policy)
+    np.testing.assert_array_equal(np.asarray(split), np.asarray(a))
+
+    config = _config(color_dataset, robust_augment="trivial", max_steps=3)
+    batch = next(input_pipeline.create_train_iterator(config, mean=(128.0,) * 3, start_step=2))
+    expected = 2 * config.batch_size + np.arange(config.batch_size)
+    np.testing.assert_array_equal(batch["position"], expected)
+    robust_run = train.train_and_evaluate(config, tmp_path / "robust")
+    plain_run = train.train_and_evaluate(_config(color_dataset, max_steps=3), tmp_path / "plain")
+    assert robust_run["step"] == plain_run["step"] == 3
+    assert robust_run["eval"]["loss"] != plain_run["eval"]["loss"]
