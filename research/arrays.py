@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import gzip
 import io
 import os
@@ -137,9 +138,24 @@ def _from_files(
     path = Path(source).expanduser()
     if not path.exists():
         raise DataNotFoundError(f"Data source {path} does not exist")
+    stat = path.stat()
+    return _decoded(dataset, split, path.resolve(), stat.st_mtime_ns, validation_per_class)
+
+
+# A training run reads its splits again to calibrate (research.calibrate, same process): decoded
+# once, kept read-only. The key holds the source's modification time, so a rewritten archive or
+# folder (its top level) is read afresh.
+@functools.lru_cache(maxsize=4)
+def _decoded(
+    dataset: str, split: str, path: Path, mtime_ns: int, validation_per_class: int
+) -> ArraySplit:
     if path.is_dir() and any(find_one(path, pattern[0]) for pattern in IDX_PATTERNS.values()):
-        return _from_idx(dataset, split, path, validation_per_class)
-    return _from_images(dataset, split, path, validation_per_class)
+        loaded = _from_idx(dataset, split, path, validation_per_class)
+    else:
+        loaded = _from_images(dataset, split, path, validation_per_class)
+    loaded.images.setflags(write=False)
+    loaded.labels.setflags(write=False)
+    return loaded
 
 
 def _from_tfds(dataset: str, split: str, data_dir: str | None, limit: int | None) -> ArraySplit:
@@ -187,7 +203,8 @@ def _from_idx(dataset: str, split: str, path: Path, validation_per_class: int) -
     return ArraySplit(images, labels, _class_names(dataset, found))
 
 
-def _folder_listing(path: Path) -> tuple[dict[str, dict[str, list]], Any]:
+@functools.lru_cache(maxsize=1)  # a .tar.gz is read once for its train and validation splits
+def _folder_listing(path: Path, mtime_ns: int) -> tuple[dict[str, dict[str, list]], Any]:
     """({split: {class: sorted entries}}, how to read an entry) of a folder or a .tar.gz."""
     if path.is_dir():
         listing = {("train" if s is None else s): c for s, c in list_image_folder(path).items()}
@@ -214,7 +231,7 @@ def _folder_listing(path: Path) -> tuple[dict[str, dict[str, list]], Any]:
 
 
 def _from_images(dataset: str, split: str, path: Path, validation_per_class: int) -> ArraySplit:
-    listing, read = _folder_listing(path)
+    listing, read = _folder_listing(path, path.stat().st_mtime_ns)
     spec = configs.dataset_spec(dataset)
     if spec is not None and spec.class_names:
         renamed: dict[str, dict[str, list]] = {}

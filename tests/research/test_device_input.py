@@ -159,6 +159,24 @@ def test_folder_tar_and_tfds_give_the_same_validation_images(color_dataset, tmp_
     assert len(train_split) == 60
 
 
+def test_a_source_is_decoded_once_per_process_until_it_changes(tmp_path):
+    """A run reads its splits again to calibrate: the second read of a .tar.gz is the first's
+    read-only arrays (no second decode); a rewritten archive is read afresh."""
+    folder = write_color_folder(tmp_path / "folder", per_class=8)
+    archive = tmp_path / "colors.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / "train", arcname="train")
+    first = arrays.load_split("colors", "train", archive, validation_per_class=2)
+    again = arrays.load_split("colors", "train", archive, validation_per_class=2)
+    assert again.images is first.images and not first.images.flags.writeable
+    with pytest.raises(ValueError):
+        first.images[0, 0, 0, 0] = 1
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    fresh = arrays.load_split("colors", "train", archive, validation_per_class=2)
+    assert fresh.images is not first.images
+    np.testing.assert_array_equal(fresh.images, first.images)
+
+
 def _write_idx(path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(n).to_bytes(4, "big") for n in array.shape
