@@ -421,8 +421,10 @@ def steps_per_epoch(record: Any, data_dir: str | None) -> float | None:
 
 
 def _portable(command: str) -> str:
-    """The training command without this machine's --data_dir (a path, not a recipe)."""
-    return " ".join(word for word in command.split() if not word.startswith("--data_dir="))
+    """The training command without where the training machine kept its data (--data_dir,
+    --data_source: paths, not the recipe; without them the command reads the tfds copy)."""
+    machine = ("--data_dir=", "--data_source=")
+    return " ".join(word for word in command.split() if not word.startswith(machine))
 
 
 def _disk_size(path: Path) -> int:

@@ -147,3 +147,15 @@ def test_evaluate_report_flag_writes_the_report(trained, color_dataset, capsys, 
     assert data["split"] == "validation" and data["curves"]["available"]
     assert evaluate.main(["--checkpoint", str(workdir), "--split", "train", "--report"]) == 1
     assert "validation" in capsys.readouterr().err
+
+
+def test_the_recipe_leaves_out_where_the_training_machine_kept_its_data():
+    """The page's recipe is the command without --data_dir and --data_source: paths on the
+    machine that trained (a GPU's scratch folder, say), not part of the recipe."""
+    command = (
+        "python -m research.train --dataset=cifar10 --input=device "
+        "--data_source=/tmp/gpurun/train --data_dir=/root/tfds --epochs=20.0"
+    )
+    assert model_report._portable(command) == (
+        "python -m research.train --dataset=cifar10 --input=device --epochs=20.0"
+    )
