@@ -105,11 +105,15 @@ def _group_optimizer(
 _AVERAGED = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
-@nnx.jit
-def _lookahead_pull(model: nnx.Module, ema: nnx.State, decay: jax.Array) -> nnx.State:
+def lookahead_pull(model: nnx.Module, ema: nnx.State, decay: jax.Array) -> nnx.State:
+    """Moves `ema` towards the model's weights and statistics by 1 - decay, then sets the
+    model to it; returns the new EMA. (Jitted by the caller.)"""
     ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, nnx.state(model, _AVERAGED))
     nnx.update(model, ema)
     return ema
+
+
+_lookahead_pull = nnx.jit(lookahead_pull)
 
 
 class Lookahead:
@@ -123,14 +127,20 @@ class Lookahead:
         self.every = every
         self.ema = jax.tree.map(jnp.copy, nnx.state(model, _AVERAGED))
 
-    def acts_at(self, step: int, total_steps: int) -> bool:
-        """Whether `after_step(model, step, total_steps)` reads or changes the model."""
-        return step % self.every == 0 or step == total_steps
+    def decay_at(self, step: int, total_steps: int) -> float | None:
+        """The decay of the pull due after step `step` (1-based), or None when none is."""
+        if step % self.every:
+            return None
+        return 0.95**self.every * (step / total_steps) ** 3
+
+    def finish(self, model: nnx.Module) -> None:
+        """The end of the schedule: the model becomes the EMA."""
+        nnx.update(model, jax.tree.map(jnp.copy, self.ema))
 
     def after_step(self, model: nnx.Module, step: int, total_steps: int) -> None:
-        """Call after each step (1-based) of a `total_steps` schedule, `max_steps` aside."""
-        if step % self.every == 0:
-            decay = 0.95**self.every * (step / total_steps) ** 3
+        """Call after each step (1-based) of a `total_steps` schedule, `max_steps` aside.
+        (The training loop does the same through its functional step: train._Stepper.)"""
+        if (decay := self.decay_at(step, total_steps)) is not None:
             self.ema = _lookahead_pull(model, self.ema, jnp.float32(decay))
         if step == total_steps:
-            nnx.update(model, jax.tree.map(jnp.copy, self.ema))
+            self.finish(model)

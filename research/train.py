@@ -38,7 +38,7 @@ from research.augment import AugmentPolicy
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
-from research.optim import Lookahead, create_optimizer
+from research.optim import Lookahead, create_optimizer, lookahead_pull
 from research.record import ServingRecord
 
 log = logging.getLogger("research.train")
@@ -138,10 +138,18 @@ _functional_train_step = _functional(_host_update)
 _functional_device_step = _functional(_device_update)
 
 
+@functools.partial(jax.jit, donate_argnums=(1, 2))
+def _functional_pull(graphdef, arrays, ema, decay):
+    objects = nnx.merge(graphdef, arrays)
+    ema = lookahead_pull(objects[0], ema, decay)
+    return nnx.state(objects), ema
+
+
 class _Stepper:
     """The training loop's steps on the state as one pytree of arrays (`_functional`). The
-    modules fall behind while it steps: `sync()` before the host reads or saves them, and
-    `reload()` after it changes them (the lookahead's pull, the metrics' reset)."""
+    modules fall behind while it steps (and pulls the lookahead's EMA): `sync()` before the host
+    reads or saves them, and `reload()` after it changes them (the lookahead's end, the
+    metrics' reset)."""
 
     def __init__(self, state: TrainState):
         self.objects = (state.model, state.opt, state.metrics)
@@ -153,6 +161,12 @@ class _Stepper:
         loss, self.arrays = step(self.graphdef, self.arrays, *args, **static)
         self.behind = True
         return loss
+
+    def pull(self, ema: Any, decay: float) -> Any:
+        """The lookahead's pull (optim.lookahead_pull) on the arrays; returns the new EMA."""
+        self.arrays, ema = _functional_pull(self.graphdef, self.arrays, ema, np.float32(decay))
+        self.behind = True
+        return ema
 
     def sync(self) -> None:
         if self.behind:
@@ -396,10 +410,13 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
             bar.update(1)
             # A signal reaches processes at different steps: all stop at the same one.
             stopping = distributed.any_process(stop.signal is not None)
-            if state.lookahead is not None and state.lookahead.acts_at(done, steps.schedule):
-                stepper.sync()
-                state.lookahead.after_step(state.model, done, steps.schedule)
-                stepper.reload()
+            if (lookahead := state.lookahead) is not None:  # lookahead.after_step, functional
+                if (decay := lookahead.decay_at(done, steps.schedule)) is not None:
+                    lookahead.ema = stepper.pull(lookahead.ema, decay)
+                if done == steps.schedule:
+                    stepper.sync()
+                    lookahead.finish(state.model)
+                    stepper.reload()
             if done % config.log_every_steps == 0 or done == steps.total or stopping:
                 bar.set_description(f"epoch {done / steps.per_epoch:.2f}", refresh=False)
                 bar.set_postfix(loss=f"{_check_finite(pending):.3f}", refresh=False)

@@ -356,3 +356,24 @@ def test_no_readable_checkpoint_is_an_error_naming_each(trained, tmp_path):
     for step in steps:
         assert f"step {step} ({run / 'checkpoints' / str(step)}" in str(error.value)
     assert model_dir.list_steps(run / "checkpoints") == steps  # nothing moved or deleted
+
+
+def test_the_loops_functional_lookahead_pull_equals_lookahead_after_step(trained):
+    """The training loop pulls the lookahead's EMA on the split arrays (train._Stepper.pull);
+    the weights and the EMA it leaves are Lookahead.after_step's, bit for bit."""
+    config, _, _ = trained
+    model, opt, lookahead = _trained_a_little(config, seed=1)
+    twin, twin_opt, twin_lookahead = _trained_a_little(config, seed=1)
+    step = config.lookahead_every * 2  # a pull is due
+    lookahead.after_step(model, step, total_steps=100)
+    state = train.TrainState(
+        model=twin, opt=twin_opt, metrics=nnx.MultiMetric(loss=nnx.metrics.Average("loss")),
+        lookahead=twin_lookahead, checkpoints=None, step=0, data_sharding=None, replicated=None,
+    )  # fmt: skip
+    stepper = train._Stepper(state)
+    decay = twin_lookahead.decay_at(step, 100)
+    assert decay is not None and twin_lookahead.decay_at(step + 1, 100) is None
+    twin_lookahead.ema = stepper.pull(twin_lookahead.ema, decay)
+    stepper.sync()
+    assert _leaf_bytes(nnx.state(twin)) == _leaf_bytes(nnx.state(model))
+    assert _leaf_bytes(twin_lookahead.ema) == _leaf_bytes(lookahead.ema)
