@@ -138,7 +138,7 @@ _functional_train_step = _functional(_host_update)
 _functional_device_step = _functional(_device_update)
 
 
-@functools.partial(jax.jit, donate_argnums=(1, 2))
+@functools.partial(jax.jit, donate_argnums=1)  # not the EMA: a checkpoint may still hold it
 def _functional_pull(graphdef, arrays, ema, decay):
     objects = nnx.merge(graphdef, arrays)
     ema = lookahead_pull(objects[0], ema, decay)
