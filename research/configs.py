@@ -187,7 +187,7 @@ class Config:
     flip: bool | None = None  # None: the DatasetSpec's (True for unknown datasets)
     cutout: int = 0  # side of a random square set to the mean; 0 disables it
     # Robustness to noise, blur, compression and light (research.augment), applied inside the
-    # device-resident step (--input=device): 'none', 'trivial' or 'augmix'
+    # train step in either input mode: 'none', 'trivial' or 'augmix'
     robust_augment: str = "none"
     # Model.
     model: str = "airbench"  # one of MODELS
