@@ -112,10 +112,12 @@
     }
 
     // began: when the frame was taken (performance.now()), so the round trip counts encoding too.
-    function classify(blob, heading, continuous, began) {
+    // wanted (optional): asked when the answer arrives; false drops it (the image is gone).
+    function classify(blob, heading, continuous, began, wanted) {
       began = began || performance.now();
       return post(classifyUrl, blob, "frame." + (blob.type === "image/png" ? "png" : "jpg")).then(
         function (answer) {
+          if (wanted && !wanted()) return answer;
           var ms = performance.now() - began;
           stats.answers += 1;
           stats.roundTrips.push(ms);
@@ -316,7 +318,9 @@
         dirty = false;
         inFlight = true;
         new Promise(function (resolve) { canvas.toBlob(resolve, "image/png"); }).then(function (blob) {
-          return classify(blob, "Your drawing looks like");
+          // Undo or Clear may empty the canvas while this is on its way: then no answer shows.
+          return classify(blob, "Your drawing looks like", false, null,
+            function () { return strokes.length > 0; });
         }).then(function () { showError("", "draw"); }, function (error) { showError(error.message, "draw"); }).then(function () {
           inFlight = false;
           if (dirty) changed();
