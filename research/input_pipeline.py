@@ -100,14 +100,10 @@ def create_train_iterator(
         image, label = example
         seed = tf.stack([tf.constant(config.seed, tf.int64), index])
         image = preprocess_for_train(image, seed, config=config, fill=fill)
-        if config.robust_augment == "none":
-            return {"image": image, "label": tf.cast(label, tf.int32)}
-        # The train step applies the robust policy, keyed by (seed, stream position).
-        return {
-            "image": image,
-            "label": tf.cast(label, tf.int32),
-            "position": tf.cast(index, tf.int32),
-        }
+        batch = {"image": image, "label": tf.cast(label, tf.int32)}
+        if config.robust_augment != "none":  # the train step applies it, keyed by position
+            batch["position"] = tf.cast(index, tf.int32)
+        return batch
 
     ds = ds.shuffle(num_examples, seed=config.seed, reshuffle_each_iteration=True)
     # batch(drop_remainder) + unbatch cuts each epoch to whole batches while still reading the
