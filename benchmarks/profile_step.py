@@ -66,7 +66,7 @@ MOVE_OPCODES = {
     "transpose",
 }
 STRUCTURAL_OPCODES = {"parameter", "constant", "tuple", "get-tuple-element", "iota"}
-# Last component of JAX's op name (jit(train_step)/transpose(jvp())/<primitive>).
+# Last component of JAX's op name (jit(_host_update)/transpose(jvp())/<primitive>).
 MOVE_PRIMITIVES = {
     "broadcast_in_dim",
     "concatenate",
@@ -253,9 +253,14 @@ def _newest(pattern: str) -> str:
     return max(found, key=os.path.getmtime)
 
 
+# The jitted function behind train.train_step: XLA names its module jit_<this>.
+STEP_NAME = train.train_step.fun.__name__
+
+
 def _dump_flags(hlo_dir: str) -> str:
     return (
-        f" --xla_dump_to={hlo_dir} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*train_step.*"
+        f" --xla_dump_to={hlo_dir} --xla_dump_hlo_as_text"
+        f" --xla_dump_hlo_module_re=.*{STEP_NAME}.*"
     )
 
 
@@ -282,7 +287,7 @@ def profile(config, steps: int, out_dir: str) -> dict:
     options.python_tracer_level = 0  # XLA's thunks only: Python frames would slow the step
     with jax.profiler.trace(out_dir, create_perfetto_trace=True, profiler_options=options):
         times = measure_train(state, config, batch, steps)
-    hlo = _newest(os.path.join(out_dir, "hlo", "*train_step*after_optimizations.txt"))
+    hlo = _newest(os.path.join(out_dir, "hlo", f"*{STEP_NAME}*after_optimizations.txt"))
     with open(hlo) as f:
         instructions = parse_hlo(f.read())
     trace = _newest(os.path.join(out_dir, "**", "perfetto_trace.json.gz"))
@@ -326,7 +331,7 @@ def print_report(result: dict, config, top: int) -> None:
         ins = instructions[name]
         print(
             f"| {name} | {classify(ins)} | {value:.1f} | {100 * value / total:.1f} | {ins.shape} "
-            f"| {ins.op_name.removeprefix('jit(train_step)/')} | {ins.where} |"
+            f"| {ins.op_name.removeprefix(f'jit({STEP_NAME})/')} | {ins.where} |"
         )
 
 

@@ -12,6 +12,7 @@ well. ``benchmarks/conv.py`` measures the difference at the layer shapes our mod
 work with either, and ``impl`` changes only how the output is computed, never its value.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -101,6 +102,90 @@ def _mixed_dot_bwd(residuals, grad):
 mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
 
 
+def _im2col(x: jax.Array, kernel_hw: tuple[int, int], pads) -> jax.Array:
+    """The shifted copies of padded NHWC `x`, concatenated on channels: [N, H', W', kh*kw*C].
+
+    Patch channel index (i * kw + j) * C + c matches the row-major reshape of an HWIO kernel.
+    bfloat16 copies are moved as 16-bit integers: XLA:CPU would widen a bfloat16 pad and
+    concatenate to float32 and narrow the result back (twice the traffic, two conversions).
+    """
+    if x.dtype == jnp.bfloat16:
+        moved = _im2col(lax.bitcast_convert_type(x, jnp.uint16), kernel_hw, pads)
+        return lax.bitcast_convert_type(moved, jnp.bfloat16)
+    kh, kw = kernel_hw
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    h = x.shape[1] - kh + 1
+    w = x.shape[2] - kw + 1
+    return jnp.concatenate(
+        [x[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
+
+
+def _col2im(patches: jax.Array, kernel_hw: tuple[int, int], pads, shape) -> jax.Array:
+    """The adjoint of ``_im2col``: each copy's gradient added back where it was cut from."""
+    kh, kw = kernel_hw
+    _, height, width, cin = shape
+    padded_h = height + sum(pads[0])
+    padded_w = width + sum(pads[1])
+    h, w = patches.shape[1], patches.shape[2]
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            start = (i * kw + j) * cin
+            part = jnp.pad(
+                patches[..., start : start + cin],
+                ((0, 0), (i, padded_h - h - i), (j, padded_w - w - j), (0, 0)),
+            )
+            total = part if total is None else total + part
+    return total[:, pads[0][0] : pads[0][0] + height, pads[1][0] : pads[1][0] + width, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_conv(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
+    """Stride-1 im2col convolution with bfloat16 operands, float32 accumulation and result.
+
+    `x` (any float dtype, NHWC) and the float32 master `kernel` (HWIO) are rounded to bfloat16
+    for the product. The backward pass is written by hand for XLA:CPU, where the automatic one
+    is slow (`benchmarks/profile_step.py`): it keeps only `x` (bfloat16) and recomputes the
+    patches; it sums the patches' gradient back into the input's (col2im) in float32, which
+    XLA:CPU vectorises, rather than in bfloat16, which it widens element by element; and it
+    writes both of its products in the plain [M, K] @ [K, N] form, the one XLA:CPU multiplies
+    in bfloat16 (a product with a transposed operand is widened to float32 or preceded by a
+    transposing copy of the large operand). The input's gradient has `x`'s dtype.
+    """
+    kh, kw, cin, cout = kernel.shape
+    patches = _im2col(x.astype(jnp.bfloat16), (kh, kw), pads)
+    kernel = kernel.reshape(kh * kw * cin, cout).astype(jnp.bfloat16)
+    return jnp.dot(patches, kernel, preferred_element_type=jnp.float32)
+
+
+def _mixed_conv_fwd(x: jax.Array, kernel: jax.Array, pads):
+    # A zero of x's dtype rides along: the backward returns the input's gradient in it.
+    return mixed_conv(x, kernel, pads), (x.astype(jnp.bfloat16), kernel, jnp.zeros((), x.dtype))
+
+
+def _mixed_conv_bwd(pads, residuals, grad):
+    x, kernel, x_dtype = residuals
+    kh, kw, cin, cout = kernel.shape
+    rows = grad.reshape(-1, cout).astype(jnp.bfloat16)  # [M, out], M = N * H' * W'
+    # Input: [M, out] @ [out, kh*kw*in]. The kernel is transposed before it is flattened, a
+    # real (small) copy: XLA would fold ``flat_kernel.T`` into the product as a transposed
+    # operand.
+    kernel_t = kernel.transpose(3, 0, 1, 2).reshape(cout, kh * kw * cin).astype(jnp.bfloat16)
+    dpatches = jnp.dot(rows, kernel_t, preferred_element_type=jnp.float32)
+    dpatches = dpatches.reshape(*grad.shape[:-1], kh * kw * cin)
+    dx = _col2im(dpatches, (kh, kw), pads, x.shape).astype(x_dtype.dtype)
+    # Kernel: [out, M] @ [M, kh*kw*in], transposing the output gradient (`out` channels)
+    # rather than the patches (kh*kw*in channels), then the small result back to HWIO.
+    patches = _im2col(x, (kh, kw), pads).reshape(rows.shape[0], kh * kw * cin)
+    grad_t = grad.astype(jnp.bfloat16).transpose(3, 0, 1, 2).reshape(cout, rows.shape[0])
+    dkernel_t = jnp.dot(grad_t, patches, preferred_element_type=jnp.float32)
+    return dx, dkernel_t.reshape(cout, kh, kw, cin).transpose(1, 2, 3, 0)
+
+
+mixed_conv.defvjp(_mixed_conv_fwd, _mixed_conv_bwd)
+
+
 def conv2d(
     x: jax.Array,
     kernel: jax.Array,
@@ -119,9 +204,8 @@ def conv2d(
     kh, kw, cin, cout = kernel.shape
     pads = _pads((kh, kw), padding)
     mixed = compute_dtype == "bfloat16"
-    if mixed:
-        x = x.astype(jnp.bfloat16)
     if resolve_impl(impl) == "xla":
+        x = x.astype(jnp.bfloat16) if mixed else x
         return lax.conv_general_dilated(
             x,
             kernel.astype(x.dtype),
@@ -130,17 +214,14 @@ def conv2d(
             dimension_numbers=_DIMENSION_NUMBERS,
             preferred_element_type=jnp.float32 if mixed else None,
         )
-    dot = mixed_dot if mixed else jnp.dot
     if (kh, kw) == (1, 1):
-        return dot(x, kernel.reshape(cin, cout))
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    h = x.shape[1] - kh + 1
-    w = x.shape[2] - kw + 1
-    # Patch channel index (i * kw + j) * cin + c matches the row-major reshape of the kernel.
-    patches = jnp.concatenate(
-        [x[:, i : i + h, j : j + w, :] for i in range(kh) for j in range(kw)], axis=-1
-    )
-    return dot(patches, kernel.reshape(kh * kw * cin, cout))
+        if mixed:
+            return mixed_dot(x.astype(jnp.bfloat16), kernel.reshape(cin, cout))
+        return jnp.dot(x, kernel.reshape(cin, cout))
+    if mixed:
+        return mixed_conv(x, kernel, pads)
+    patches = _im2col(x, (kh, kw), pads)
+    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
 
 
 class Conv(nnx.Module):

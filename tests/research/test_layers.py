@@ -148,3 +148,43 @@ def test_max_pool_shares_the_gradient_of_tied_maxima():
     """A window of four equal maxima passes a quarter of the gradient to each."""
     x = jnp.ones((1, 2, 2, 1))
     np.testing.assert_allclose(jax.grad(lambda x: max_pool(x).sum())(x), np.full(x.shape, 0.25))
+
+
+def _rounded(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(("kernel_size", "padding", "cin", "cout", "h", "w"), CASES)
+def test_bfloat16_conv_gradients_match_the_float32_conv_of_the_rounded_operands(
+    kernel_size, padding, cin, cout, h, w, x_dtype
+):
+    """conv2d(compute_dtype='bfloat16') on the matmul path (research.layers.mixed_conv and its
+    hand-written backward: col2im in float32, products in the plain [M, K] @ [K, N] form)
+    gives the value and the input and kernel gradients of XLA's float32 convolution of the
+    bfloat16-rounded operands, to bfloat16 precision; the input's gradient comes back in the
+    input's dtype and the kernel's in float32."""
+    from research.layers import conv2d
+
+    size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    keys = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(keys[0], (3, h, w, cin), jnp.float32).astype(x_dtype)
+    kernel = jax.random.normal(keys[1], (*size, cin, cout), jnp.float32)
+    out_shape = jax.eval_shape(lambda a, k: conv2d(a, k, padding, "xla"), x, kernel).shape
+    # The output gradient is rounded to bfloat16 in the backward pass: give one that is exact.
+    weights = _rounded(jax.random.normal(keys[2], out_shape, jnp.float32))
+
+    def ours(a, k):
+        return conv2d(a, k, padding, "matmul", "bfloat16")
+
+    def reference(a, k):
+        return conv2d(_rounded(a), _rounded(k), padding, "xla", "float32")
+
+    def loss(conv):
+        return jax.jit(jax.value_and_grad(lambda a, k: (conv(a, k) * weights).sum(), (0, 1)))
+
+    (value, (dx, dk)), (ref_value, (rx, rk)) = loss(ours)(x, kernel), loss(reference)(x, kernel)
+    assert dx.dtype == x_dtype and dk.dtype == jnp.float32
+    np.testing.assert_allclose(value, ref_value, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx, np.float32), rx, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(dk, rk, rtol=1e-2, atol=1e-2)
