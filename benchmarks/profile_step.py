@@ -259,8 +259,7 @@ STEP_NAME = train.train_step.fun.__name__
 
 def _dump_flags(hlo_dir: str) -> str:
     return (
-        f" --xla_dump_to={hlo_dir} --xla_dump_hlo_as_text"
-        f" --xla_dump_hlo_module_re=.*{STEP_NAME}.*"
+        f" --xla_dump_to={hlo_dir} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*{STEP_NAME}.*"
     )
 
 
