@@ -377,3 +377,64 @@ def test_the_loops_functional_lookahead_pull_equals_lookahead_after_step(trained
     stepper.sync()
     assert _leaf_bytes(nnx.state(twin)) == _leaf_bytes(nnx.state(model))
     assert _leaf_bytes(twin_lookahead.ema) == _leaf_bytes(lookahead.ema)
+
+
+def _fresh_state(config):
+    return train.create_train_state(
+        config, None, num_classes=3, image_shape=(32, 32, 3), mean=(127.5,) * 3,
+        std=(64.0,) * 3, steps_per_epoch=10,
+    )  # fmt: skip
+
+
+def _batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (config.batch_size, 32, 32, 3), dtype=np.uint8)
+    return {"image": images, "label": rng.integers(0, 3, config.batch_size).astype(np.int32)}
+
+
+def test_the_frozen_stem_step_updates_the_weights_as_the_full_step_does(trained):
+    """Past `whiten_bias_epochs` the loop runs the step that skips the stem's gradient
+    (train._frozen_stem_from): from the same state and batch it leaves the stem as it was and
+    every other weight as the full step leaves it (to float rounding: the two programs fuse
+    differently)."""
+    config = trained[0].replace(whiten_bias_epochs=0.0)  # the stem never learns: frozen at 0
+    full, frozen = _fresh_state(config), _fresh_state(config)
+    assert train._frozen_stem_from(config, frozen.model, 10) == 0
+    stem_before = _leaf_bytes(nnx.state(frozen.model.stem))
+    for step in range(3):
+        batch = _batch(config, seed=step)
+        for state, frozen_stem in ((full, False), (frozen, True)):
+            train.train_step(
+                state.model, state.opt, state.metrics, batch, config.label_smoothing,
+                frozen_stem=frozen_stem,
+            )  # fmt: skip
+    assert _leaf_bytes(nnx.state(frozen.model.stem)) == stem_before
+    assert _leaf_bytes(nnx.state(full.model.stem)) == stem_before
+    moved = 0
+    for (path, a), (_, b), (_, start) in zip(
+        jax.tree_util.tree_leaves_with_path(nnx.state(full.model, nnx.Param)),
+        jax.tree_util.tree_leaves_with_path(nnx.state(frozen.model, nnx.Param)),
+        jax.tree_util.tree_leaves_with_path(nnx.state(_fresh_state(config).model, nnx.Param)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6, err_msg=path)
+        moved += not np.array_equal(np.asarray(a), np.asarray(start))
+    assert moved > 5  # the steps trained the rest of the net
+
+
+def test_the_frozen_stem_step_compiles_without_the_first_blocks_input_gradient(trained):
+    """What the frozen-stem step saves: XLA drops the product that carries the gradient back
+    into the stem's output (the first convolution's input gradient), so the compiled step has
+    one matrix product fewer than the full step."""
+    config = trained[0].replace(whiten_bias_epochs=0.0, conv_impl="matmul")
+    state = _fresh_state(config)
+    graphdef, arrays = nnx.split((state.model, state.opt, state.metrics))
+    batch = jax.device_put(_batch(config))
+
+    def dots(frozen_stem: bool) -> int:
+        compiled = train._functional_train_step.lower(
+            graphdef, arrays, batch, label_smoothing=0.2, frozen_stem=frozen_stem,
+        ).compile()  # fmt: skip
+        return compiled.as_text().count(" dot(")
+
+    assert dots(frozen_stem=True) == dots(frozen_stem=False) - 1
