@@ -62,25 +62,13 @@ def _synthetic_batch(config: Config, image_shape, num_classes: int) -> dict[str,
     }
 
 
-def measure_train(
-    state: train.TrainState,
-    config: Config,
-    batch: dict[str, np.ndarray],
-    steps,
-    frozen_stem: bool = False,
-):
-    """Seconds per train_step on host batches (device_put included, as in training);
-    `frozen_stem`: the step training takes once the whitening stem stops learning."""
+def measure_train(state: train.TrainState, config: Config, batch: dict[str, np.ndarray], steps):
+    """Seconds per train_step on host batches (device_put included, as in training)."""
 
     def step() -> None:
         on_device = jax.device_put(batch, state.data_sharding)
         loss = train.train_step(
-            state.model,
-            state.opt,
-            state.metrics,
-            on_device,
-            config.label_smoothing,
-            frozen_stem=frozen_stem,
+            state.model, state.opt, state.metrics, on_device, config.label_smoothing
         )
         loss.block_until_ready()
 
@@ -210,15 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{time.perf_counter() - start:.0f}s with compiling)",
         flush=True,
     )
-    if train._frozen_stem_from(config, state.model, STEPS_PER_EPOCH) is not None:
-        start = time.perf_counter()
-        frozen_times = measure_train(state, config, synthetic, steps, frozen_stem=True)
-        print(
-            f"  stem frozen {_images_per_s(batch, frozen_times):6.1f} images/s  "
-            f"({statistics.median(frozen_times) * 1e3:.0f} ms/step: the step after "
-            f"whiten_bias_epochs; {time.perf_counter() - start:.0f}s with compiling)",
-            flush=True,
-        )
 
     start = time.perf_counter()
     eval_times, flip_tta = measure_eval(state, config, synthetic["image"], steps)

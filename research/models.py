@@ -190,14 +190,10 @@ class AirbenchNet(nnx.Module):
             previous, num_classes, use_bias=False, kernel_init=v.head_init, rngs=rngs
         )
 
-    def embed(self, images: jax.Array, *, frozen_stem: bool = False) -> tuple[jax.Array, jax.Array]:
+    def embed(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(the pooled features the head reads [N, widths[-1]], every stage's per-channel
-        spatial mean and standard deviation, concatenated [N, S]). `frozen_stem`: no gradient
-        flows into the stem convolution (kernel, bias, and the first block's input gradient
-        that only they need), for training once the whitening stem has stopped learning."""
+        spatial mean and standard deviation, concatenated [N, S])."""
         x = self.stem(normalize(images, self.mean, self.std))
-        if frozen_stem:
-            x = jax.lax.stop_gradient(x)
         if self.stem_norm is not None:
             x = self.stem_norm(x)
         x = nnx.gelu(x, approximate=True)
@@ -207,15 +203,15 @@ class AirbenchNet(nnx.Module):
             stages.append(x)
         return x.max(axis=(1, 2)), stage_statistics(stages)  # global max pooling
 
-    def features(self, images: jax.Array, *, frozen_stem: bool = False) -> jax.Array:
-        return self.embed(images, frozen_stem=frozen_stem)[0]
+    def features(self, images: jax.Array) -> jax.Array:
+        return self.embed(images)[0]
 
     def head_logits(self, features: jax.Array) -> jax.Array:
         logits = self.head(features)
         return logits if self.head_scale == 1.0 else logits * self.head_scale
 
-    def __call__(self, images: jax.Array, *, frozen_stem: bool = False) -> jax.Array:
-        return self.head_logits(self.features(images, frozen_stem=frozen_stem))
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.head_logits(self.features(images))
 
 
 class BaselineNet(nnx.Module):

@@ -67,15 +67,6 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int) -> optax.Schedu
     )
 
 
-def stem_training_steps(config: Config, steps_per_epoch: int) -> int | None:
-    """Steps the whitening stem's bias trains (`whiten_bias_epochs`); None when the stem is
-    not frozen. From this step on the stem learns nothing, so the train step may skip its
-    gradient (research.train)."""
-    if config.whiten_bias_epochs is None:
-        return None
-    return int(config.whiten_bias_epochs * steps_per_epoch)
-
-
 def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
     """Optax optimizer: the schedule above, weight decay on kernels only, parameter groups.
 
@@ -83,7 +74,7 @@ def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTran
     AdamW decays decoupled.
     """
     schedule = learning_rate_schedule(config, steps_per_epoch)
-    stem_bias_steps = stem_training_steps(config, steps_per_epoch) or 0
+    stem_bias_steps = int((config.whiten_bias_epochs or 0) * steps_per_epoch)
     return optax.multi_transform(
         {
             "other": _group_optimizer(config, schedule, weight_decay=config.weight_decay),

@@ -38,7 +38,7 @@ from research.augment import AugmentPolicy
 from research.configs import Config
 from research.errors import DataNotFoundError, NonFiniteLossError  # train.NonFiniteLossError too
 from research.model_dir import CHECKPOINTS_SUBDIR
-from research.optim import Lookahead, create_optimizer, lookahead_pull, stem_training_steps
+from research.optim import Lookahead, create_optimizer, lookahead_pull
 from research.record import ServingRecord
 
 log = logging.getLogger("research.train")
@@ -47,26 +47,17 @@ log = logging.getLogger("research.train")
 # ----------------------------------------------------------------------------- steps
 
 
-def loss_fn(
-    model: nnx.Module,
-    batch: dict[str, jax.Array],
-    label_smoothing: float,
-    frozen_stem: bool = False,
-):
-    """Label-smoothed cross-entropy. `frozen_stem`: no gradient into the stem (an AirbenchNet
-    past its `whiten_bias_epochs`, whose stem learns nothing more: `_frozen_stem_from`)."""
-    logits = model(batch["image"], frozen_stem=True) if frozen_stem else model(batch["image"])
+def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], label_smoothing: float):
+    logits = model(batch["image"])
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
     loss = -(targets * models.log_probabilities(logits)).sum(-1).mean()
     return loss, logits
 
 
-def _update(
-    model, opt, metrics, batch, label_smoothing: float, frozen_stem: bool = False
-) -> jax.Array:
+def _update(model, opt, metrics, batch, label_smoothing: float) -> jax.Array:
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits), grads = grad_fn(model, batch, label_smoothing, frozen_stem)
+    (loss, logits), grads = grad_fn(model, batch, label_smoothing)
     opt.update(model, grads)
     metrics.update(loss=loss, logits=logits, labels=batch["label"])
     return loss
@@ -80,7 +71,6 @@ def _host_update(
     label_smoothing: float,
     seed: jax.Array | None = None,
     robust: AugmentPolicy | None = None,
-    frozen_stem: bool = False,
 ) -> jax.Array:
     """One optimizer step on a batch the host prepared (the tf.data input mode); a `robust`
     policy is applied here, to image b with the key of (seed, batch['position'][b])."""
@@ -90,12 +80,12 @@ def _host_update(
             "image": device_input.robust_augment(batch["image"], keys, robust),
             "label": batch["label"],
         }
-    return _update(model, opt, metrics, batch, label_smoothing, frozen_stem)
+    return _update(model, opt, metrics, batch, label_smoothing)
 
 
 train_step = nnx.jit(
     _host_update,
-    static_argnames=("label_smoothing", "robust", "frozen_stem"),
+    static_argnames=("label_smoothing", "robust"),
     donate_argnames=("model", "opt"),
 )
 
@@ -111,17 +101,16 @@ def _device_update(
     seed: jax.Array,
     label_smoothing: float,
     augmentation: device_input.Augmentation,
-    frozen_stem: bool = False,
 ) -> jax.Array:
     """One optimizer step on examples `indices` of the device-resident split, augmented here
     (the device input mode: research.device_input)."""
     batch = device_input.gather_batch(images, labels, indices, positions, seed, augmentation)
-    return _update(model, opt, metrics, batch, label_smoothing, frozen_stem)
+    return _update(model, opt, metrics, batch, label_smoothing)
 
 
 device_train_step = nnx.jit(
     _device_update,
-    static_argnames=("label_smoothing", "augmentation", "frozen_stem"),
+    static_argnames=("label_smoothing", "augmentation"),
     donate_argnames=("model", "opt"),
 )
 
@@ -134,7 +123,7 @@ def _functional(update: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Arr
 
     @functools.partial(
         jax.jit,
-        static_argnames=("label_smoothing", "augmentation", "robust", "frozen_stem"),
+        static_argnames=("label_smoothing", "augmentation", "robust"),
         donate_argnums=1,
     )
     def step(graphdef, arrays, *args, **static):
@@ -395,7 +384,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
     )
     evaluate = functools.partial(_evaluate, config, state, data, num_classes)
     stepper = _Stepper(state)
-    feed = _feed(config, data, state, stepper, mean, start_step, steps.per_epoch)
+    feed = _feed(config, data, state, stepper, mean, start_step)
     main_process = distributed.is_main_process()  # the one that logs and writes results
     summary = _Summary(workdir if main_process else None)
     if main_process:
@@ -494,15 +483,9 @@ def _feed(
     stepper: _Stepper,
     mean,
     start_step: int,
-    steps_per_epoch: int,
 ) -> Callable[[int, _EpochTimer], jax.Array]:
     """`feed(step, timer)` runs train step `step` on its batch, in the config's input mode,
     and returns its loss (not waited for); the timer counts the host's wait for data."""
-    frozen_from = _frozen_stem_from(config, state.model, steps_per_epoch)
-
-    def frozen(step: int) -> bool:
-        return frozen_from is not None and step >= frozen_from
-
     if data.train_arrays is not None:
         order = device_input.EpochOrder(data.train_examples, config.batch_size, config.seed)
         # The same arrays in every process: a copy of the split on every device.
@@ -527,7 +510,6 @@ def _feed(
                 seed,
                 label_smoothing=config.label_smoothing,
                 augmentation=augmentation,
-                frozen_stem=frozen(step),
             )
 
         return device_feed
@@ -545,21 +527,9 @@ def _feed(
             label_smoothing=config.label_smoothing,
             seed=seed,
             robust=policy,
-            frozen_stem=frozen(step),
         )
 
     return host_feed
-
-
-def _frozen_stem_from(config: Config, model: nnx.Module, steps_per_epoch: int) -> int | None:
-    """The first step whose update leaves the whitening stem as it is (its kernel is frozen
-    and its bias trained `whiten_bias_epochs`: research.optim), so the step skips the stem's
-    gradient and the first block's input gradient, which only the stem needs (0.4 s of a
-    5.2 s step on the 2-core CPU). None: the stem trains throughout, or there is none. The
-    weights are the same either way; the second variant compiles once, when it starts."""
-    if getattr(model, "stem", None) is None:
-        return None
-    return stem_training_steps(config, steps_per_epoch)
 
 
 class _EpochTimer:
