@@ -37,7 +37,7 @@ import jax
 import train_speed  # benchmarks/: the README's training measurement, shared
 from train_speed import STEPS_PER_EPOCH, measure_train
 
-from research import configs, train
+from research import cli, configs, train
 
 CONV = "convolution / dot"
 NORM = "batch norm (statistics, normalize)"
@@ -370,4 +370,5 @@ def _parse_args(argv: Sequence[str] | None):
 
 
 if __name__ == "__main__":
+    cli.exec_with_malloc_tunables()  # what `python -m research.train` runs with
     sys.exit(main())

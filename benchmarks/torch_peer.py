@@ -18,6 +18,10 @@ train_speed.measure_train (the README's training figure), in every compute dtype
 offers. Each figure is the median over --repeats of the images/s of --steps consecutive steps,
 after warm-up steps (the first compiles). Both run on the same random uint8 batch of CIFAR-10's
 shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
+
+Both run with the glibc allocator settings `python -m research.train` runs with
+(research.cli.MALLOC_TUNABLES; `GLIBC_TUNABLES= python benchmarks/torch_peer.py` runs both
+without them).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from collections.abc import Sequence
 import train_speed  # benchmarks/: the README's training measurement, shared
 from train_speed import STEPS_PER_EPOCH, measure_train, time_calls
 
-from research import configs, models, train
+from research import cli, configs, models, train
 from research.configs import Config
 
 WARMUP_STEPS = train_speed.WARMUP_STEPS
@@ -177,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"airbench94 {','.join(map(str, config.widths))}, batch {config.batch_size}, "
         f"{image_shape} uint8, CPU ({os.cpu_count()} cores), torch {torch.__version__} on "
         f"{args.threads} threads; median of {args.repeats} x {args.steps} steps after "
-        f"{WARMUP_STEPS} warm-up",
+        f"{WARMUP_STEPS} warm-up; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
         flush=True,
     )
     figures: dict[str, float] = {}
@@ -245,4 +249,5 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    cli.exec_with_malloc_tunables()  # what `python -m research.train` runs with
     sys.exit(main())

@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from research import checkpoints, configs, datasets, input_pipeline, models, train  # noqa: E402
+from research import checkpoints, cli, configs, datasets, input_pipeline, models, train  # noqa: E402
 from research.configs import Config  # noqa: E402
 from research.errors import DataNotFoundError  # noqa: E402
 from research.inference import Classifier  # noqa: E402
@@ -266,4 +266,5 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    cli.exec_with_malloc_tunables()  # what `python -m research.train` runs with
     sys.exit(main())

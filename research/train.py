@@ -802,4 +802,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    cli.exec_with_malloc_tunables()
     sys.exit(main())
