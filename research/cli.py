@@ -25,8 +25,11 @@ def setup_logging(noisy_level: int = logging.ERROR, *, force: bool = False) -> N
 # anew at every step; by default glibc serves them with mmap and unmaps them when freed, so
 # every step faults its ~4 GB back in page by page (1.1 million minor faults per airbench94
 # step on the 2-core CPU, half of the CPU's time in the kernel). Kept in one heap, the step
-# reuses the same pages: 0 faults, 6.0 -> 4.3 s a step (Benchmarks in the README). The cost is
-# a resident set that stays at its peak.
+# reuses the same pages: 0 faults, 5.1-6.0 -> 3.6-4.3 s a step (Benchmarks in the README).
+# The cost is memory: the heap keeps its peak and fragments (the CIFAR-10 run held 17.8 GB
+# where glibc's defaults stay near 5.5 GB), so machines with less than MIN_MEMORY keep the
+# defaults.
+MIN_MEMORY = 20 << 30  # bytes of physical memory
 MALLOC_TUNABLES = ":".join(
     (
         "glibc.malloc.arena_max=1",
@@ -40,10 +43,21 @@ MALLOC_TUNABLES = ":".join(
 def exec_with_malloc_tunables() -> None:
     """Runs this process's command again with `MALLOC_TUNABLES` (glibc reads them only at
     start-up), the same PID, arguments and interpreter options; returns at once where glibc
-    is not the C library or GLIBC_TUNABLES is already set (even empty: a person's choice).
-    Call first in a training command's `if __name__ == "__main__"`, before any work."""
+    is not the C library, the machine has less than `MIN_MEMORY`, or GLIBC_TUNABLES is
+    already set (even empty: a person's choice). Call first in a training command's
+    `if __name__ == "__main__"`, before any work."""
     if "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
+        return
+    if physical_memory() < MIN_MEMORY:
         return
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0

@@ -26,6 +26,9 @@ print("after", os.getpid(), sys.argv[1:], repr(os.environ.get("GLIBC_TUNABLES"))
 """
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc")
+enough_memory = pytest.mark.skipif(
+    cli.physical_memory() < cli.MIN_MEMORY, reason="a small machine keeps glibc's defaults"
+)
 
 
 def _run(tmp_path: Path, env_tunables: str | None) -> list[str]:
@@ -43,6 +46,7 @@ def _run(tmp_path: Path, env_tunables: str | None) -> list[str]:
 
 
 @glibc_only
+@enough_memory
 def test_a_training_command_runs_again_with_the_malloc_tunables_same_pid_and_arguments(tmp_path):
     """Started without GLIBC_TUNABLES, the command re-executes itself once (the same PID, its
     arguments intact) with research.cli.MALLOC_TUNABLES, which glibc reads only at start-up."""
@@ -61,3 +65,13 @@ def test_a_glibc_tunables_setting_already_made_is_left_as_it_is(tmp_path, chosen
     lines = _run(tmp_path, chosen)
     pid = lines[0].split()[1]
     assert lines == [f"before {pid}", f"after {pid} ['--flag=1', 'x y'] {chosen!r}"]
+
+
+@glibc_only
+def test_a_machine_with_too_little_memory_keeps_glibcs_defaults(tmp_path, monkeypatch):
+    """Below MIN_MEMORY the settings would hold more than the machine has: no re-execution."""
+    monkeypatch.setattr(cli, "MIN_MEMORY", cli.physical_memory() + 1)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(os, "execve", lambda *args: pytest.fail(f"re-executed: {args[1]}"))
+    cli.exec_with_malloc_tunables()
+    assert "GLIBC_TUNABLES" not in os.environ
