@@ -271,8 +271,8 @@ def uses_flip(config: Config) -> bool:
 # 89.54% on the validation split (5,000 images) of the CIFAR-10 JPEG copy after 8 epochs, the
 # whole command in 24.4 min (models/cifar10_v1, 7 epochs in fp32: 89.34% in 48.6 min; the
 # served models/cifar10 is this recipe with robust augmentation, 20 epochs, on a GPU). Not in
-# the recipe: the dataset's flip (on), the
-# averaged mirror at evaluation (flip_tta), and the net's own choices (research.models).
+# the recipe: the dataset's flip (on), the averaged mirror at evaluation (flip_tta), and the
+# net's own choices (research.models).
 AIRBENCH94_EPOCHS = 8.0  # airbench94 trains 9.9; 8 is what fits in 30 minutes on the 2-core CPU
 AIRBENCH94_RECIPE: dict[str, Any] = dict(
     model="airbench94",
