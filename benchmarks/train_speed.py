@@ -68,7 +68,12 @@ def measure_train(state: train.TrainState, config: Config, batch: dict[str, np.n
     def step() -> None:
         on_device = jax.device_put(batch, state.data_sharding)
         loss = train.train_step(
-            state.model, state.opt, state.metrics, on_device, config.label_smoothing
+            state.model,
+            state.opt,
+            state.metrics,
+            on_device,
+            config.label_smoothing,
+            microbatches=config.microbatches,
         )
         loss.block_until_ready()
 

@@ -11,9 +11,10 @@ The same contract as the tf.data pipeline, so either mode resumes exactly:
   so a resumed run sees the batches an uninterrupted run would have seen.
 The augmentations (random translation with reflect padding, horizontal flip, cutout) draw from
 the same distributions as research.input_pipeline's: translation offsets uniform in
-[-padding, padding] on each axis, flips with probability 1/2, cutout centres uniform over the
-image (tests/research/test_device_input.py checks both against each other). The random
-streams differ (JAX's threefry here, TensorFlow's Philox there).
+[-padding, padding] on each axis, flips with probability 1/2 (or, with alternate_flip, a
+seeded coin per example XOR the epoch's parity), cutout centres uniform over the image
+(tests/research/test_device_input.py checks both against each other). The random streams
+differ (JAX's threefry here, TensorFlow's Philox there).
 
 No TensorFlow here: with research.arrays it trains from image folders or idx files alone.
 """
@@ -50,15 +51,26 @@ class Augmentation:
     cutout: int = 0
     fill: tuple[int, ...] = (0,)  # cutout's value per channel (the dataset's rounded mean)
     robust: robust.AugmentPolicy | None = None  # noise, blur, JPEG, light: research.augment
+    # Config.alternate_flip: example k flips in epoch e iff its seeded coin XOR (e odd); the
+    # epoch of stream position i is i // epoch_examples
+    alternate_flip: bool = False
+    epoch_examples: int = 0
 
     @classmethod
-    def from_config(cls, config: Config, mean: Sequence[float]) -> Augmentation:
+    def from_config(
+        cls, config: Config, mean: Sequence[float], epoch_examples: int = 0
+    ) -> Augmentation:
+        alternate = uses_flip(config) and config.alternate_flip
+        if alternate and epoch_examples <= 0:
+            raise ValueError("alternate_flip needs the number of examples in an epoch")
         return cls(
             crop_padding=config.crop_padding,
             flip=uses_flip(config),
             cutout=config.cutout,
             fill=tuple(int(round(m)) for m in mean),
             robust=robust_policy(config),
+            alternate_flip=alternate,
+            epoch_examples=epoch_examples if alternate else 0,
         )
 
 
@@ -72,7 +84,9 @@ def robust_policy(config: Config) -> robust.AugmentPolicy | None:
     return ROBUST_POLICIES[config.robust_augment]
 
 
-def _augment_one(image: jax.Array, key: jax.Array, aug: Augmentation) -> jax.Array:
+def _augment_one(
+    image: jax.Array, key: jax.Array, flip: jax.Array | None, aug: Augmentation
+) -> jax.Array:
     translate_key, flip_key, cutout_key = jax.random.split(key, 3)
     h, w, c = image.shape
     if aug.crop_padding > 0:
@@ -81,7 +95,8 @@ def _augment_one(image: jax.Array, key: jax.Array, aug: Augmentation) -> jax.Arr
         offsets = jax.random.randint(translate_key, (2,), 0, 2 * p + 1)
         image = lax.dynamic_slice(padded, (offsets[0], offsets[1], 0), (h, w, c))
     if aug.flip:
-        image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+        flip = jax.random.bernoulli(flip_key) if flip is None else flip
+        image = jnp.where(flip, image[:, ::-1], image)
     if aug.cutout > 0:
         centre = jax.random.randint(cutout_key, (2,), 0, jnp.array([h, w]))
         rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
@@ -99,10 +114,26 @@ def example_keys(seed: int | jax.Array, positions: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(positions)
 
 
-def augment(images: jax.Array, keys: jax.Array, aug: Augmentation) -> jax.Array:
-    """Augments uint8 images [B, H, W, C], image b with keys[b]: uint8 out, or float32 in
-    [0, 255] with a robust policy (which the model normalizes like uint8)."""
-    images = jax.vmap(functools.partial(_augment_one, aug=aug))(images, keys)
+def alternating_flips(seed: int | jax.Array, indices: jax.Array, epochs: jax.Array) -> jax.Array:
+    """Config.alternate_flip's decisions, bool [B]: example indices[b] is mirrored in epoch
+    epochs[b] iff its coin, a function of (seed, example) only, differs from the epoch's
+    parity. A seeded half of the split is mirrored in even epochs, the other half in odd ones."""
+    base = jax.random.split(jax.random.key(seed))[1]  # not any fold_in(key(seed), position)
+    coins = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(base, i)))(indices)
+    return coins != (epochs % 2 == 1)
+
+
+def augment(
+    images: jax.Array, keys: jax.Array, aug: Augmentation, flips: jax.Array | None = None
+) -> jax.Array:
+    """Augments uint8 images [B, H, W, C], image b with keys[b] (and mirrored iff flips[b],
+    when given): uint8 out, or float32 in [0, 255] with a robust policy (which the model
+    normalizes like uint8)."""
+    one = functools.partial(_augment_one, aug=aug)
+    if flips is None:
+        images = jax.vmap(lambda image, key: one(image, key, None))(images, keys)
+    else:
+        images = jax.vmap(one)(images, keys, flips)
     return robust_augment(images, keys, aug.robust)
 
 
@@ -128,7 +159,11 @@ def gather_batch(
 ) -> dict[str, jax.Array]:
     """The augmented batch of examples `indices` at stream `positions` (inside a jit)."""
     batch = jnp.take(images, indices, axis=0)
-    return {"image": augment(batch, example_keys(seed, positions), aug), "label": labels[indices]}
+    flips = None
+    if aug.alternate_flip:
+        flips = alternating_flips(seed, indices, positions // aug.epoch_examples)
+    keys = example_keys(seed, positions)
+    return {"image": augment(batch, keys, aug, flips), "label": labels[indices]}
 
 
 class EpochOrder:

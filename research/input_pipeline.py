@@ -45,14 +45,31 @@ def _cutout(image: tf.Tensor, seed: tf.Tensor, size: int, fill: tf.Tensor) -> tf
     return tf.where(inside[:, :, None], fill, image)
 
 
+def alternating_flip(seed: int, example: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+    """Config.alternate_flip's decision for one image: its coin, a function of (seed, example)
+    only, differs from the epoch's parity (as research.device_input.alternating_flips)."""
+    coin_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, -1], tf.int64), tf.cast(example, tf.int64)
+    )
+    return (tf.random.stateless_uniform([], seed=coin_seed) < 0.5) != (epoch % 2 == 1)
+
+
 def preprocess_for_train(
-    image: tf.Tensor, seed: tf.Tensor, *, config: Config, fill: tf.Tensor
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    config: Config,
+    fill: tf.Tensor,
+    flip: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """Augments one uint8 HWC image with the config's choices; returns uint8 HWC."""
+    """Augments one uint8 HWC image with the config's choices; returns uint8 HWC. `flip`, when
+    given, decides the mirror (alternate_flip) instead of a coin keyed by `seed`."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
     if config.crop_padding > 0:
         image = _translate(image, seeds[0], config.crop_padding)
-    if uses_flip(config):
+    if uses_flip(config) and flip is not None:
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    elif uses_flip(config):
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     if config.cutout > 0:
         image = _cutout(image, seeds[2], config.cutout, fill)
@@ -83,7 +100,8 @@ def create_train_iterator(
     """Endless iterator of {'image': uint8 [B,H,W,C], 'label': int32 [B]} training batches.
 
     Each epoch is a fresh seeded permutation cut to whole batches; element i of the stream is
-    augmented with the seed (config.seed, i). So `start_step` resumes exactly where an
+    augmented with the seed (config.seed, i) (and, with alternate_flip, mirrored by its
+    example's coin and its epoch's parity). So `start_step` resumes exactly where an
     uninterrupted run would be. `rows=(start, stop)` keeps only those rows of each global
     batch, picked before augmentation: each of several processes reads its own part.
     """
@@ -96,16 +114,19 @@ def create_train_iterator(
         )
     fill = tf.constant(np.round(mean).astype(np.uint8))
 
-    def augment(index: tf.Tensor, example: tuple[tf.Tensor, tf.Tensor]) -> dict:
-        image, label = example
+    alternate = uses_flip(config) and config.alternate_flip
+
+    def augment(index: tf.Tensor, example: tuple[tf.Tensor, tuple[tf.Tensor, tf.Tensor]]):
+        number, (image, label) = example  # the example's place in the split, its data
         seed = tf.stack([tf.constant(config.seed, tf.int64), index])
-        image = preprocess_for_train(image, seed, config=config, fill=fill)
+        flip = alternating_flip(config.seed, number, index // per_epoch) if alternate else None
+        image = preprocess_for_train(image, seed, config=config, fill=fill, flip=flip)
         batch = {"image": image, "label": tf.cast(label, tf.int32)}
         if config.robust_augment != "none":  # the train step applies it, keyed by position
             batch["position"] = tf.cast(index, tf.int32)
         return batch
 
-    ds = ds.shuffle(num_examples, seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.enumerate().shuffle(num_examples, seed=config.seed, reshuffle_each_iteration=True)
     # batch(drop_remainder) + unbatch cuts each epoch to whole batches while still reading the
     # shuffle (and so the cache) to its end; take() would leave the cache unfilled.
     ds = ds.batch(config.batch_size, drop_remainder=True).unbatch()

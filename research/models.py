@@ -4,6 +4,9 @@
   whitening stem with a bias and GELU, then three blocks of conv-pool-norm-act-conv-norm-act
   (batch norm without a scale, convolutions partly initialised to the identity), global max
   pooling and a linear head whose output is scaled by 1/9.
+- `airbench94_muon`: the net of airbench94_muon (the current record, trained with Muon): the
+  same, but the head starts with unit-variance weights and its output is divided by the
+  number of features it reads (256), as published.
 - `airbench`: the same layout with our first choices: a batch-normed stem, batch norm with a
   scale, LeCun-normal convolutions and a zero-initialised head (the Fashion-MNIST model).
 - `baseline`: a small classic CNN (two conv-conv-pool stages, dense head with dropout).
@@ -37,6 +40,17 @@ def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) ->
 TORCH_KERNEL_INIT = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
+def unit_std_init(base: nnx.Initializer) -> nnx.Initializer:
+    """`base`'s draw divided by its own standard deviation (airbench94_muon's head:
+    `w *= 1 / w.std()`)."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        weights = base(key, shape, dtype)
+        return weights / jnp.std(weights, ddof=1)
+
+    return init
+
+
 def dirac_init(base: nnx.Initializer) -> nnx.Initializer:
     """`base`, with the first min(in, out) filters set to the identity (torch.nn.init.dirac_).
 
@@ -65,7 +79,7 @@ class AirbenchVariant:
     kernel_init: nnx.Initializer  # the 3x3 convolutions
     stem_init: nnx.Initializer  # the stem, unless whitening replaces it (Config.whiten_stem)
     head_init: nnx.Initializer
-    head_scale: float  # logits = head(features) * head_scale
+    head_scale: float | None  # logits = head(features) * head_scale; None: 1 / features
 
 
 AIRBENCH_VARIANTS = {
@@ -92,6 +106,10 @@ AIRBENCH_VARIANTS = {
         head_scale=1 / 9,
     ),
 }
+# airbench94_muon: PyTorch's head init rescaled to unit standard deviation, logits / 256.
+AIRBENCH_VARIANTS["airbench94_muon"] = dataclasses.replace(
+    AIRBENCH_VARIANTS["airbench94"], head_init=unit_std_init(TORCH_KERNEL_INIT), head_scale=None
+)
 
 
 class ConvBlock(nnx.Module):
@@ -155,7 +173,7 @@ class AirbenchNet(nnx.Module):
     ):
         v = AIRBENCH_VARIANTS[variant]
         self.mean, self.std = tuple(mean), tuple(std)
-        self.head_scale = v.head_scale
+        self.head_scale = v.head_scale if v.head_scale is not None else 1 / widths[-1]
         self.stem = Conv(
             in_channels,
             stem_width,

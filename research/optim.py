@@ -30,24 +30,32 @@ def _is_kernel(path: tuple, _: Any) -> bool:
 
 
 def param_label(config: Config) -> Any:
-    """Labels each parameter with its optimizer group: 'other', 'norm', 'stem_bias' or 'frozen'.
+    """Labels each parameter with its optimizer group: 'other', 'norm', 'stem_bias', 'frozen'
+    or 'muon'.
 
     'norm' are batch-norm parameters (learning rate x `bias_lr_scale`, no weight decay). With
     `whiten_bias_epochs` set, the whitening stem's kernel is 'frozen' and its bias trains for
-    that many epochs, as in airbench94.
+    that many epochs, as in airbench94. With the 'muon' optimizer, the convolution kernels
+    after the stem (4-D) are 'muon'.
     """
     return functools.partial(
         jax.tree_util.tree_map_with_path,
-        functools.partial(_group, whiten_stem_bias=config.whiten_bias_epochs is not None),
+        functools.partial(
+            _group,
+            whiten_stem_bias=config.whiten_bias_epochs is not None,
+            muon=config.optimizer == "muon",
+        ),
     )
 
 
-def _group(path: tuple, _: Any, *, whiten_stem_bias: bool) -> str:
+def _group(path: tuple, value: Any, *, whiten_stem_bias: bool, muon: bool = False) -> str:
     names = parameter_path(path)
     if names[0] == "stem" and whiten_stem_bias:
         return "stem_bias" if names[-1] == "bias" else "frozen"
     if any(name.startswith("norm") or name.endswith("norm") for name in names[:-1]):
         return "norm"
+    if muon and names[0] != "stem" and names[-1] == "kernel" and jnp.ndim(value) == 4:
+        return "muon"
     return "other"
 
 
@@ -73,6 +81,8 @@ def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTran
     SGD is Nesterov momentum with L2 weight decay added to the gradient (as PyTorch's SGD);
     AdamW decays decoupled.
     """
+    if config.optimizer == "muon":
+        return _muon_optimizer(config, steps_per_epoch)
     schedule = learning_rate_schedule(config, steps_per_epoch)
     stem_bias_steps = int((config.whiten_bias_epochs or 0) * steps_per_epoch)
     return optax.multi_transform(
@@ -89,11 +99,71 @@ def create_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTran
     )
 
 
+# A 3x3 kernel [kh, kw, in, out] as the matrix [kh * kw * in, out] that Muon orthogonalises.
+_CONV_MATRIX = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,))
+
+
+def _muon_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """airbench94_muon's optimizer. Muon (optax.contrib: Nesterov momentum, then 3
+    Newton-Schulz steps towards the nearest orthogonal matrix) on the 3x3 kernels, at
+    `muon_learning_rate`, without weight decay. Nesterov SGD with L2 weight decay on the rest:
+    the head at `learning_rate` (`weight_decay`); batch-norm biases at learning_rate x
+    `bias_lr_scale` (`bias_weight_decay`); the whitening stem's bias at that rate too, decaying
+    linearly to 0 over `whiten_bias_epochs` and then frozen, as its kernel always is. Every
+    rate but the stem bias's follows `learning_rate_schedule`.
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    bias_lr = config.learning_rate * config.bias_lr_scale
+    stem_bias_steps = max(int((config.whiten_bias_epochs or 0) * steps_per_epoch), 1)
+    muon_scale = config.muon_learning_rate / config.learning_rate
+    everything = functools.partial(jax.tree.map, lambda _: True)
+    return optax.multi_transform(
+        {
+            "other": _group_optimizer(config, schedule, weight_decay=config.weight_decay),
+            "norm": _group_optimizer(
+                config,
+                schedule,
+                scale=config.bias_lr_scale,
+                weight_decay=config.bias_weight_decay,
+                decay_mask=everything,
+            ),
+            "stem_bias": optax.chain(
+                optax.add_decayed_weights(config.bias_weight_decay),
+                optax.sgd(
+                    optax.linear_schedule(bias_lr, 0.0, stem_bias_steps),
+                    momentum=config.momentum,
+                    nesterov=True,
+                ),
+            ),
+            "muon": optax.chain(
+                optax.contrib.scale_by_muon(
+                    ns_steps=3,
+                    beta=config.muon_momentum,
+                    nesterov=True,
+                    weight_dimension_numbers=lambda kernels: jax.tree.map(
+                        lambda _: _CONV_MATRIX, kernels
+                    ),
+                ),
+                optax.scale_by_learning_rate(lambda count: schedule(count) * muon_scale),
+            ),
+            "frozen": optax.set_to_zero(),
+        },
+        param_label(config),
+    )
+
+
 def _group_optimizer(
-    config: Config, schedule: optax.Schedule, *, scale: float = 1.0, weight_decay: float = 0.0
+    config: Config,
+    schedule: optax.Schedule,
+    *,
+    scale: float = 1.0,
+    weight_decay: float = 0.0,
+    decay_mask: Any = None,
 ) -> optax.GradientTransformation:
+    """The config's optimizer (SGD or AdamW) at `schedule` x `scale`, decaying the kernels
+    (or what `decay_mask` marks) by `weight_decay`."""
     lr = schedule if scale == 1.0 else (lambda count: schedule(count) * scale)
-    decay_mask = functools.partial(jax.tree_util.tree_map_with_path, _is_kernel)
+    decay_mask = decay_mask or functools.partial(jax.tree_util.tree_map_with_path, _is_kernel)
     if config.optimizer == "adamw":
         return optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask)
     return optax.chain(

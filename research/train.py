@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -55,9 +56,43 @@ def loss_fn(model: nnx.Module, batch: dict[str, jax.Array], label_smoothing: flo
     return loss, logits
 
 
-def _update(model, opt, metrics, batch, label_smoothing: float) -> jax.Array:
+def _gradients(model, batch, label_smoothing: float, microbatches: int = 1):
+    """(loss, logits, gradients) of the batch: in one pass, or averaged over `microbatches`
+    interleaved slices taken one after the other (lax.scan), which needs the memory of one
+    slice. Batch norm then normalizes each slice with its own statistics and updates its running
+    averages after each (Config.microbatches)."""
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits), grads = grad_fn(model, batch, label_smoothing)
+    if microbatches == 1:
+        (loss, logits), grads = grad_fn(model, batch, label_smoothing)
+        return loss, logits, grads
+    # [B, ...] -> [m, B / m, ...], slice j holding examples j, j + m, ...: each device's rows
+    # of a data-parallel batch split evenly between the slices.
+    slices = jax.tree.map(
+        lambda x: jnp.swapaxes(
+            x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1
+        ),
+        batch,
+    )
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def one_slice(carry, piece):  # (the parameters ride in the carry, unchanged)
+        params, rest, loss_sum, grad_sum = carry
+        sliced = nnx.merge(graphdef, params, rest)
+        (loss, logits), grads = grad_fn(sliced, piece, label_smoothing)
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+        _, params, rest = nnx.split(sliced, nnx.Param, ...)
+        return (params, rest, loss_sum + loss, grad_sum), logits
+
+    start = (params, rest, jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (_, rest, loss_sum, grad_sum), logits = jax.lax.scan(one_slice, start, slices)
+    nnx.update(model, rest)
+    logits = jnp.swapaxes(logits, 0, 1).reshape(-1, logits.shape[-1])  # back in batch order
+    grads = jax.tree.map(lambda g: g / microbatches, grad_sum)
+    return loss_sum / microbatches, logits, grads
+
+
+def _update(model, opt, metrics, batch, label_smoothing: float, microbatches: int = 1):
+    loss, logits, grads = _gradients(model, batch, label_smoothing, microbatches)
     opt.update(model, grads)
     metrics.update(loss=loss, logits=logits, labels=batch["label"])
     return loss
@@ -71,6 +106,7 @@ def _host_update(
     label_smoothing: float,
     seed: jax.Array | None = None,
     robust: AugmentPolicy | None = None,
+    microbatches: int = 1,
 ) -> jax.Array:
     """One optimizer step on a batch the host prepared (the tf.data input mode); a `robust`
     policy is applied here, to image b with the key of (seed, batch['position'][b])."""
@@ -80,12 +116,14 @@ def _host_update(
             "image": device_input.robust_augment(batch["image"], keys, robust),
             "label": batch["label"],
         }
-    return _update(model, opt, metrics, batch, label_smoothing)
+    else:
+        batch = {"image": batch["image"], "label": batch["label"]}
+    return _update(model, opt, metrics, batch, label_smoothing, microbatches)
 
 
 train_step = nnx.jit(
     _host_update,
-    static_argnames=("label_smoothing", "robust"),
+    static_argnames=("label_smoothing", "robust", "microbatches"),
     donate_argnames=("model", "opt"),
 )
 
@@ -101,16 +139,17 @@ def _device_update(
     seed: jax.Array,
     label_smoothing: float,
     augmentation: device_input.Augmentation,
+    microbatches: int = 1,
 ) -> jax.Array:
     """One optimizer step on examples `indices` of the device-resident split, augmented here
     (the device input mode: research.device_input)."""
     batch = device_input.gather_batch(images, labels, indices, positions, seed, augmentation)
-    return _update(model, opt, metrics, batch, label_smoothing)
+    return _update(model, opt, metrics, batch, label_smoothing, microbatches)
 
 
 device_train_step = nnx.jit(
     _device_update,
-    static_argnames=("label_smoothing", "augmentation"),
+    static_argnames=("label_smoothing", "augmentation", "microbatches"),
     donate_argnames=("model", "opt"),
 )
 
@@ -123,7 +162,7 @@ def _functional(update: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Arr
 
     @functools.partial(
         jax.jit,
-        static_argnames=("label_smoothing", "augmentation", "robust"),
+        static_argnames=("label_smoothing", "augmentation", "robust", "microbatches"),
         donate_argnums=1,
     )
     def step(graphdef, arrays, *args, **static):
@@ -493,7 +532,9 @@ def _feed(
             (data.train_arrays.images, data.train_arrays.labels, np.uint32(config.seed)),
             state.replicated,
         )
-        augmentation = device_input.Augmentation.from_config(config, mean)
+        augmentation = device_input.Augmentation.from_config(
+            config, mean, epoch_examples=order.steps_per_epoch * config.batch_size
+        )
 
         def device_feed(step: int, timer: _EpochTimer) -> jax.Array:
             with timer.waiting():
@@ -510,6 +551,7 @@ def _feed(
                 seed,
                 label_smoothing=config.label_smoothing,
                 augmentation=augmentation,
+                microbatches=config.microbatches,
             )
 
         return device_feed
@@ -527,6 +569,7 @@ def _feed(
             label_smoothing=config.label_smoothing,
             seed=seed,
             robust=policy,
+            microbatches=config.microbatches,
         )
 
     return host_feed
@@ -738,6 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workdir", help="checkpoints, TensorBoard logs and results (default: workdirs/<dataset>)"
     )
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(configs.RECIPES),
+        help="start from this recipe instead of the dataset's defaults (research.configs), "
+        "e.g. --dataset=cifar10 --recipe=airbench94: the SGD recipe of models/cifar10_v1",
+    )
     cluster = parser.add_argument_group(
         "several processes (jax.distributed; each defaults to its environment variable)"
     )
@@ -775,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     workdir = args.pop("workdir", None)
     dataset = args.pop("dataset", "cifar10")
+    recipe = args.pop("recipe", None)
     cluster = [
         args.pop(name, None) for name in ("coordinator_address", "num_processes", "process_id")
     ]
@@ -782,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.initialize(distributed.ProcessGroup.from_flags(*cluster))
         if not distributed.is_main_process():  # process 0 reports; the others only warn
             logging.getLogger().setLevel(logging.WARNING)
-        config = configs.get_config(dataset, **args)
+        config = configs.get_config(dataset, recipe, **args)
         result = train_and_evaluate(config, workdir or Path("workdirs") / dataset)
     except (DataNotFoundError, ValueError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)

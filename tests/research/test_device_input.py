@@ -76,6 +76,79 @@ def test_device_augmentation_draws_translations_and_flips_like_tf_data():
     )
 
 
+def test_alternating_flip_mirrors_each_image_every_other_epoch_in_both_modes():
+    """alternate_flip's decisions: about half of the images are mirrored in an epoch, each
+    image's mirror turns over from one epoch to the next and back, and the coin depends on
+    (seed, example) only, in both input modes (the random streams differ)."""
+    import tensorflow as tf
+
+    examples = np.arange(300)
+
+    def ours(seed, epoch):
+        epochs = jnp.full(len(examples), epoch)
+        return np.asarray(device_input.alternating_flips(seed, jnp.asarray(examples), epochs))
+
+    def theirs(seed, epoch):
+        decide = tf.function(lambda k: input_pipeline.alternating_flip(seed, k, epoch))
+        return np.asarray(tf.map_fn(decide, tf.constant(examples, tf.int64), tf.bool))
+
+    for flips in (ours, theirs):
+        even, odd, even_again = flips(0, 0), flips(0, 1), flips(0, 2)
+        assert 0.4 < even.mean() < 0.6
+        np.testing.assert_array_equal(odd, ~even)
+        np.testing.assert_array_equal(even_again, even)
+        assert not np.array_equal(flips(1, 0), even)
+
+
+def _flip_states(batches, raw):
+    """{example: mirrored?} of augmented batches that only flip (no translation or cutout)."""
+    states = {}
+    for image in (image for batch in batches for image in batch):
+        for k, original in enumerate(raw):
+            if np.array_equal(image, original) or np.array_equal(image, original[:, ::-1]):
+                states[k] = not np.array_equal(image, original)
+    return states
+
+
+def test_both_input_modes_turn_each_images_mirror_over_between_epochs(color_dataset):
+    """Through each input mode's own batching (tf.data's enumerated shuffle, the device mode's
+    epoch order and stream positions), every image trained in two consecutive epochs is seen
+    mirrored in one of them and as it is in the other."""
+    from research import datasets
+
+    config = _config(color_dataset, crop_padding=0, cutout=0, flip=True, alternate_flip=True)
+    raw = np.stack([image for image, _ in datasets.load_split(*_split(config)).as_numpy_iterator()])
+    steps = len(raw) // config.batch_size
+    stream = input_pipeline.create_train_iterator(config, mean=(0, 0, 0))
+    host = [next(stream)["image"] for _ in range(2 * steps)]
+    order = device_input.EpochOrder(len(raw), config.batch_size, config.seed)
+    aug = device_input.Augmentation.from_config(
+        config, (0, 0, 0), epoch_examples=steps * config.batch_size
+    )
+    device = [
+        np.asarray(
+            device_input.gather_batch(
+                jnp.asarray(raw),
+                jnp.zeros(len(raw), jnp.int32),
+                *map(jnp.asarray, order.step(s)),
+                config.seed,
+                aug,
+            )["image"]
+        )  # fmt: skip
+        for s in range(2 * steps)
+    ]
+    for batches in (host, device):
+        first, second = _flip_states(batches[:steps], raw), _flip_states(batches[steps:], raw)
+        both = set(first) & set(second)
+        assert len(first) == len(second) == steps * config.batch_size and len(both) >= 30
+        assert all(first[k] != second[k] for k in both)
+        assert 0.25 < np.mean(list(first.values())) < 0.75
+
+
+def _split(config):
+    return config.dataset, config.train_split, config.data_dir
+
+
 def test_device_augmentation_is_a_function_of_seed_and_stream_position():
     """Element i of the stream is augmented the same way whatever batch it lands in."""
     aug = device_input.Augmentation(crop_padding=2, flip=True, cutout=4, fill=(9, 9, 9))

@@ -94,9 +94,8 @@ def test_stem_whitening_applies_only_to_matching_stems():
 
 
 def test_airbench94_recipe_maps_airbench_units_to_mean_loss_units():
-    """cifar10 is the recipe: airbench's lr 11.5 and decay 0.0153 per 1024 at momentum 0.85."""
-    config = configs.get_config("cifar10")
-    assert config == configs.Config(dataset="cifar10", **configs.AIRBENCH94_RECIPE)
+    """The airbench94 recipe: airbench's lr 11.5 and decay 0.0153 per 1024 at momentum 0.85."""
+    config = configs.Config(dataset="cifar10", **configs.AIRBENCH94_RECIPE)
     airbench_scale = 1 + 1 / (1 - config.momentum)  # airbench's kilostep_scale / 1024
     assert config.learning_rate == pytest.approx(11.5 / airbench_scale)
     assert config.learning_rate * config.weight_decay == pytest.approx(0.0153 / airbench_scale)
@@ -121,3 +120,40 @@ def test_stem_init_is_the_variants_own():
     lecun = np.asarray(_model("cifar10", model="airbench", stem_width=256).stem.kernel[...])
     assert np.abs(lecun).max() > 1.5 * bound
     np.testing.assert_allclose(lecun.std(), bound, rtol=0.15)
+
+
+def test_cifar10_is_the_muon_recipe_in_mean_loss_units():
+    """cifar10 is airbench94_muon's recipe: its per-sum rates (head 0.67, biases 0.053) times
+    the 2,000-image batch, and its decay of 2e-6 x 2000 of each weight per step at the peak."""
+    config = configs.get_config("cifar10")
+    assert config == configs.Config(dataset="cifar10", **configs.AIRBENCH94_MUON_RECIPE)
+    assert config.optimizer == "muon" and config.batch_size == 2000
+    assert config.learning_rate == pytest.approx(0.67 * 2000)
+    assert config.learning_rate * config.bias_lr_scale == pytest.approx(0.053 * 2000)
+    assert config.learning_rate * config.weight_decay == pytest.approx(2e-6 * 2000)
+    bias_rate = config.learning_rate * config.bias_lr_scale
+    assert bias_rate * config.bias_weight_decay == pytest.approx(2e-6 * 2000)
+    assert config.alternate_flip and config.lookahead_every == 0 and config.warmup_epochs == 0
+
+
+def test_muon_head_starts_at_unit_std_and_divides_by_the_feature_count():
+    """airbench94_muon's head: weights rescaled to standard deviation 1, logits = head / 256."""
+    net = _model("cifar10")
+    kernel = np.asarray(net.head.kernel[...])
+    np.testing.assert_allclose(kernel.std(ddof=1), 1.0, rtol=1e-5)
+    assert net.head_scale == pytest.approx(1 / 256)
+    features = jnp.ones((1, 256))
+    np.testing.assert_allclose(
+        np.asarray(net.head_logits(features)), kernel.sum(0, keepdims=True) / 256, rtol=1e-5
+    )
+    assert _model("cifar10", model="airbench94").head_scale == pytest.approx(1 / 9)
+
+
+def test_a_named_recipe_replaces_the_datasets_defaults():
+    """--recipe=airbench94 brings back the SGD recipe on cifar10 (and any recipe on any
+    dataset); an unknown name is refused with the valid ones listed."""
+    sgd = configs.get_config("cifar10", recipe="airbench94", epochs=2.0)
+    assert sgd == configs.Config(dataset="cifar10", **configs.AIRBENCH94_RECIPE).replace(epochs=2)
+    assert configs.get_config("fashion_mnist", recipe="airbench94_muon").optimizer == "muon"
+    with pytest.raises(ValueError, match="airbench94_muon"):
+        configs.get_config("cifar10", recipe="nope")

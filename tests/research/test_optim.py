@@ -147,3 +147,69 @@ def test_lookahead_pulls_weights_to_their_average_and_ends_on_it():
     decay = 0.95**2
     for name in start:
         np.testing.assert_allclose(_params(model)[name], ema[name] + 1 - decay, rtol=1e-5)
+
+
+def _labels(config, model):
+    state = nnx.state(model, nnx.Param)
+    return {
+        optim.parameter_path(path): label
+        for path, label in jax.tree_util.tree_leaves_with_path(optim.param_label(config)(state))
+    }
+
+
+def test_muon_groups_the_3x3_kernels_and_leaves_the_head_and_biases_to_sgd():
+    """With optimizer 'muon', every 3x3 kernel after the stem is 'muon'; the head stays 'other',
+    batch-norm biases 'norm', and the whitened stem is frozen but for its bias."""
+    config = configs.get_config("tiny", model="airbench94_muon", optimizer="muon")
+    labels = _labels(config, _tiny_model(config))
+    kernels = [p for p in labels if p[-1] == "kernel" and p[0] == "blocks"]
+    assert len(kernels) == 6 and all(labels[p] == "muon" for p in kernels)
+    assert labels[("head", "kernel")] == "other"
+    assert labels[("blocks", "2", "norm2", "bias")] == "norm"
+    assert labels[("stem", "kernel")] == "frozen" and labels[("stem", "bias")] == "stem_bias"
+    sgd = configs.get_config("tiny", model="airbench94_muon")
+    assert "muon" not in _labels(sgd, _tiny_model(sgd)).values()
+
+
+def test_muon_steps_the_kernels_by_a_near_orthogonal_matrix_and_decays_the_rest():
+    """One Muon step moves a 3x3 kernel, read as the [9 * in, out] matrix, by the learning rate
+    times a matrix whose singular values are all near 1 (three Newton-Schulz steps), whatever
+    the gradient's scale; the head and the biases take SGD steps with their weight decay, and
+    the stem bias's rate has decayed to 0 after `whiten_bias_epochs`."""
+    config = configs.get_config(
+        "tiny", model="airbench94_muon", optimizer="muon", muon_learning_rate=0.01,
+        learning_rate=0.1, bias_lr_scale=2.0, weight_decay=0.5, bias_weight_decay=0.25,
+        momentum=0.0, warmup_epochs=0.0, end_lr_fraction=1.0, whiten_bias_epochs=1.0,
+    )  # fmt: skip
+    model = _tiny_model(config)
+    opt = nnx.Optimizer(model, optim.create_optimizer(config, steps_per_epoch=2), wrt=nnx.Param)
+    rng = np.random.default_rng(0)
+    grads = jax.tree.map(
+        lambda p: jnp.asarray(1000 * rng.normal(size=p.shape), p.dtype),
+        nnx.state(model, nnx.Param),
+    )
+    before = _params(model)
+    opt.update(model, grads)
+    after = _params(model)
+    kernel = "blocks/1/conv2/kernel"
+    step = (after[kernel] - before[kernel]).reshape(-1, before[kernel].shape[-1]) / 0.01
+    singular = np.linalg.svd(step, compute_uv=False)
+    assert singular.min() > 0.3 and singular.max() < 1.6, singular
+    grad = {"/".join(optim.parameter_path(p)): np.asarray(g) for p, g in
+            jax.tree_util.tree_leaves_with_path(grads)}  # fmt: skip
+    for name, rate, decay in [
+        ("head/kernel", 0.1, 0.5),
+        ("blocks/0/norm1/bias", 0.2, 0.25),
+        ("stem/bias", 0.2, 0.25),  # the stem bias's schedule: 0.2 -> 0 over 2 steps
+    ]:
+        expected = before[name] - rate * (grad[name] + decay * before[name])
+        np.testing.assert_allclose(after[name], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(after["stem/kernel"], before["stem/kernel"])
+    opt.update(model, grads)
+    opt.update(model, grads)  # the stem bias's rate is 0 from its second step's end
+    np.testing.assert_allclose(
+        _params(model)["stem/bias"],
+        after["stem/bias"] - 0.1 * (grad["stem/bias"] + 0.25 * after["stem/bias"]),
+        rtol=1e-4,
+        atol=1e-4,
+    )

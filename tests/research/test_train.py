@@ -377,3 +377,68 @@ def test_the_loops_functional_lookahead_pull_equals_lookahead_after_step(trained
     stepper.sync()
     assert _leaf_bytes(nnx.state(twin)) == _leaf_bytes(nnx.state(model))
     assert _leaf_bytes(twin_lookahead.ema) == _leaf_bytes(lookahead.ema)
+
+
+def _muon_config(color_dataset, **overrides):
+    """The cifar10 recipe's mechanisms (Muon, alternating flips, two microbatches, the muon
+    head) at the tiny size, with rates the tiny set trains at."""
+    recipe = dict(configs.AIRBENCH94_MUON_RECIPE)
+    for size_field in ("widths", "stem_width", "batch_size", "epochs"):
+        recipe.pop(size_field)
+    recipe.update(learning_rate=0.5, bias_lr_scale=1.0, weight_decay=5e-4, bias_weight_decay=5e-4)
+    return _config(color_dataset, **{**recipe, "epochs": 4.0, **overrides})
+
+
+def test_microbatches_average_the_gradients_of_interleaved_slices():
+    """microbatches=2: the loss and gradients are the means of those of the slices of examples
+    0, 2, 4, ... and 1, 3, 5, ... (each normalized by its own batch-norm statistics), and the
+    logits come back in the batch's order."""
+    config = configs.get_config("tiny", model="airbench94_muon")
+    model = models.create_model(
+        config, num_classes=3, image_shape=(16, 16, 3), mean=(128,) * 3, std=(64,) * 3,
+        rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 3), np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
+    }
+    graphdef, state = nnx.split(model)
+    loss, logits, grads = train._gradients(nnx.merge(graphdef, state), batch, 0.1, 2)
+    halves = [{key: value[j::2] for key, value in batch.items()} for j in (0, 1)]
+    slices = [train._gradients(nnx.merge(graphdef, state), half, 0.1) for half in halves]
+    np.testing.assert_allclose(loss, (slices[0][0] + slices[1][0]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(logits[0::2], slices[0][1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(logits[1::2], slices[1][1], rtol=1e-4, atol=1e-6)
+    for g, a, b in zip(
+        *(jax.tree.leaves(t) for t in (grads, slices[0][2], slices[1][2])), strict=True
+    ):
+        np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-4, atol=1e-6)
+    whole = train._gradients(nnx.merge(graphdef, state), batch, 0.1)
+    assert not np.allclose(whole[1], logits, atol=1e-3)  # ghost batch norm: not the same pass
+
+
+@pytest.mark.parametrize("input_mode", ["tfdata", "device"])
+def test_muon_recipe_run_resumes_exactly_and_learns(color_dataset, tmp_path, input_mode):
+    """The cifar10 recipe's mechanisms at tiny size, in either input mode: stopping at step 5
+    and rerunning gives the uninterrupted run's weights, and the run learns the tiny set."""
+    config = _muon_config(color_dataset, input=input_mode)
+    straight = train.train_and_evaluate(config, tmp_path / "straight")
+    assert straight["eval"]["accuracy"] > 0.9
+    partial = train.train_and_evaluate(config.replace(max_steps=5), tmp_path / "resumed")
+    assert partial["step"] == 5
+    resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+    assert resumed["step"] == straight["step"] == 12
+    a, b = (Classifier.load(tmp_path / name) for name in ("straight", "resumed"))
+    for x, y in zip(
+        jax.tree.leaves(models.inference_state(a.model)),
+        jax.tree.leaves(models.inference_state(b.model)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_microbatches_must_divide_the_batch():
+    """A batch that does not split into `microbatches` equal slices is refused up front."""
+    with pytest.raises(ValueError, match="microbatches"):
+        configs.get_config("tiny", batch_size=16, microbatches=3)
