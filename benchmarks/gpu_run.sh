@@ -16,8 +16,10 @@
 #
 # Runs, all the real `python -m research.train` command on the 45,000/5,000 split that
 # `research.data import-folder` makes (last 500 of each class held out for validation):
-#   1. airbench94's 9.9 epochs, compute dtype auto (bfloat16 on GPU): loop time and accuracy
+#   1. airbench94's 9.9 epochs (--recipe=airbench94), compute dtype auto (bfloat16 on GPU): loop
+#      time and accuracy
 #   2. airbench94_torch.py (3 runs) on the same split: its own loop time and accuracy
+#   2b. (muon) the default recipe, airbench94_muon's 8 epochs, one 2,000-image pass a step
 #   3. robust augmentation (trivial policy), 20 epochs: a candidate for serving (issue 13)
 #   4. Fashion-MNIST with robust augmentation, its recipe at 30 epochs, when idx files are given
 #   5. the 9.9 epochs of 1 in float32 (the bfloat16-against-float32 curve)
@@ -68,11 +70,13 @@ export_model() {  # export_model NAME: the exported model and its curves, as OUT
     tar -czf "$OUT/$name.tgz" -C /tmp/gpurun "m_$name"
 }
 
-AIRBENCH94_9_9=(--dataset=cifar10 --input=device "--data_source=$DATA" --epochs=9.9
-    --warmup_epochs=2.277)  # airbench94's warm-up is 23% of the run
+AIRBENCH94_9_9=(--dataset=cifar10 --recipe=airbench94 --input=device "--data_source=$DATA"
+    --epochs=9.9 --warmup_epochs=2.277)  # airbench94's warm-up is 23% of the run
+# The default recipe (airbench94_muon's 8 epochs), in one 2,000-image pass a step on a GPU
+MUON=(--dataset=cifar10 --input=device "--data_source=$DATA" --microbatches=1)
 
-# GPU_RUNS: the runs to do, of: bf16 airbench94 bf16_quiet bf16_12 robust20 fm_robust fp32
-RUNS=" ${GPU_RUNS:-bf16 airbench94 robust20 fm_robust fp32} "
+# GPU_RUNS: the runs to do, of: bf16 airbench94 bf16_quiet muon bf16_12 robust20 fm_robust fp32
+RUNS=" ${GPU_RUNS:-bf16 airbench94 muon robust20 fm_robust fp32} "
 want() { [[ "$RUNS" == *" $1 "* ]]; }
 
 SECONDS=0
@@ -95,12 +99,14 @@ fi
 want bf16_quiet && train bf16_quiet 120 "${AIRBENCH94_9_9[@]}" --eval_every_epochs=9.9 \
     --checkpoint_every_steps=100000
 
-# 12 epochs instead of 9.9: what the extra accuracy costs
-want bf16_12 && train bf16_12 120 --dataset=cifar10 --input=device "--data_source=$DATA" \
-    --epochs=12 --warmup_epochs=2.76
+want muon && train muon 120 "${MUON[@]}"
 
-want robust20 && train robust20 150 --dataset=cifar10 --input=device "--data_source=$DATA" --epochs=20 \
-    --warmup_epochs=4.6 --robust_augment=trivial
+# 12 epochs instead of 9.9: what the extra accuracy costs
+want bf16_12 && train bf16_12 120 --dataset=cifar10 --recipe=airbench94 --input=device \
+    "--data_source=$DATA" --epochs=12 --warmup_epochs=2.76
+
+want robust20 && train robust20 150 --dataset=cifar10 --recipe=airbench94 --input=device \
+    "--data_source=$DATA" --epochs=20 --warmup_epochs=4.6 --robust_augment=trivial
 want robust20 && export_model robust20
 if want fm_robust && [ -n "$FMNIST" ]; then
     train fm_robust 120 --dataset=fashion_mnist --input=device "--data_source=$FMNIST" \

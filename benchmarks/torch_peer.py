@@ -42,6 +42,7 @@ from research.configs import Config
 
 WARMUP_STEPS = train_speed.WARMUP_STEPS
 DATASET = "cifar10"
+RECIPE = "airbench94"  # the SGD step the PyTorch peer mirrors (not the default Muon recipe)
 INSTALL_HINT = "PyTorch is not installed: pip install -e '.[bench]' (a CPU build, torch 2.13.0)"
 
 
@@ -148,7 +149,7 @@ def rates(times: Sequence[float], batch_size: int, steps: int) -> list[float]:
 def measure_ours(compute_dtype: str, args: argparse.Namespace, image_shape, num_classes: int):
     """(median images/s, params) of our train step at `compute_dtype`."""
     overrides = {"compute_dtype": compute_dtype} if len(compute_dtypes()) > 1 else {}
-    config = configs.get_config(DATASET, batch_size=args.batch_size, **overrides)
+    config = configs.get_config(DATASET, RECIPE, batch_size=args.batch_size, **overrides)
     spec = configs.dataset_spec(DATASET)
     state = train.create_train_state(
         config,
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     spec = configs.dataset_spec(DATASET)
     image_shape, num_classes = spec.image_shape, spec.num_classes
-    config = configs.get_config(DATASET, batch_size=args.batch_size)
+    config = configs.get_config(DATASET, RECIPE, batch_size=args.batch_size)
     print(
         f"airbench94 {','.join(map(str, config.widths))}, batch {config.batch_size}, "
         f"{image_shape} uint8, CPU ({os.cpu_count()} cores), torch {torch.__version__} on "
