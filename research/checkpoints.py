@@ -55,6 +55,7 @@ def serving_record(
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
         flip_tta=bool(config.flip_tta and configs.uses_flip(config)),  # serve as evaluated
+        translate_tta=config.translate_tta,
         config=config.to_dict(),
         metrics=dict(metrics or {}),
         created=created.isoformat(timespec="seconds"),

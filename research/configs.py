@@ -225,6 +225,9 @@ class Config:
     lookahead_every: int = 0  # airbench's lookahead: every k steps pull weights to their EMA
     label_smoothing: float = 0.2
     flip_tta: bool = True  # evaluate (and serve) on the image and its mirror, when flips are on
+    # also on the image shifted a pixel up-left and down-right (reflect padding), as airbench's
+    # tta_level 2: six views with flips, three times flip TTA's forward cost
+    translate_tta: bool = False
     # Bookkeeping.
     seed: int = 0
     eval_every_epochs: float = 1.0

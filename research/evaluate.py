@@ -113,7 +113,10 @@ def _evaluate(
             import jax
 
             images = jax.device_put(images, sharding)
-        out = np.asarray(train.eval_step(clf.model, images, clf.record.flip_tta, 1.0))
+        record = clf.record
+        out = np.asarray(
+            train.eval_step(clf.model, images, record.flip_tta, 1.0, record.translate_tta)
+        )
         mask = np.asarray(batch["mask"])
         log_probs.append(out[mask])
         labels.append(np.asarray(batch["label"])[mask])
@@ -341,6 +344,7 @@ def _run(args: argparse.Namespace) -> int:
         "step": clf.record.step,
         "source": source,
         "flip_tta": clf.record.flip_tta,
+        "translate_tta": clf.record.translate_tta,
         "temperature": clf.record.temperature,
         "seconds": round(seconds, 2),
         **metrics,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from research import model_dir, models
-from research.configs import Config, get_config
+from research.configs import RECIPES, Config, get_config
 from research.errors import DataNotFoundError, ModelNotFoundError
 from research.inference import Classifier
 from research.record import ServingRecord
@@ -54,18 +54,33 @@ def export_model(
     return clf
 
 
+def tta_words(record: ServingRecord) -> str:
+    """The record's test-time augmentation, for people."""
+    if record.translate_tta:
+        views = "6 views" if record.flip_tta else "3 views"
+        mirror = "the image and its mirror" if record.flip_tta else "the image"
+        return f"{mirror}, also shifted a pixel up-left and down-right ({views})"
+    return "horizontal flip" if record.flip_tta else "none"
+
+
 def training_command(record: ServingRecord) -> str:
     """The research.train command that gives the record's training config: the dataset's
-    defaults plus a flag for each field that differs from them."""
+    defaults, or the named recipe (configs.RECIPES) closest to it, plus a flag for each field
+    that differs from them."""
     saved = Config.from_dict(record.config)
-    defaults = get_config(saved.dataset)
-    flags = [f"--dataset={saved.dataset}"]
-    for field in dataclasses.fields(Config):
-        value = getattr(saved, field.name)
-        if field.name != "dataset" and value != getattr(defaults, field.name):
-            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            flags.append(f"--{field.name}={text}")
-    return "python -m research.train " + " ".join(flags)
+    candidates = [[f"--dataset={saved.dataset}"]] + [
+        [f"--dataset={saved.dataset}", f"--recipe={name}"] for name in RECIPES
+    ]
+    commands = []
+    for flags, recipe in zip(candidates, [None, *RECIPES], strict=True):
+        start = get_config(saved.dataset, recipe)
+        for field in dataclasses.fields(Config):
+            value = getattr(saved, field.name)
+            if field.name != "dataset" and value != getattr(start, field.name):
+                text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                flags.append(f"--{field.name}={text}")
+        commands.append(flags)
+    return "python -m research.train " + " ".join(min(commands, key=len))
 
 
 def render_model_card(
@@ -98,7 +113,7 @@ def render_model_card(
         ("Training wall time", f"{wall}, {record.step} steps"),
         ("Trained", f"{record.created[:10] or '?'} (version `{record.version}`)"),
         ("Model", f"`{config.model}`, {models.count_params(clf.model):,} parameters"),
-        ("Test-time augmentation", "horizontal flip" if record.flip_tta else "none"),
+        ("Test-time augmentation", tta_words(record)),
         ("Size on disk", format_size(size_bytes)),
         ("Exported", dt.date.today().isoformat()),
     ]

@@ -213,10 +213,18 @@ class Classifier:
         graphdef, state = nnx.split(model)
         self._forward = jax.jit(
             functools.partial(
-                _forward, graphdef, flip_tta=record.flip_tta, score=record.unknown_score
+                _forward,
+                graphdef,
+                flip_tta=record.flip_tta,
+                translate_tta=record.translate_tta,
+                score=record.unknown_score,
             )
         )
-        self._outputs = jax.jit(functools.partial(_outputs, graphdef, flip_tta=record.flip_tta))
+        self._outputs = jax.jit(
+            functools.partial(
+                _outputs, graphdef, flip_tta=record.flip_tta, translate_tta=record.translate_tta
+            )
+        )
         self._state = state
         # An argument of the compiled function, not a constant in it: another temperature
         # reuses the same compilation.
@@ -392,10 +400,17 @@ def _bucketed(batch: np.ndarray):
 
 
 def _outputs(
-    graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, flip_tta: bool
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    images: jax.Array,
+    *,
+    flip_tta: bool,
+    translate_tta: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     model = nnx.merge(graphdef, state)
-    return models.predict_logits_and_features(model, images, flip_tta=flip_tta)
+    return models.predict_logits_and_features(
+        model, images, flip_tta=flip_tta, translate_tta=translate_tta
+    )
 
 
 def _restore_weights(directory: Path, step: int, record: ServingRecord) -> Any:
@@ -424,10 +439,13 @@ def _forward(
     *,
     flip_tta: bool,
     score: str,
+    translate_tta: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """(probabilities [N, classes] at `temperature`, "unknown" scores [N] of kind `score`)."""
     model = nnx.merge(graphdef, state)
-    logits, features, stages = models.predict_logits_and_features(model, images, flip_tta=flip_tta)
+    logits, features, stages = models.predict_logits_and_features(
+        model, images, flip_tta=flip_tta, translate_tta=translate_tta
+    )
     probs = jnp.exp(models.log_probabilities(logits, temperature))
     scores = calibration.unknown_scores(score, logits, features, temperature, statistics, stages)
     return probs, scores

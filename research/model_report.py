@@ -367,6 +367,7 @@ def write_report(
         "loss": float(metrics["loss"]),
         "temperature": record.temperature,
         "flip_tta": record.flip_tta,
+        "translate_tta": record.translate_tta,
         "class_names": names,
         "per_class_accuracy": [float(a) for a in metrics["per_class_accuracy"]],
         "per_class_count": [int(n) for n in counts],

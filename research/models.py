@@ -310,12 +310,35 @@ def create_model(
     raise ValueError(f"Unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
 
 
-def predict_logits(model: nnx.Module, images: jax.Array, *, flip_tta: bool) -> jax.Array:
-    """Logits for evaluation and serving: optionally averaged with the mirrored image's."""
-    logits = model(images)
-    if flip_tta:
-        logits = 0.5 * (logits + model(images[:, :, ::-1, :]))
-    return logits
+def tta_views(
+    images: jax.Array, *, flip_tta: bool, translate_tta: bool = False
+) -> list[tuple[jax.Array, float]]:
+    """The views evaluation and serving average, with their weights: the image (and its mirror,
+    with flip_tta); with translate_tta, airbench's tta_level 2: half the weight on those, a
+    quarter each on the image shifted one pixel up-left and one down-right (reflect padding),
+    each mirrored too under flip_tta."""
+
+    def mirrored(x: jax.Array, weight: float) -> list[tuple[jax.Array, float]]:
+        return [(x, weight / 2), (x[:, :, ::-1, :], weight / 2)] if flip_tta else [(x, weight)]
+
+    if not translate_tta:
+        return mirrored(images, 1.0)
+    height, width = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = padded[:, :height, :width], padded[:, 2:, 2:]
+    return mirrored(images, 0.5) + mirrored(up_left, 0.25) + mirrored(down_right, 0.25)
+
+
+def _weighted(parts: list[tuple[jax.Array, float]]) -> jax.Array:
+    return sum(weight * value for value, weight in parts)
+
+
+def predict_logits(
+    model: nnx.Module, images: jax.Array, *, flip_tta: bool, translate_tta: bool = False
+) -> jax.Array:
+    """Logits for evaluation and serving, averaged over `tta_views`."""
+    views = tta_views(images, flip_tta=flip_tta, translate_tta=translate_tta)
+    return _weighted([(model(view), weight) for view, weight in views])
 
 
 def stage_statistics(stages: Sequence[jax.Array]) -> jax.Array:
@@ -329,19 +352,17 @@ def stage_statistics(stages: Sequence[jax.Array]) -> jax.Array:
 
 
 def predict_logits_and_features(
-    model: nnx.Module, images: jax.Array, *, flip_tta: bool
+    model: nnx.Module, images: jax.Array, *, flip_tta: bool, translate_tta: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(logits as `predict_logits` gives them, pooled features [N, D], stage statistics
-    [N, S]), all averaged over the image and its mirror under flip TTA. The features and
-    statistics feed the feature-space "unknown" scores (research.calibration)."""
-    features, stages = model.embed(images)
-    logits = model.head_logits(features)
-    if flip_tta:
-        mirrored, mirrored_stages = model.embed(images[:, :, ::-1, :])
-        logits = 0.5 * (logits + model.head_logits(mirrored))
-        features = 0.5 * (features + mirrored)
-        stages = 0.5 * (stages + mirrored_stages)
-    return logits, features, stages
+    [N, S]), all averaged over the same `tta_views`. The features and statistics feed the
+    feature-space "unknown" scores (research.calibration)."""
+    views = tta_views(images, flip_tta=flip_tta, translate_tta=translate_tta)
+    outputs = []
+    for view, weight in views:
+        features, stages = model.embed(view)
+        outputs.append(((model.head_logits(features), features, stages), weight))
+    return tuple(_weighted([(out[i], weight) for out, weight in outputs]) for i in range(3))
 
 
 def log_probabilities(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:

@@ -45,6 +45,7 @@ class ServingRecord:
     unknown_threshold: float | None = None  # a score below it answers "unknown"; None: never
     unknown_score: str = "max_softmax"  # which score (UNKNOWN_SCORES); all but the first two
     # need the feature statistics research.model_dir stores beside the record
+    translate_tta: bool = False  # and over 1-pixel shifts (models.tta_views)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # training Config.to_dict()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # eval_accuracy, ...
     created: str = ""  # ISO time the checkpoint was written
@@ -141,6 +142,7 @@ class ServingRecord:
                 mean=tuple(float(v) for v in meta["mean"]),
                 std=tuple(float(v) for v in meta["std"]),
                 flip_tta=bool(meta["flip_tta"]),
+                translate_tta=bool(meta.get("translate_tta", False)),
                 temperature=float(meta.get("temperature", 1.0)),
                 unknown_threshold=(
                     None

@@ -259,6 +259,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         "severities": list(severities),
         "seed": args.seed,
         "flip_tta": clf.record.flip_tta,
+        "translate_tta": clf.record.translate_tta,
         "command": "python -m research.robustness " + shlex.join(argv or sys.argv[1:]),
         "seconds": round(seconds, 1),
         **{k: v for k, v in result.items() if k != "predictions"},

@@ -125,11 +125,11 @@ def _top_logit_sum(logits: jax.Array) -> jax.Array:
 
 def _grad_input_fn(graphdef: nnx.GraphDef, model: nnx.Module, record: Any) -> Callable:
     mean = jnp.asarray(record.mean, jnp.float32)
-    flip_tta = record.flip_tta
+    tta = dict(flip_tta=record.flip_tta, translate_tta=record.translate_tta)
 
     def score(state: nnx.State, images: jax.Array) -> jax.Array:
         net = nnx.merge(graphdef, state)
-        return _top_logit_sum(models.predict_logits(net, images, flip_tta=flip_tta))
+        return _top_logit_sum(models.predict_logits(net, images, **tta))
 
     def heat(state: nnx.State, images: jax.Array) -> jax.Array:
         images = images.astype(jnp.float32)
@@ -170,7 +170,9 @@ def _gradcam_fn(graphdef: nnx.GraphDef, model: nnx.Module, record: Any) -> Calla
         net = nnx.merge(graphdef, state)
         tap = _Tap(_get(net, path), deltas)
         _set(net, path, tap)
-        logits = models.predict_logits(net, images, flip_tta=record.flip_tta)
+        logits = models.predict_logits(
+            net, images, flip_tta=record.flip_tta, translate_tta=record.translate_tta
+        )
         return _top_logit_sum(logits), list(tap.outputs)
 
     def heat(state: nnx.State, images: jax.Array) -> jax.Array:

@@ -217,12 +217,17 @@ class _Stepper:
         self.arrays = nnx.state(self.objects)
 
 
-@functools.partial(nnx.jit, static_argnames="flip_tta")
+@functools.partial(nnx.jit, static_argnames=("flip_tta", "translate_tta"))
 def eval_step(
-    model: nnx.Module, images: jax.Array, flip_tta: bool, temperature: float | jax.Array = 1.0
+    model: nnx.Module,
+    images: jax.Array,
+    flip_tta: bool,
+    temperature: float | jax.Array = 1.0,
+    translate_tta: bool = False,
 ) -> jax.Array:
-    """Log-probabilities of `images` at `temperature` (flip TTA averages the logits)."""
-    logits = models.predict_logits(model, images, flip_tta=flip_tta)
+    """Log-probabilities of `images` at `temperature` (TTA averages the logits over
+    models.tta_views)."""
+    logits = models.predict_logits(model, images, flip_tta=flip_tta, translate_tta=translate_tta)
     return models.log_probabilities(logits, temperature)
 
 
@@ -234,6 +239,7 @@ def evaluate_model(
     flip_tta: bool,
     sharding: NamedSharding | None = None,
     temperature: float = 1.0,
+    translate_tta: bool = False,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix over padded batches."""
     model.eval()
@@ -243,7 +249,9 @@ def evaluate_model(
         images = batch["image"]
         if sharding is not None:
             images = distributed.put_replicated_batch(images, sharding)
-        log_probs = distributed.to_host(eval_step(model, images, flip_tta, temperature))
+        log_probs = distributed.to_host(
+            eval_step(model, images, flip_tta, temperature, translate_tta)
+        )
         mask, labels = batch["mask"], batch["label"]
         log_probs, labels = log_probs[mask], labels[mask]
         loss_sum -= float(log_probs[np.arange(len(labels)), labels].sum(dtype=np.float64))
@@ -653,6 +661,7 @@ def _evaluate(
         num_classes=num_classes,
         flip_tta=bool(config.flip_tta and configs.uses_flip(config)),
         sharding=state.data_sharding,
+        translate_tta=config.translate_tta,
     )
     return {**metrics, "split": data.eval_split}
 

@@ -63,6 +63,35 @@ def test_flip_tta_averages_image_and_mirror():
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
+def test_translate_tta_weighs_the_image_half_and_two_one_pixel_shifts_a_quarter_each():
+    """airbench's tta_level 2: 0.5 x the flip average of the image, 0.25 x that of the image
+    shifted a pixel up-left (reflect padding) and 0.25 x that of it shifted down-right; the
+    features and stage statistics are averaged the same way."""
+    model = _model("tiny")
+    model.eval()
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)), jnp.uint8)
+    padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    up_left, down_right = jnp.asarray(padded[:, :32, :32]), jnp.asarray(padded[:, 2:, 2:])
+    assert np.array_equal(np.asarray(up_left[:, 1:, 1:]), np.asarray(images[:, :-1, :-1]))
+
+    def flip_average(x):
+        return models.predict_logits(model, x, flip_tta=True)
+
+    expected = 0.5 * flip_average(images) + 0.25 * (
+        flip_average(up_left) + flip_average(down_right)
+    )
+    got = models.predict_logits(model, images, flip_tta=True, translate_tta=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    logits, features, _ = models.predict_logits_and_features(
+        model, images, flip_tta=True, translate_tta=True
+    )
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.head_logits(features)), np.asarray(expected), rtol=1e-4, atol=1e-5
+    )  # the head is linear: the averaged features give the averaged logits
+    assert len(models.tta_views(images, flip_tta=False, translate_tta=True)) == 3
+
+
 def test_unknown_model_name_lists_the_valid_ones():
     """A typo in the model name fails with the list of valid names."""
     with pytest.raises(ValueError, match="airbench"):

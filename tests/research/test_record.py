@@ -37,6 +37,15 @@ def test_a_record_round_trips_through_its_json_meta():
     assert ServingRecord.from_meta(meta) == record
 
 
+def test_translate_tta_round_trips_and_is_off_for_records_written_before_it():
+    """The record keeps translate_tta; a meta without the key (every record before it) serves
+    as it was evaluated, without the shifted views."""
+    record = _record(translate_tta=True)
+    assert ServingRecord.from_meta(json.loads(json.dumps(record.to_meta()))) == record
+    older = {k: v for k, v in _record().to_meta().items() if k != "translate_tta"}
+    assert ServingRecord.from_meta(older).translate_tta is False
+
+
 def test_the_meta_keeps_the_keys_checkpoints_have_always_had():
     """Flat fields, the training config under 'model', and the record format."""
     meta = _record().to_meta()

@@ -304,3 +304,17 @@ def test_evaluate_on_a_tfds_split_reproduces_the_accuracy_training_recorded(
     assert metrics["count"] == recorded["eval_count"]
     assert metrics["accuracy"] == pytest.approx(recorded["eval_accuracy"])
     assert metrics["loss"] == pytest.approx(recorded["eval_loss"], rel=1e-4)
+
+
+def test_training_command_names_the_recipe_a_config_is_closest_to():
+    """A config trained with another recipe than its dataset's default (the SGD airbench94 one
+    on cifar10, say) is written as that recipe plus its overrides, not field by field."""
+    config = get_config("cifar10", recipe="airbench94", epochs=20.0)
+    record = ServingRecord(
+        name="cifar10-airbench94", dataset="cifar10", version="20250101-step3", step=3,
+        class_names=tuple("0123456789"), image_shape=(32, 32, 3), mean=(1.0,) * 3,
+        std=(1.0,) * 3, flip_tta=True, config=config.to_dict(),
+    )  # fmt: skip
+    assert export.training_command(record) == (
+        "python -m research.train --dataset=cifar10 --recipe=airbench94 --epochs=20.0"
+    )

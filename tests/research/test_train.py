@@ -442,3 +442,19 @@ def test_microbatches_must_divide_the_batch():
     """A batch that does not split into `microbatches` equal slices is refused up front."""
     with pytest.raises(ValueError, match="microbatches"):
         configs.get_config("tiny", batch_size=16, microbatches=3)
+
+
+def test_translate_tta_is_trained_into_the_record_and_served_as_evaluated(color_dataset, tmp_path):
+    """translate_tta=True: the run evaluates on the six views, its serving record says so, and
+    the Classifier's probabilities are the six-view average of the same weights."""
+    config = _config(color_dataset, epochs=1.0, translate_tta=True)
+    result = train.train_and_evaluate(config, tmp_path)
+    clf = Classifier.load(tmp_path)
+    assert clf.record.translate_tta and clf.record.flip_tta
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    logits = models.predict_logits(
+        clf.model, jnp.asarray(images), flip_tta=True, translate_tta=True
+    )
+    expected = jax.nn.softmax(np.asarray(logits) / clf.record.temperature, axis=-1)
+    np.testing.assert_allclose(clf.predict_arrays(images), expected, rtol=1e-4, atol=1e-5)
+    assert result["eval"]["count"] == 12
