@@ -127,13 +127,11 @@ def _muon_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTrans
                 weight_decay=config.bias_weight_decay,
                 decay_mask=everything,
             ),
-            "stem_bias": optax.chain(
-                optax.add_decayed_weights(config.bias_weight_decay),
-                optax.sgd(
-                    optax.linear_schedule(bias_lr, 0.0, stem_bias_steps),
-                    momentum=config.momentum,
-                    nesterov=True,
-                ),
+            "stem_bias": _group_optimizer(
+                config,
+                optax.linear_schedule(bias_lr, 0.0, stem_bias_steps),
+                weight_decay=config.bias_weight_decay,
+                decay_mask=everything,
             ),
             "muon": optax.chain(
                 optax.contrib.scale_by_muon(

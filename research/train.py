@@ -116,8 +116,6 @@ def _host_update(
             "image": device_input.robust_augment(batch["image"], keys, robust),
             "label": batch["label"],
         }
-    else:
-        batch = {"image": batch["image"], "label": batch["label"]}
     return _update(model, opt, metrics, batch, label_smoothing, microbatches)
 
 
