@@ -113,10 +113,7 @@ def _evaluate(
             import jax
 
             images = jax.device_put(images, sharding)
-        record = clf.record
-        out = np.asarray(
-            train.eval_step(clf.model, images, record.flip_tta, 1.0, record.translate_tta)
-        )
+        out = np.asarray(train.eval_step(clf.model, images, temperature=1.0, **clf.record.tta))
         mask = np.asarray(batch["mask"])
         log_probs.append(out[mask])
         labels.append(np.asarray(batch["label"])[mask])

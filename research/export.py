@@ -68,12 +68,10 @@ def training_command(record: ServingRecord) -> str:
     defaults, or the named recipe (configs.RECIPES) closest to it, plus a flag for each field
     that differs from them."""
     saved = Config.from_dict(record.config)
-    candidates = [[f"--dataset={saved.dataset}"]] + [
-        [f"--dataset={saved.dataset}", f"--recipe={name}"] for name in RECIPES
-    ]
     commands = []
-    for flags, recipe in zip(candidates, [None, *RECIPES], strict=True):
+    for recipe in [None, *RECIPES]:
         start = get_config(saved.dataset, recipe)
+        flags = [f"--dataset={saved.dataset}"] + ([f"--recipe={recipe}"] if recipe else [])
         for field in dataclasses.fields(Config):
             value = getattr(saved, field.name)
             if field.name != "dataset" and value != getattr(start, field.name):

@@ -212,19 +212,9 @@ class Classifier:
         )
         graphdef, state = nnx.split(model)
         self._forward = jax.jit(
-            functools.partial(
-                _forward,
-                graphdef,
-                flip_tta=record.flip_tta,
-                translate_tta=record.translate_tta,
-                score=record.unknown_score,
-            )
+            functools.partial(_forward, graphdef, score=record.unknown_score, **record.tta)
         )
-        self._outputs = jax.jit(
-            functools.partial(
-                _outputs, graphdef, flip_tta=record.flip_tta, translate_tta=record.translate_tta
-            )
-        )
+        self._outputs = jax.jit(functools.partial(_outputs, graphdef, **record.tta))
         self._state = state
         # An argument of the compiled function, not a constant in it: another temperature
         # reuses the same compilation.

@@ -77,6 +77,12 @@ class ServingRecord:
             raise IncompatibleModelError("Invalid serving record: " + "; ".join(problems))
 
     @property
+    def tta(self) -> dict[str, bool]:
+        """The test-time augmentation served (and evaluated), as the keyword arguments of
+        models.tta_views and the forwards built on it."""
+        return {"flip_tta": self.flip_tta, "translate_tta": self.translate_tta}
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 

@@ -5,7 +5,7 @@
     saliency.overlay(Image.open("cat.jpg"), heat).save("where.png")
 
 Two methods, both on the exact pixels the model sees (`research.inference.preprocess_image`)
-and for the class it ranks first (with the record's flip test-time augmentation, as `predict`):
+and for the class it ranks first (with the record's test-time augmentation, as `predict`):
 
 - ``gradcam``: Grad-CAM (Selvaraju et al., 2017) on the output of the last convolutional block:
   its channels weighted by the spatially averaged gradient of the top logit, summed, ReLU.
@@ -125,11 +125,10 @@ def _top_logit_sum(logits: jax.Array) -> jax.Array:
 
 def _grad_input_fn(graphdef: nnx.GraphDef, model: nnx.Module, record: Any) -> Callable:
     mean = jnp.asarray(record.mean, jnp.float32)
-    tta = dict(flip_tta=record.flip_tta, translate_tta=record.translate_tta)
 
     def score(state: nnx.State, images: jax.Array) -> jax.Array:
         net = nnx.merge(graphdef, state)
-        return _top_logit_sum(models.predict_logits(net, images, **tta))
+        return _top_logit_sum(models.predict_logits(net, images, **record.tta))
 
     def heat(state: nnx.State, images: jax.Array) -> jax.Array:
         images = images.astype(jnp.float32)
@@ -170,9 +169,7 @@ def _gradcam_fn(graphdef: nnx.GraphDef, model: nnx.Module, record: Any) -> Calla
         net = nnx.merge(graphdef, state)
         tap = _Tap(_get(net, path), deltas)
         _set(net, path, tap)
-        logits = models.predict_logits(
-            net, images, flip_tta=record.flip_tta, translate_tta=record.translate_tta
-        )
+        logits = models.predict_logits(net, images, **record.tta)
         return _top_logit_sum(logits), list(tap.outputs)
 
     def heat(state: nnx.State, images: jax.Array) -> jax.Array:
