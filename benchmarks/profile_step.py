@@ -4,16 +4,16 @@
     python benchmarks/profile_step.py --compute_dtype=bfloat16 --steps=5
     python benchmarks/profile_step.py --batch_size=256 --trace_dir=/tmp/step_trace
 
-Takes the same flags as `python -m research.train` (any Config field, --compute_dtype among
-them where the Config has it). Runs train.train_step on the state training builds, exactly as
-benchmarks/train_speed.py times it, under `jax.profiler.trace`, with XLA's optimized HLO of the
-step dumped beside the trace. XLA:CPU records one trace event per thunk, and each thunk is an
-instruction of the HLO's entry computation: a fusion, a dot, a concatenate, a copy... Each is
-put in one class by what it computes (its opcode, the ops fused into it, the op name JAX gave
-it and the Python function it came from: research.layers, flax's batch norm, optax...), and
-the classes' times are summed over every traced step. Prints ms per step and the share of each
-class, then the fusions that cost most. Thunks may overlap on the cores, so the summed op time
-can differ from the step's wall time; both are printed.
+Takes the same flags as `python -m research.train` (any Config field, --compute_dtype among them
+where the Config has it). Runs the training loop's compiled step (train.host_step) on the state
+training builds, exactly as benchmarks/train_speed.py times it, under `jax.profiler.trace`, with
+XLA's optimized HLO of the step dumped beside the trace. XLA:CPU records one trace event per
+thunk, and each thunk is an instruction of the HLO's entry computation: a fusion, a dot, a
+concatenate, a copy... Each is put in one class by what it computes (its opcode, the ops fused
+into it, the op name JAX gave it and the Python function it came from: research.layers, flax's
+batch norm, optax...), and the classes' times are summed over every traced step. Prints ms per
+step and the share of each class, then the fusions that cost most. Thunks may overlap on the
+cores, so the summed op time can differ from the step's wall time; both are printed.
 """
 
 from __future__ import annotations
@@ -253,8 +253,9 @@ def _newest(pattern: str) -> str:
     return max(found, key=os.path.getmtime)
 
 
-# The jitted function behind train.train_step: XLA names its module jit_<this>.
-STEP_NAME = train.train_step.fun.__name__
+# The jitted function behind the training loop's step (train.host_step): XLA names its
+# module jit_<this>.
+STEP_NAME = train._functional_train_step.__wrapped__.__name__
 
 
 def _dump_flags(hlo_dir: str) -> str:

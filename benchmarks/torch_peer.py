@@ -1,7 +1,7 @@
 """Our train step beside the same network's in PyTorch: train images/s and their ratio.
 
     pip install -e '.[bench]'        # CPU torch (2.13.0, taken from this machine's local wheel)
-    python benchmarks/torch_peer.py                       # 3 repeats of 3 steps, batch 1024
+    python benchmarks/torch_peer.py                       # 3 rounds of 3 steps, batch 1024
     python benchmarks/torch_peer.py --steps=5 --repeats=5 --threads=2
 
 The network is airbench94 as research.models builds it for `AIRBENCH94_RECIPE` (widths 64/256/256,
@@ -13,11 +13,13 @@ smoothing. One difference from airbench94.py: GELU is the tanh approximation, as
 PyTorch step starts from uint8 NHWC images, as ours does (normalising and transposing them is
 part of the step), and runs in fp32 and under bf16 autocast.
 
-Our step is train.train_step on the state `train.create_train_state` builds, timed by
-train_speed.measure_train (the README's training figure), in every compute dtype the Config
-offers. Each figure is the median over --repeats of the images/s of --steps consecutive steps,
-after warm-up steps (the first compiles). Both run on the same random uint8 batch of CIFAR-10's
-shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
+Our step is the training loop's compiled step (train.host_step) on the state
+`train.create_train_state` builds, as train_speed.measure_train times it (the README's training
+figure), in every compute dtype the Config offers. All four steps are built and warmed up
+first (the first call compiles), then run in --repeats interleaved rounds of --steps
+consecutive steps each, so that a drift in this machine's speed falls on all four alike; each
+figure is the median images/s over the rounds. Both run on the same random uint8 batch of
+CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
 
 Both run with the glibc allocator settings `python -m research.train` runs with
 (research.cli.MALLOC_TUNABLES; `GLIBC_TUNABLES= python benchmarks/torch_peer.py` runs both
@@ -32,10 +34,10 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import train_speed  # benchmarks/: the README's training measurement, shared
-from train_speed import STEPS_PER_EPOCH, measure_train, time_calls
+from train_speed import STEPS_PER_EPOCH, time_calls
 
 from research import cli, configs, models, train
 from research.configs import Config
@@ -146,8 +148,8 @@ def rates(times: Sequence[float], batch_size: int, steps: int) -> list[float]:
     ]
 
 
-def measure_ours(compute_dtype: str, args: argparse.Namespace, image_shape, num_classes: int):
-    """(median images/s, params) of our train step at `compute_dtype`."""
+def our_step(compute_dtype: str, args: argparse.Namespace, image_shape, num_classes: int):
+    """(`step()`, waited for; params) of our training loop's step at `compute_dtype`."""
     overrides = {"compute_dtype": compute_dtype} if len(compute_dtypes()) > 1 else {}
     config = configs.get_config(DATASET, RECIPE, batch_size=args.batch_size, **overrides)
     spec = configs.dataset_spec(DATASET)
@@ -161,10 +163,26 @@ def measure_ours(compute_dtype: str, args: argparse.Namespace, image_shape, num_
         steps_per_epoch=STEPS_PER_EPOCH,
     )
     batch = train_speed._synthetic_batch(config, image_shape, num_classes)
-    times = measure_train(state, config, batch, args.steps * args.repeats)
-    return statistics.median(rates(times, config.batch_size, args.steps)), models.count_params(
-        state.model
-    )
+    step, _ = train_speed.train_step_call(state, config, batch)
+    return step, models.count_params(state.model)
+
+
+def interleaved_rates(
+    steps: dict[str, Callable[[], None]], args: argparse.Namespace, batch_size: int
+) -> dict[str, float]:
+    """Median images/s of each step over `args.repeats` rounds; each round runs every step
+    `args.steps` times in turn, so that a drift of the machine's speed (up to 16% between
+    processes here) falls on all of them alike. After PyTorch's turn the loop sleeps a second:
+    its OpenMP threads keep spinning a while after their last step."""
+    for step in steps.values():
+        time_calls(step, 0, warmup=WARMUP_STEPS)
+    figures: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            figures[name] += rates(time_calls(step, args.steps, warmup=0), batch_size, args.steps)
+            if name.startswith("torch"):
+                time.sleep(1.0)
+    return {name: statistics.median(values) for name, values in figures.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,21 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"airbench94 {','.join(map(str, config.widths))}, batch {config.batch_size}, "
         f"{image_shape} uint8, CPU ({os.cpu_count()} cores), torch {torch.__version__} on "
-        f"{args.threads} threads; median of {args.repeats} x {args.steps} steps after "
-        f"{WARMUP_STEPS} warm-up; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
+        f"{args.threads} threads; median of {args.repeats} interleaved rounds of {args.steps} "
+        f"steps after {WARMUP_STEPS} warm-up; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
         flush=True,
     )
-    figures: dict[str, float] = {}
+    steps: dict[str, Callable[[], None]] = {}
     our_params = None
-    # Ours first: PyTorch's OpenMP threads keep spinning a while after their last step.
     for dtype in compute_dtypes():
-        start = time.perf_counter()
-        figures[f"ours {dtype}"], our_params = measure_ours(dtype, args, image_shape, num_classes)
-        print(
-            f"ours  {dtype:9s} {figures[f'ours {dtype}']:8.1f} images/s "
-            f"({time.perf_counter() - start:.0f}s with compiling)",
-            flush=True,
-        )
+        steps[f"ours {dtype}"], our_params = our_step(dtype, args, image_shape, num_classes)
 
     torch.manual_seed(config.seed)
     net = build_torch_net(torch, config, in_channels=image_shape[-1], num_classes=num_classes)
@@ -204,15 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert torch_params == our_params, "the PyTorch net is not ours: parameter counts differ"
     batch = train_speed._synthetic_batch(config, image_shape, num_classes)
     for name, bf16 in (("float32", False), ("bfloat16", True)):
-        step = make_torch_step(torch, net, config, batch, bf16=bf16)
-        start = time.perf_counter()
-        times = time_calls(step, args.steps * args.repeats, warmup=WARMUP_STEPS)
-        figures[f"torch {name}"] = statistics.median(rates(times, config.batch_size, args.steps))
-        print(
-            f"torch {name:9s} {figures[f'torch {name}']:8.1f} images/s "
-            f"({time.perf_counter() - start:.0f}s)",
-            flush=True,
-        )
+        steps[f"torch {name}"] = make_torch_step(torch, net, config, batch, bf16=bf16)
+
+    start = time.perf_counter()
+    figures = interleaved_rates(steps, args, config.batch_size)
+    for name, rate in figures.items():
+        print(f"{name:15s} {rate:8.1f} images/s", flush=True)
+    print(f"({time.perf_counter() - start:.0f}s with compiling)")
 
     torch_fp32, torch_bf16 = figures["torch float32"], figures["torch bfloat16"]
     print()

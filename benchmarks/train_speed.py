@@ -5,14 +5,14 @@
     python benchmarks/train_speed.py --dataset=cifar10 --checkpoint=models/cifar10
 
 Takes the same flags as `python -m research.train` (any Config field). Training and evaluation
-run the real jitted train_step / eval_step on the state training builds
-(`train.create_train_state`, replicated and sharded as in training) with synthetic uint8
-batches of the config's shape; each figure is the median over --steps timed steps, after a
-compiling step and a warm-up step. Without the dataset, its shape comes from
+run the training loop's compiled step (train.host_step) and the jitted eval_step on the state
+training builds (`train.create_train_state`, replicated and sharded as in training) with
+synthetic uint8 batches of the config's shape; each figure is the median over --steps timed
+steps, after a compiling step and a warm-up step. Without the dataset, its shape comes from
 research.configs.DATASETS. Predict latency is Classifier.predict on one PIL image, as the web
-product calls it, from --checkpoint or the benchmarked model exported to a temporary folder.
-The input pipeline is create_train_iterator on the real dataset (skipped if it is not
-available), timed after its first batch, which reads the split into the cache.
+product calls it, from --checkpoint or the benchmarked model exported to a temporary folder. The
+input pipeline is create_train_iterator on the real dataset (skipped if it is not available),
+timed after its first batch, which reads the split into the cache.
 """
 
 from __future__ import annotations
@@ -62,22 +62,26 @@ def _synthetic_batch(config: Config, image_shape, num_classes: int) -> dict[str,
     }
 
 
-def measure_train(state: train.TrainState, config: Config, batch: dict[str, np.ndarray], steps):
-    """Seconds per train_step on host batches (device_put included, as in training)."""
+def train_step_call(state: train.TrainState, config: Config, batch: dict[str, np.ndarray]):
+    """(`step()`, `sync()`): one step of the training loop's compiled step (`train.host_step`)
+    on host `batch`, device_put included as in training, waited for; `sync()` puts the stepped
+    arrays back into `state`'s modules."""
+    train_step, sync = train.host_step(state, config)
 
     def step() -> None:
-        on_device = jax.device_put(batch, state.data_sharding)
-        loss = train.train_step(
-            state.model,
-            state.opt,
-            state.metrics,
-            on_device,
-            config.label_smoothing,
-            microbatches=config.microbatches,
-        )
-        loss.block_until_ready()
+        train_step(jax.device_put(batch, state.data_sharding)).block_until_ready()
 
-    return time_calls(step, steps)
+    return step, sync
+
+
+def measure_train(state: train.TrainState, config: Config, batch: dict[str, np.ndarray], steps):
+    """Seconds per step of the training loop's compiled step on host batches
+    (`train_step_call`)."""
+    step, sync = train_step_call(state, config, batch)
+    try:
+        return time_calls(step, steps)
+    finally:
+        sync()
 
 
 def measure_eval(state: train.TrainState, config: Config, images: np.ndarray, steps: int):

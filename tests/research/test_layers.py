@@ -188,3 +188,18 @@ def test_bfloat16_conv_gradients_match_the_float32_conv_of_the_rounded_operands(
     np.testing.assert_allclose(value, ref_value, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(dx, np.float32), rx, rtol=2e-2, atol=2e-2)
     np.testing.assert_allclose(dk, rk, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("cin", [3, 4])
+def test_bfloat16_im2col_moves_the_exact_bits_for_odd_and_even_channel_counts(cin):
+    """The bfloat16 im2col (channels moved in pairs as 32-bit integers when their count is
+    even, one by one as 16-bit integers when odd) equals the float32 im2col of the same values,
+    bit for bit, in the patch order (i * kw + j) * C + c."""
+    from research.layers import _im2col
+
+    x = jax.random.normal(jax.random.key(3), (2, 5, 6, cin), jnp.float32).astype(jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    ours = _im2col(x, (3, 3), pads)
+    reference = _im2col(x.astype(jnp.float32), (3, 3), pads)
+    assert ours.dtype == jnp.bfloat16 and ours.shape == (2, 5, 6, 9 * cin)
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(reference))
