@@ -222,17 +222,26 @@ def conv2d(
     padding: Padding = "SAME",
     impl: Impl = "auto",
     compute_dtype: ComputeDtype = "float32",
+    trim: tuple[int, int] = (0, 0),
 ) -> jax.Array:
     """Stride-1 2-d convolution of NHWC `x` with an HWIO `kernel`, computed by `impl`.
 
     Numerically the same function (up to float rounding) for every impl. With `compute_dtype`
     'bfloat16' the operands are rounded to bfloat16 and products accumulate in float32 (mixed
-    precision: the result, and the kernel's gradient, stay float32).
+    precision: the result, and the kernel's gradient, stay float32). `trim` (rows, columns):
+    the output's last rows and columns left out, never computed (less end padding, or a cropped
+    input), for a consumer that would drop them.
     """
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"Unknown compute dtype {compute_dtype!r}; expected {COMPUTE_DTYPES}.")
     kh, kw, cin, cout = kernel.shape
     pads = _pads((kh, kw), padding)
+    if any(trim):
+        # An output row fewer is an input row fewer at the end: first the end padding, then
+        # (once that is gone) the input itself.
+        ends = [end - cut for (_, end), cut in zip(pads, trim, strict=True)]
+        x = x[:, : x.shape[1] + min(ends[0], 0), : x.shape[2] + min(ends[1], 0)]
+        pads = tuple((start, max(end, 0)) for (start, _), end in zip(pads, ends, strict=True))
     mixed = compute_dtype == "bfloat16"
     if resolve_impl(impl) == "xla":
         x = x.astype(jnp.bfloat16) if mixed else x
@@ -303,12 +312,20 @@ class Conv(nnx.Module):
         self.impl = impl
         self.compute_dtype = compute_dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Convolve `x` [N, H, W, in_features] -> [N, H', W', out_features]."""
-        y = conv2d(x, self.kernel[...], self.padding, self.impl, self.compute_dtype)
+    def __call__(self, x: jax.Array, *, pool: int = 1) -> jax.Array:
+        """Convolve `x` [N, H, W, in_features] -> [N, H', W', out_features]; with `pool` > 1,
+        then ``max_pool(., pool)``, whose floor drops the last rows and columns of an output
+        that `pool` does not divide (31x31 -> 15x15): those are not computed at all (the same
+        values; airbench94's pooled convolutions on CIFAR-10 do 6%, 13% and 27% less work)."""
+        kh, kw = self.kernel_size
+        pads = _pads(self.kernel_size, self.padding)
+        out_h = x.shape[1] + sum(pads[0]) - kh + 1
+        out_w = x.shape[2] + sum(pads[1]) - kw + 1
+        trim = (out_h % pool, out_w % pool)
+        y = conv2d(x, self.kernel[...], self.padding, self.impl, self.compute_dtype, trim)
         if self.bias is not None:
             y = y + self.bias[...]
-        return y
+        return y if pool == 1 else max_pool(y, pool)
 
 
 def max_pool(x: jax.Array, size: int = 2) -> jax.Array:

@@ -151,7 +151,7 @@ class ConvBlock(nnx.Module):
         self.norm2 = norm(out_features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = max_pool(self.conv1(x))
+        x = self.conv1(x, pool=2)  # max_pool(conv1(x)), only what the pool reads
         x = nnx.gelu(self.norm1(x), approximate=True)
         return nnx.gelu(self.norm2(self.conv2(x)), approximate=True)
 

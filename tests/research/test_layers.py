@@ -203,3 +203,49 @@ def test_bfloat16_im2col_moves_the_exact_bits_for_odd_and_even_channel_counts(ci
     reference = _im2col(x.astype(jnp.float32), (3, 3), pads)
     assert ours.dtype == jnp.bfloat16 and ours.shape == (2, 5, 6, 9 * cin)
     np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(reference))
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("kernel_size", "padding", "h", "w"),
+    [
+        (3, "SAME", 7, 7),
+        (3, "SAME", 6, 7),
+        (3, "VALID", 8, 9),
+        (1, "SAME", 5, 5),
+        (2, "SAME", 5, 6),
+    ],
+)
+def test_pooled_conv_equals_max_pool_of_the_full_conv(
+    kernel_size, padding, h, w, impl, compute_dtype
+):
+    """Conv(..)(x, pool=2), which leaves out the output rows and columns max_pool's floor drops
+    (less end padding, or a cropped input), gives max_pool(Conv(..)(x)): the same values and
+    the same gradients for the input, kernel and bias, with odd and even maps."""
+    conv = Conv(
+        3,
+        4,
+        kernel_size,
+        padding=padding,
+        use_bias=True,
+        impl=impl,
+        compute_dtype=compute_dtype,
+        bias_init=nnx.initializers.normal(1.0),
+        rngs=nnx.Rngs(0),
+    )
+    x = jax.random.normal(jax.random.key(1), (2, h, w, 3), jnp.float32)
+
+    def run(pooled):
+        def loss(conv, x):
+            y = conv(x, pool=2) if pooled else max_pool(conv(x), 2)
+            return (y * jnp.arange(y.size).reshape(y.shape) / y.size).sum(), y
+
+        (module_grads, x_grad), y = nnx.grad(loss, argnums=(0, 1), has_aux=True)(conv, x)
+        return y, (x_grad, module_grads["kernel"][...], module_grads["bias"][...])
+
+    (ours, ours_grads), (reference, reference_grads) = run(True), run(False)
+    assert ours.shape == reference.shape == (2, reference.shape[1], reference.shape[2], 4)
+    np.testing.assert_allclose(ours, reference, **TOL)
+    for got, want in zip(ours_grads, reference_grads, strict=True):
+        np.testing.assert_allclose(got, want, **TOL)
