@@ -192,18 +192,25 @@ def host_step(
     copy of `state`'s arrays (donating them), as the loop does: `sync()` puts them back into
     `state`'s modules before anything else reads those."""
     stepper = _Stepper(state)
+    return functools.partial(_host_batch_step, stepper, config), stepper.sync
 
-    def step(batch: dict[str, jax.Array]) -> jax.Array:
-        return stepper(
-            _functional_train_step,
-            batch,
-            label_smoothing=config.label_smoothing,
-            seed=None,
-            robust=None,
-            microbatches=config.microbatches,
-        )
 
-    return step, stepper.sync
+def _host_batch_step(
+    stepper: _Stepper,
+    config: Config,
+    batch: dict[str, jax.Array],
+    seed: jax.Array | None = None,
+    policy: AugmentPolicy | None = None,
+) -> jax.Array:
+    """The loop's compiled step on a host batch already on the devices."""
+    return stepper(
+        _functional_train_step,
+        batch,
+        label_smoothing=config.label_smoothing,
+        seed=seed,
+        robust=policy,
+        microbatches=config.microbatches,
+    )
 
 
 @functools.partial(jax.jit, donate_argnums=1)  # not the EMA: a checkpoint may still hold it
@@ -600,14 +607,7 @@ def _feed(
     def host_feed(step: int, timer: _EpochTimer) -> jax.Array:
         with timer.waiting():
             batch = distributed.put_batch(next(iterator), state.data_sharding)
-        return stepper(
-            _functional_train_step,
-            batch,
-            label_smoothing=config.label_smoothing,
-            seed=seed,
-            robust=policy,
-            microbatches=config.microbatches,
-        )
+        return _host_batch_step(stepper, config, batch, seed, policy)
 
     return host_feed
 
