@@ -255,7 +255,7 @@ def _newest(pattern: str) -> str:
 
 # The jitted function behind the training loop's step (train.host_step): XLA names its
 # module jit_<this>.
-STEP_NAME = train._functional_train_step.__wrapped__.__name__
+STEP_NAME = train.train_step.__wrapped__.__name__
 
 
 def _dump_flags(hlo_dir: str) -> str:

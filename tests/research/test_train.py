@@ -458,3 +458,22 @@ def test_translate_tta_is_trained_into_the_record_and_served_as_evaluated(color_
     expected = jax.nn.softmax(np.asarray(logits) / clf.record.temperature, axis=-1)
     np.testing.assert_allclose(clf.predict_arrays(images), expected, rtol=1e-4, atol=1e-5)
     assert result["eval"]["count"] == 12
+
+
+def test_interim_evaluations_leave_out_the_shifted_views_and_the_last_uses_them(
+    color_dataset, tmp_path
+):
+    """With translate_tta, the per-epoch evaluations before the last average the image and its
+    mirror only (a third of the cost); the last one, which the run reports and the best
+    checkpoint is chosen by, averages all six served views. metrics.jsonl says which each was."""
+    config = _config(color_dataset, epochs=2.0, eval_every_epochs=1.0, translate_tta=True)
+    result = train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    split = result["eval"]["split"]
+    assert [row[f"{split}/translate_tta"] for row in rows] == [False, True]
+    assert result["eval"]["translate_tta"]
+    assert rows[-1][f"{split}/loss"] == pytest.approx(result["eval"]["loss"])
+    # The last step's record carries the six-view figure that the run reports.
+    _, ranked = model_dir.rank_checkpoints(tmp_path)
+    last_record = dict(ranked)[max(step for step, _ in ranked)]
+    assert last_record.metrics["eval_loss"] == pytest.approx(result["eval"]["loss"])
