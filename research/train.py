@@ -146,17 +146,20 @@ def _device_update(
 STEP_COMPILER_OPTIONS = {"xla_cpu_enable_fast_math": True}
 
 
-def _functional(update: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, Any]]:
+def _functional(
+    update: Callable[..., jax.Array], compiler_options: dict[str, Any] | None = None
+) -> Callable[..., tuple[jax.Array, Any]]:
     """`update(model, opt, metrics, *args)` as one `jax.jit` function of the arrays alone:
-    `(graphdef, arrays, *args) -> (loss, arrays)`, the arrays donated. Flax's "functional
-    training loop" (guides/performance): nnx.jit walks the module graph in Python at every call
-    (3-5 ms on this CPU, more than a GPU's whole step); this walks it once, at `nnx.split`."""
+    `(graphdef, arrays, *args) -> (loss, arrays)`, the arrays donated, compiled with
+    `compiler_options` (default STEP_COMPILER_OPTIONS). Flax's "functional training loop"
+    (guides/performance): nnx.jit walks the module graph in Python at every call (3-5 ms on this
+    CPU, more than a GPU's whole step); this walks it once, at `nnx.split`."""
 
     @functools.partial(
         jax.jit,
         static_argnames=("label_smoothing", "augmentation", "robust", "microbatches"),
         donate_argnums=1,
-        compiler_options=STEP_COMPILER_OPTIONS,
+        compiler_options=STEP_COMPILER_OPTIONS if compiler_options is None else compiler_options,
     )
     def step(graphdef, arrays, *args, **static):
         objects = nnx.merge(graphdef, arrays)

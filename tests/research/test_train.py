@@ -477,3 +477,35 @@ def test_interim_evaluations_leave_out_the_shifted_views_and_the_last_uses_them(
     _, ranked = model_dir.rank_checkpoints(tmp_path)
     last_record = dict(ranked)[max(step for step, _ in ranked)]
     assert last_record.metrics["eval_loss"] == pytest.approx(result["eval"]["loss"])
+
+
+def test_the_fast_math_step_equals_the_ieee_step_up_to_float_rounding(color_dataset):
+    """STEP_COMPILER_OPTIONS' fast math only reorders and fuses float arithmetic: one step from
+    the same state and batch gives the loss and weights of the step compiled without it, to
+    float32 rounding (far below what bfloat16 compute itself changes)."""
+    config = _config(color_dataset, compute_dtype="float32")
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (config.batch_size, 32, 32, 3), np.uint8),
+        "label": rng.integers(0, 3, config.batch_size).astype(np.int32),
+    }
+    outcomes = []
+    for step in (train.train_step, train._functional(train._host_update, compiler_options={})):
+        state = train.create_train_state(
+            config,
+            None,
+            num_classes=3,
+            image_shape=(32, 32, 3),
+            mean=(127.0,) * 3,
+            std=(64.0,) * 3,
+            steps_per_epoch=4,
+        )
+        stepper = train._Stepper(state)
+        losses = [float(stepper(step, batch, label_smoothing=0.1)) for _ in range(2)]
+        stepper.sync()
+        outcomes.append((losses, jax.tree.leaves(nnx.state(state.model, nnx.Param))))
+    (fast_losses, fast), (ieee_losses, ieee) = outcomes
+    np.testing.assert_allclose(fast_losses, ieee_losses, rtol=1e-5)
+    for a, b in zip(fast, ieee, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert train.STEP_COMPILER_OPTIONS["xla_cpu_enable_fast_math"]
