@@ -464,8 +464,8 @@ def test_interim_evaluations_leave_out_the_shifted_views_and_the_last_uses_them(
     color_dataset, tmp_path
 ):
     """With translate_tta, the per-epoch evaluations before the last average the image and its
-    mirror only (a third of the cost); the last one, which the run reports and the best
-    checkpoint is chosen by, averages all six served views. metrics.jsonl says which each was."""
+    mirror only (a third of the cost); the last one, which the run reports, averages all six
+    served views. metrics.jsonl says which each was."""
     config = _config(color_dataset, epochs=2.0, eval_every_epochs=1.0, translate_tta=True)
     result = train.train_and_evaluate(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
