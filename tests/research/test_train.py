@@ -480,8 +480,8 @@ def test_interim_evaluations_leave_out_the_shifted_views_and_the_last_uses_them(
 
 
 def test_the_fast_math_step_equals_the_ieee_step_up_to_float_rounding(color_dataset):
-    """STEP_COMPILER_OPTIONS' fast math only reorders and fuses float arithmetic: one step from
-    the same state and batch gives the loss and weights of the step compiled without it, to
+    """STEP_COMPILER_OPTIONS' fast math only reorders and fuses float arithmetic: two steps from
+    the same state and batch give the losses and weights of the step compiled without it, to
     float32 rounding (far below what bfloat16 compute itself changes)."""
     config = _config(color_dataset, compute_dtype="float32")
     rng = np.random.default_rng(0)
