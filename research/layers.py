@@ -216,6 +216,19 @@ def _mixed_conv_bwd(pads, residuals, grad):
 mixed_conv.defvjp(_mixed_conv_fwd, _mixed_conv_bwd)
 
 
+def xla_conv(x: jax.Array, kernel: jax.Array, pads, mixed: bool) -> jax.Array:
+    """XLA's own convolution (cuDNN on GPUs, the MXU on TPUs). `mixed`: bfloat16 operands and
+    a bfloat16 product (accumulated in float32 by the convolution itself), widened to float32,
+    as PyTorch's autocast does. Its derivative then converts the float32 output gradient to
+    bfloat16 and computes both backward convolutions in bfloat16 too, two thirds of the work;
+    a product asked for in float32 (``preferred_element_type``) would make JAX's derivative
+    convolve the float32 gradient with the operands widened to float32 (README, Benchmarks)."""
+    x = x.astype(jnp.bfloat16) if mixed else x
+    kernel = kernel.astype(x.dtype)
+    y = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS)
+    return y.astype(jnp.float32) if mixed else y
+
+
 def conv2d(
     x: jax.Array,
     kernel: jax.Array,
@@ -228,7 +241,8 @@ def conv2d(
 
     Numerically the same function (up to float rounding) for every impl. With `compute_dtype`
     'bfloat16' the operands are rounded to bfloat16 and products accumulate in float32 (mixed
-    precision: the result, and the kernel's gradient, stay float32). `trim` (rows, columns):
+    precision: the result, and the kernel's gradient, are float32; the XLA path rounds its
+    product to bfloat16 first, `xla_conv`). `trim` (rows, columns):
     the output's last rows and columns left out, never computed (less end padding, or a cropped
     input), for a consumer that would drop them.
     """
@@ -244,15 +258,7 @@ def conv2d(
         pads = tuple((start, max(end, 0)) for (start, _), end in zip(pads, ends, strict=True))
     mixed = compute_dtype == "bfloat16"
     if resolve_impl(impl) == "xla":
-        x = x.astype(jnp.bfloat16) if mixed else x
-        return lax.conv_general_dilated(
-            x,
-            kernel.astype(x.dtype),
-            (1, 1),
-            pads,
-            dimension_numbers=_DIMENSION_NUMBERS,
-            preferred_element_type=jnp.float32 if mixed else None,
-        )
+        return xla_conv(x, kernel, pads, mixed)
     if (kh, kw) == (1, 1):
         if mixed:
             return mixed_dot(x.astype(jnp.bfloat16), kernel.reshape(cin, cout))
