@@ -40,6 +40,15 @@ RUNS = {
     "airbench94": [*AIRBENCH94_9_9, "--translate_tta=True"],
     # more epochs where the loop has time to spare under airbench94's 2.4 s
     "muon12_quiet": ["--microbatches=1", "--epochs=12", "--eval_every_epochs=12", *QUIET],
+    "muon10_quiet": ["--microbatches=1", "--epochs=10", "--eval_every_epochs=10", *QUIET],
+    "airbench94_11_quiet": [
+        "--recipe=airbench94",
+        "--epochs=11",
+        "--warmup_epochs=2.53",
+        "--eval_every_epochs=11",
+        "--translate_tta=True",
+        *QUIET,
+    ],
     "muon16_quiet": ["--microbatches=1", "--epochs=16", "--eval_every_epochs=16", *QUIET],
     "airbench94_12_quiet": [
         "--recipe=airbench94",
