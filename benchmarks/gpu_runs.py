@@ -6,9 +6,9 @@ not once a command, so a few minutes of device time hold more runs.
 
 DATA is a CIFAR-10 image folder (`research.data import-folder`'s layout: class/image, the last
 500 of each class held out for validation); OUT receives each run's results.json as
-NAME.json, its metrics.jsonl rows under 'metrics'. Each run is `research.train.main(argv)`,
-the command's own entry point, with `--input=device --data_source=DATA --workdir=<tmp>/NAME`
-added. Runs (default: all, in order):
+NAME.json, with its argv under 'argv' and its metrics.jsonl rows under 'metrics'. Each run
+is `research.train.main(argv)`, the command's own entry point, with `--input=device
+--data_source=DATA --workdir=<tmp>/NAME` added. Runs (default: all, in order):
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from research import train
 
-QUIET = ["--checkpoint_every_steps=100000"]  # one evaluation and one checkpoint, at the end
+QUIET = ["--checkpoint_every_steps=100000"]  # a checkpoint only with an evaluation
 AIRBENCH94_9_9 = ["--recipe=airbench94", "--epochs=9.9", "--warmup_epochs=2.277"]
 RUNS = {
     # airbench94's 9.9 epochs, evaluated once at the end with airbench's own TTA (mirror and
@@ -73,6 +73,26 @@ def run_argv(name: str) -> list[str]:
     return RUNS[name]
 
 
+def _report(name: str, command: list[str], rc: int, workdir: Path, out: Path) -> None:
+    """Writes run `name`'s results.json, its argv and metrics.jsonl rows, to OUT/NAME.json."""
+    if not (workdir / "results.json").exists():
+        return
+    result = json.loads((workdir / "results.json").read_text())
+    result["argv"] = command
+    if (workdir / "metrics.jsonl").exists():  # the per-evaluation curve
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        result["metrics"] = [json.loads(line) for line in lines if line.strip()]
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    eval_metrics = result.get("eval") or {}
+    print(
+        f"=== {name}: rc {rc}, {eval_metrics.get('split')} accuracy "
+        f"{eval_metrics.get('accuracy', float('nan')):.4f}, stepping "
+        f"{result['loop_seconds']:.2f}s, compiling {result.get('compile_seconds', 0):.1f}s,"
+        f" wall {result['wall_seconds']:.1f}s",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,34 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     workdirs = Path(tempfile.mkdtemp(prefix="gpu_runs_"))
     failed = 0
-    for name, flags in commands.items():
-        workdir = workdirs / name
-        command = [
-            "--dataset=cifar10",
-            "--input=device",
-            f"--data_source={args.data}",
-            f"--workdir={workdir}",
-            *flags,
-            *args.extra,
-        ]
-        print(f"=== {time.strftime('%T')} {name}: {' '.join(command)}", flush=True)
-        rc = train.main(command)
-        failed += rc != 0
-        if (workdir / "results.json").exists():
-            result = json.loads((workdir / "results.json").read_text())
-            if (workdir / "metrics.jsonl").exists():  # the per-evaluation curve
-                lines = (workdir / "metrics.jsonl").read_text().splitlines()
-                result["metrics"] = [json.loads(line) for line in lines if line.strip()]
-            (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-            eval_metrics = result.get("eval") or {}
-            print(
-                f"=== {name}: rc {rc}, {eval_metrics.get('split')} accuracy "
-                f"{eval_metrics.get('accuracy', float('nan')):.4f}, stepping "
-                f"{result['loop_seconds']:.2f}s, compiling {result.get('compile_seconds', 0):.1f}s,"
-                f" wall {result['wall_seconds']:.1f}s",
-                flush=True,
-            )
-    shutil.rmtree(workdirs, ignore_errors=True)
+    try:
+        for name, flags in commands.items():
+            command = [
+                "--dataset=cifar10",
+                "--input=device",
+                f"--data_source={args.data}",
+                f"--workdir={workdirs / name}",
+                *flags,
+                *args.extra,
+            ]
+            print(f"=== {time.strftime('%T')} {name}: {' '.join(command)}", flush=True)
+            try:
+                rc = train.main(command)
+            except Exception as error:  # the next runs still run
+                print(f"=== {name}: failed: {error!r}", flush=True)
+                rc = 1
+            failed += rc != 0
+            _report(name, command, rc, workdirs / name, out)
+    finally:
+        shutil.rmtree(workdirs, ignore_errors=True)
     return 1 if failed else 0
 
 

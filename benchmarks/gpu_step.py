@@ -1,6 +1,6 @@
 """The device-mode train step's time per step on one accelerator, for each way of computing its
-convolutions: what `layers.xla_conv`'s bfloat16 product buys (GPU, TPU; on CPU the step uses
-im2col and this only times the XLA convolution beside it).
+convolutions: what `layers.xla_conv`'s bfloat16 product buys (GPU, TPU; on a CPU the step uses
+im2col unless `--conv_impl=xla`, and XLA:CPU widens bfloat16 convolutions to float32).
 
     python benchmarks/gpu_step.py [--steps 60] [--rounds 3] [--recipes airbench94,cifar10]
     python benchmarks/gpu_step.py --conv_impl=xla --batch_size=32 --steps=2  # CPU smoke test
@@ -53,7 +53,7 @@ def xla_conv_f32_product(x, kernel, pads, mixed):
         kernel.astype(x.dtype),
         (1, 1),
         pads,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        dimension_numbers=layers._DIMENSION_NUMBERS,
         preferred_element_type=jnp.float32 if mixed else None,
     )
 
@@ -177,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="gpu_step_cache_"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     device = jax.local_devices()[0]
-    print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
+    print(
+        f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}; "
+        f"{' '.join(sys.argv[1:] if argv is None else argv) or '(defaults)'}",
+        flush=True,
+    )
     for recipe in args.recipes.split(","):
         # On one device the default recipe's 2,000 images go through in one pass.
         overrides = {"microbatches": 1} if recipe == "cifar10" else {}

@@ -242,7 +242,8 @@ def conv2d(
     Numerically the same function (up to float rounding) for every impl. With `compute_dtype`
     'bfloat16' the operands are rounded to bfloat16 and products accumulate in float32 (mixed
     precision: the result, and the kernel's gradient, are float32; the XLA path rounds its
-    product to bfloat16 first, `xla_conv`). `trim` (rows, columns):
+    product and both gradients to bfloat16 and widens them, as autocast does: `xla_conv`).
+    `trim` (rows, columns):
     the output's last rows and columns left out, never computed (less end padding, or a cropped
     input), for a consumer that would drop them.
     """
@@ -277,7 +278,8 @@ class Conv(nnx.Module):
     'matmul' (im2col: shifted copies concatenated on channels, then one matmul) or 'auto'
     (see ``resolve_impl``; decided when the module is called, so a model built on one backend
     runs well on another). ``compute_dtype`` 'bfloat16' multiplies in bfloat16 with float32
-    accumulation and a float32 result (``conv2d``); the parameters stay float32 either way.
+    accumulation and a float32 result (``conv2d``; on the XLA path rounded to bfloat16 first);
+    the parameters stay float32 either way.
     """
 
     def __init__(

@@ -190,29 +190,35 @@ def test_bfloat16_conv_gradients_match_the_float32_conv_of_the_rounded_operands(
     np.testing.assert_allclose(dk, rk, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize(("kernel_size", "padding", "cin", "cout", "h", "w"), CASES[:4])
-def test_the_xla_bfloat16_convolution_runs_its_backward_convolutions_in_bfloat16_too(
-    kernel_size, padding, cin, cout, h, w
+@pytest.mark.parametrize("x_dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(("kernel_size", "padding", "cin", "cout", "h", "w"), CASES)
+def test_the_xla_bfloat16_convolution_lowers_all_three_convolutions_to_bfloat16(
+    kernel_size, padding, cin, cout, h, w, x_dtype
 ):
-    """conv2d(impl='xla', compute_dtype='bfloat16'), the path GPUs and TPUs take, gives every
-    convolution of its value and gradient bfloat16 operands and a bfloat16 product: none
-    widens the output gradient or the operands to float32 (on an H200 that was 1.7x the step:
-    README, Benchmarks). Its value and gradients are those of the float32 convolution of the
-    rounded operands to bfloat16 precision; the input's gradient comes back in float32 for a
-    float32 input and the kernel's in float32."""
+    """conv2d(impl='xla', compute_dtype='bfloat16'), the path GPUs and TPUs take, lowers every
+    convolution of its value and gradients to bfloat16 operands and a bfloat16 product: none
+    widens the output gradient or the operands to float32 (on an H200 that made the step 1.7x
+    slower: README, Benchmarks). Its result is float32, and its value and gradients are those
+    of the float32 convolution of the rounded operands to bfloat16 precision; the input's
+    gradient comes back in the input's dtype and the kernel's in float32."""
     from research.layers import conv2d
 
     size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     keys = jax.random.split(jax.random.key(11), 3)
-    x = jax.random.normal(keys[0], (3, h, w, cin), jnp.float32)
+    x = jax.random.normal(keys[0], (3, h, w, cin), jnp.float32).astype(x_dtype)
     kernel = jax.random.normal(keys[1], (*size, cin, cout), jnp.float32)
-    out_shape = jax.eval_shape(lambda a, k: conv2d(a, k, padding, "xla"), x, kernel).shape
-    weights = _rounded(jax.random.normal(keys[2], out_shape, jnp.float32))
+
+    def ours_conv(a, k):
+        return conv2d(a, k, padding, "xla", "bfloat16")
+
+    out = jax.eval_shape(ours_conv, x, kernel)
+    assert out.dtype == jnp.float32
+    weights = _rounded(jax.random.normal(keys[2], out.shape, jnp.float32))
 
     def loss(conv):
         return jax.value_and_grad(lambda a, k: (conv(a, k) * weights).sum(), (0, 1))
 
-    ours = loss(lambda a, k: conv2d(a, k, padding, "xla", "bfloat16"))
+    ours = loss(ours_conv)
     lowered = jax.jit(ours).lower(x, kernel).as_text()
     signatures = [line.split(" : ")[-1] for line in lowered.splitlines() if "convolution" in line]
     assert len(signatures) == 3  # the value, the input's and the kernel's gradients
@@ -222,9 +228,9 @@ def test_the_xla_bfloat16_convolution_runs_its_backward_convolutions_in_bfloat16
     (value, (dx, dk)) = jax.jit(ours)(x, kernel)
     reference = loss(lambda a, k: conv2d(_rounded(a), _rounded(k), padding, "xla", "float32"))
     (ref_value, (rx, rk)) = jax.jit(reference)(x, kernel)
-    assert dx.dtype == jnp.float32 and dk.dtype == jnp.float32
+    assert dx.dtype == x_dtype and dk.dtype == jnp.float32
     np.testing.assert_allclose(value, ref_value, rtol=1e-2, atol=1e-1)
-    np.testing.assert_allclose(dx, rx, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dx, np.float32), rx, rtol=2e-2, atol=3e-2)
     np.testing.assert_allclose(dk, rk, rtol=2e-2, atol=5e-2)
 
 
