@@ -151,10 +151,22 @@ def test_stem_init_is_the_variants_own():
     np.testing.assert_allclose(lecun.std(), bound, rtol=0.15)
 
 
-def test_cifar10_is_the_muon_recipe_in_mean_loss_units():
-    """cifar10 is airbench94_muon's recipe: its per-sum rates (head 0.67, biases 0.053) times
-    the 2,000-image batch, and its decay of 2e-6 x 2000 of each weight per step at the peak."""
+def test_cifar10_defaults_to_airbench94_at_12_epochs_evaluated_once_on_six_views():
+    """The default CIFAR-10 run is airbench94's SGD recipe at 12 epochs (its warm-up still 23%
+    of the run), evaluated once, at the end, with the mirror and translate views."""
     config = configs.get_config("cifar10")
+    assert config == configs.get_config("cifar10", recipe="cifar10")
+    airbench94 = configs.get_config("cifar10", recipe="airbench94")
+    assert config == airbench94.replace(
+        epochs=12.0, warmup_epochs=0.23 * 12, translate_tta=True, eval_every_epochs=12.0
+    )
+    assert config.optimizer == "sgd" and config.lookahead_every == 5
+
+
+def test_the_muon_recipe_is_in_mean_loss_units():
+    """airbench94_muon's recipe: its per-sum rates (head 0.67, biases 0.053) times the
+    2,000-image batch, and its decay of 2e-6 x 2000 of each weight per step at the peak."""
+    config = configs.get_config("cifar10", recipe="airbench94_muon")
     assert config == configs.Config(dataset="cifar10", **configs.AIRBENCH94_MUON_RECIPE)
     assert config.optimizer == "muon" and config.batch_size == 2000
     assert config.learning_rate == pytest.approx(0.67 * 2000)
@@ -167,7 +179,7 @@ def test_cifar10_is_the_muon_recipe_in_mean_loss_units():
 
 def test_muon_head_starts_at_unit_std_and_divides_by_the_feature_count():
     """airbench94_muon's head: weights rescaled to standard deviation 1, logits = head / 256."""
-    net = _model("cifar10")
+    net = _model("cifar10", recipe="airbench94_muon")
     kernel = np.asarray(net.head.kernel[...])
     np.testing.assert_allclose(kernel.std(ddof=1), 1.0, rtol=1e-5)
     assert net.head_scale == pytest.approx(1 / 256)
