@@ -19,7 +19,7 @@
 #   1. airbench94's 9.9 epochs (--recipe=airbench94), compute dtype auto (bfloat16 on GPU): loop
 #      time and accuracy
 #   2. airbench94_torch.py (3 runs) on the same split: its own loop time and accuracy
-#   2b. (muon) the default recipe, airbench94_muon's 8 epochs, one 2,000-image pass a step
+#   2b. (muon) airbench94_muon's recipe, 8 epochs, one 2,000-image pass a step
 #   3. robust augmentation (trivial policy), 20 epochs: a candidate for serving (issue 13)
 #   4. Fashion-MNIST with robust augmentation, its recipe at 30 epochs, when idx files are given
 #   5. the 9.9 epochs of 1 in float32 (the bfloat16-against-float32 curve)
@@ -72,8 +72,9 @@ export_model() {  # export_model NAME: the exported model and its curves, as OUT
 
 AIRBENCH94_9_9=(--dataset=cifar10 --recipe=airbench94 --input=device "--data_source=$DATA"
     --epochs=9.9 --warmup_epochs=2.277)  # airbench94's warm-up is 23% of the run
-# The default recipe (airbench94_muon's 8 epochs), in one 2,000-image pass a step on a GPU
-MUON=(--dataset=cifar10 --input=device "--data_source=$DATA" --microbatches=1)
+# airbench94_muon's recipe (8 epochs), in one 2,000-image pass a step on a GPU
+MUON=(--dataset=cifar10 --recipe=airbench94_muon --input=device "--data_source=$DATA"
+    --microbatches=1)
 
 # GPU_RUNS: the runs to do, of: bf16 airbench94 bf16_quiet muon bf16_12 robust20 fm_robust fp32
 RUNS=" ${GPU_RUNS:-bf16 airbench94 muon robust20 fm_robust fp32} "

@@ -2,11 +2,11 @@
 convolutions: what `layers.xla_conv`'s bfloat16 product buys (GPU, TPU; on a CPU the step uses
 im2col unless `--conv_impl=xla`, and XLA:CPU widens bfloat16 convolutions to float32).
 
-    python benchmarks/gpu_step.py [--steps 60] [--rounds 3] [--recipes airbench94,cifar10]
+    python benchmarks/gpu_step.py [--steps 60] [--rounds 3] [--recipes airbench94,airbench94_muon]
     python benchmarks/gpu_step.py --conv_impl=xla --batch_size=32 --steps=2  # CPU smoke test
 
-For each recipe (airbench94: batch 1024; cifar10: the default airbench94_muon recipe in one
-2,000-image pass) and each variant, the loop's compiled step (`train.device_train_step`, the
+For each recipe (`--recipe` names; airbench94: batch 1024; airbench94_muon: 2,000 images in one
+pass) and each variant, the loop's compiled step (`train.device_train_step`, the
 same function `python -m research.train --input=device` steps) runs on a device-resident split
 of 45,000 synthetic uint8 images, its batches gathered and augmented inside the step, indices
 put on the device each step as the loop does. Variants:
@@ -88,9 +88,8 @@ class Bench:
 
     def __init__(self, recipe: str, variant: str, overrides: dict):
         dtype, self.conv = VARIANTS[variant]
-        dataset, name = ("cifar10", None) if recipe == "cifar10" else ("cifar10", recipe)
         self.config = configs.get_config(
-            dataset, name, compute_dtype=dtype, input="device", **overrides
+            "cifar10", recipe, compute_dtype=dtype, input="device", **overrides
         )
         spec = configs.dataset_spec("cifar10")
         self.order = device_input.EpochOrder(
@@ -168,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--recipes", default="airbench94,cifar10")
+    parser.add_argument("--recipes", default="airbench94,airbench94_muon")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batch_size", type=int, help="instead of the recipe's")
     parser.add_argument("--conv_impl", default="auto", help="xla: XLA's convolution on CPU too")
@@ -183,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     for recipe in args.recipes.split(","):
-        # On one device the default recipe's 2,000 images go through in one pass.
-        overrides = {"microbatches": 1} if recipe == "cifar10" else {}
+        # On one device the muon recipe's 2,000 images go through in one pass.
+        overrides = {"microbatches": 1} if recipe == "airbench94_muon" else {}
         overrides["conv_impl"] = args.conv_impl
         if args.batch_size:
             overrides["batch_size"] = args.batch_size

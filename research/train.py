@@ -684,7 +684,7 @@ def _evaluate(
     """The eval split's metrics, with the views the model is served with (`tta_views`) at the
     `final` evaluation. The interim ones, which show progress, leave out translate_tta's
     shifted views (a third of the cost), as airbench's per-epoch evaluations do: on CIFAR-10 at
-    the default recipe's batch, 6 views of the 5,000 validation images cost ~45 s an epoch on
+    airbench94_muon's batch, 6 views of the 5,000 validation images cost ~45 s an epoch on
     this CPU, a quarter of an epoch's stepping. The best checkpoint is still chosen by these
     figures, which favours the last one: where a schedule decays to zero, the one it ends on."""
     translate_tta = config.translate_tta and final
