@@ -24,42 +24,43 @@ from pathlib import Path
 from research import train
 
 QUIET = ["--checkpoint_every_steps=100000"]  # a checkpoint only with an evaluation
-MUON = "--recipe=airbench94_muon"
-AIRBENCH94_9_9 = ["--recipe=airbench94", "--epochs=9.9", "--warmup_epochs=2.277"]
+
+
+def airbench94(epochs: float, *, quiet: bool = True) -> list[str]:
+    """airbench94's recipe for `epochs` (its warm-up 23% of them), scored with airbench's own
+    TTA (mirror and translations); `quiet`: evaluated once, at the end (the loop alone, as
+    airbench times itself), else every epoch, as the command's default."""
+    flags = [
+        "--recipe=airbench94",
+        f"--epochs={epochs:g}",
+        f"--warmup_epochs={0.23 * epochs:.4g}",
+        "--translate_tta=True",
+    ]
+    return [*flags, f"--eval_every_epochs={epochs:g}", *QUIET] if quiet else flags
+
+
+def muon(epochs: float) -> list[str]:
+    """airbench94_muon's recipe (8 epochs its own; the default before 2026-11-27 18:00) for
+    `epochs`, one 2,000-image pass a step, evaluated once, at the end."""
+    return [
+        "--recipe=airbench94_muon",
+        "--microbatches=1",
+        f"--epochs={epochs:g}",
+        f"--eval_every_epochs={epochs:g}",
+        *QUIET,
+    ]
+
+
 RUNS = {
-    # airbench94's 9.9 epochs, evaluated once at the end with airbench's own TTA (mirror and
-    # translations): the loop alone, as airbench times itself
-    "airbench94_quiet": [
-        *AIRBENCH94_9_9,
-        "--eval_every_epochs=9.9",
-        "--translate_tta=True",
-        *QUIET,
-    ],
-    # airbench94_muon's recipe (8 epochs; the default before 2026-11-27 18:00) in one
-    # 2,000-image pass a step
-    "muon_quiet": [MUON, "--microbatches=1", "--eval_every_epochs=8", *QUIET],
-    # the same as the first, evaluated and checkpointed every epoch as the command's defaults do
-    "airbench94": [*AIRBENCH94_9_9, "--translate_tta=True"],
+    "airbench94_quiet": airbench94(9.9),
+    "muon_quiet": muon(8),
+    "airbench94": airbench94(9.9, quiet=False),
     # more epochs where the loop has time to spare under airbench94's 2.4 s
-    "muon12_quiet": [MUON, "--microbatches=1", "--epochs=12", "--eval_every_epochs=12", *QUIET],
-    "muon10_quiet": [MUON, "--microbatches=1", "--epochs=10", "--eval_every_epochs=10", *QUIET],
-    "airbench94_11_quiet": [
-        "--recipe=airbench94",
-        "--epochs=11",
-        "--warmup_epochs=2.53",
-        "--eval_every_epochs=11",
-        "--translate_tta=True",
-        *QUIET,
-    ],
-    "muon16_quiet": [MUON, "--microbatches=1", "--epochs=16", "--eval_every_epochs=16", *QUIET],
-    "airbench94_12_quiet": [
-        "--recipe=airbench94",
-        "--epochs=12",
-        "--warmup_epochs=2.76",
-        "--eval_every_epochs=12",
-        "--translate_tta=True",
-        *QUIET,
-    ],
+    "muon12_quiet": muon(12),
+    "muon10_quiet": muon(10),
+    "airbench94_11_quiet": airbench94(11),
+    "muon16_quiet": muon(16),
+    "airbench94_12_quiet": airbench94(12),
 }
 __doc__ += "".join(f"\n- {name}: {' '.join(argv)}" for name, argv in RUNS.items())
 __doc__ += "\n\nNAME_seedN: run NAME with --seed=N (e.g. airbench94_quiet_seed1).\n"
