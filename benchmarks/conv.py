@@ -6,7 +6,7 @@
 Each row is jax.grad (w.r.t. input and kernel) of a sum over the layer's output, jitted, timed
 with block_until_ready; the two implementations run alternately so that load from other
 processes hits both alike. 'ratio' is native / matmul (above 1: matmul is faster); 'auto' is
-what research.layers.Conv(impl='auto') picks on this backend.
+what research.nets.layers.Conv(impl='auto') picks on this backend.
 """
 
 import argparse
@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from research.layers import conv2d, resolve_impl
+from research.nets.layers import conv2d, resolve_impl
 
 # (height = width, in_features, out_features, kernel_size, padding): the layers of airbench94
 # at widths 64/256/256 on 32x32 images, in order (the 2x2 stem leaves 31x31, each pool floors

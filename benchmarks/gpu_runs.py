@@ -1,5 +1,5 @@
 """Several `python -m research.train` commands in one process, for a short lease of a GPU: the
-CUDA start-up and the decoding of the JPEG folder (cached by research.arrays) are paid once,
+CUDA start-up and the decoding of the JPEG folder (cached by research.data.arrays) are paid once,
 not once a command, so a few minutes of device time hold more runs.
 
     python benchmarks/gpu_runs.py DATA OUT [RUN ...] [--extra=--max_steps=2]

@@ -38,7 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research import configs, device_input, distributed, layers, train
+from research import configs
+from research.data import device_input
+from research.train import distributed
+from research.nets import layers
+from research import train
 
 TRAIN_EXAMPLES = 45_000  # CIFAR-10's training split after the 5,000 held out for validation
 IMAGE_SHAPE = (32, 32, 3)

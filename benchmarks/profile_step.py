@@ -10,7 +10,7 @@ training builds, exactly as benchmarks/train_speed.py times it, under `jax.profi
 XLA's optimized HLO of the step dumped beside the trace. XLA:CPU records one trace event per
 thunk, and each thunk is an instruction of the HLO's entry computation: a fusion, a dot, a
 concatenate, a copy... Each is put in one class by what it computes (its opcode, the ops fused
-into it, the op name JAX gave it and the Python function it came from: research.layers, flax's
+into it, the op name JAX gave it and the Python function it came from: research.nets.layers, flax's
 batch norm, optax...), and the classes' times are summed over every traced step. Prints ms per
 step and the share of each class, then the fusions that cost most. Thunks may overlap on the
 cores, so the summed op time can differ from the step's wall time; both are printed.
@@ -37,7 +37,9 @@ import jax
 import train_speed  # benchmarks/: the README's training measurement, shared
 from train_speed import STEPS_PER_EPOCH, measure_train
 
-from research import cli, configs, train
+from research.configs import runtime
+from research import configs
+from research import train
 
 CONV = "convolution / dot"
 NORM = "batch norm (statistics, normalize)"
@@ -371,5 +373,5 @@ def _parse_args(argv: Sequence[str] | None):
 
 
 if __name__ == "__main__":
-    cli.exec_with_malloc_tunables()  # what `python -m research.train` runs with
+    runtime.exec_with_malloc_tunables()  # what `python -m research.train` runs with
     sys.exit(main())

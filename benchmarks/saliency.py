@@ -1,4 +1,4 @@
-"""Time research.saliency.explain per image on the shipped models, both methods.
+"""Time research.serving.saliency.explain per image on the shipped models, both methods.
 
     python benchmarks/saliency.py                        # models/cifar10 and models/fashion_mnist
     python benchmarks/saliency.py --runs 100 --models models/cifar10
@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from research import saliency
-from research.inference import Classifier, preprocess_image
+from research.serving import saliency
+from research.serving.classifier import Classifier
+from research.serving.preprocess import preprocess_image
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg/train.tar.gz"
 

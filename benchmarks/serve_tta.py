@@ -22,7 +22,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from research.inference import Classifier  # noqa: E402
+from research.serving.classifier import Classifier  # noqa: E402
 
 WARMUP = 5  # the first calls compile each image-size bucket
 

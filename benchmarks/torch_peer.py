@@ -4,7 +4,7 @@
     python benchmarks/torch_peer.py                       # 3 rounds of 3 steps, batch 1024
     python benchmarks/torch_peer.py --steps=5 --repeats=5 --threads=2
 
-The network is airbench94 as research.models builds it for `AIRBENCH94_RECIPE` (widths 64/256/256,
+The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths 64/256/256,
 a 2x2 stem with a bias, conv-pool-norm-GELU-conv-norm-GELU blocks, batch norm with a bias but no
 scale, global max pooling, a bias-free head scaled by 1/9), written in PyTorch as airbench94.py
 writes it (/work/shared/peers/gpu/airbench94_torch.py): NCHW tensors in channels_last, the stem's
@@ -22,7 +22,7 @@ figure is the median images/s over the rounds. Both run on the same random uint8
 CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
 
 Both run with the glibc allocator settings `python -m research.train` runs with
-(research.cli.MALLOC_TUNABLES; `GLIBC_TUNABLES= python benchmarks/torch_peer.py` runs both
+(research.configs.runtime.MALLOC_TUNABLES; `GLIBC_TUNABLES= python benchmarks/torch_peer.py` runs both
 without them).
 """
 
@@ -39,7 +39,10 @@ from collections.abc import Callable, Sequence
 import train_speed  # benchmarks/: the README's training measurement, shared
 from train_speed import STEPS_PER_EPOCH, time_calls
 
-from research import cli, configs, models, train
+from research.configs import runtime
+from research import configs
+from research.nets import models
+from research import train
 from research.configs import Config
 
 WARMUP_STEPS = train_speed.WARMUP_STEPS
@@ -57,7 +60,7 @@ def compute_dtypes() -> tuple[str, ...]:
 
 def build_torch_net(torch, config: Config, *, in_channels: int, num_classes: int):
     """airbench94's net in PyTorch, with the widths, norm settings and head scale of `config`'s
-    research.models variant."""
+    research.nets.models variant."""
     nn = torch.nn
     variant = models.AIRBENCH_VARIANTS[config.model]
     momentum = 1.0 - variant.norm_momentum  # Flax: weight of the old average; torch: of the new
@@ -76,7 +79,7 @@ def build_torch_net(torch, config: Config, *, in_channels: int, num_classes: int
         def forward(self, x):
             return x * variant.head_scale
 
-    gelu = nn.GELU(approximate="tanh")  # research.models: nnx.gelu(approximate=True)
+    gelu = nn.GELU(approximate="tanh")  # research.nets.models: nnx.gelu(approximate=True)
     layers = [nn.Conv2d(in_channels, config.stem_width, 2, padding=0, bias=True), gelu]
     previous = config.stem_width
     for width in config.widths:
@@ -90,7 +93,7 @@ def build_torch_net(torch, config: Config, *, in_channels: int, num_classes: int
 
 
 def count_torch_params(torch, net) -> int:
-    """Parameters as research.models.count_params counts them: batch norm's scale (fixed at 1
+    """Parameters as research.nets.models.count_params counts them: batch norm's scale (fixed at 1
     in airbench94) is not one of ours."""
     total = 0
     for module in net.modules():
@@ -260,5 +263,5 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    cli.exec_with_malloc_tunables()  # what `python -m research.train` runs with
+    runtime.exec_with_malloc_tunables()  # what `python -m research.train` runs with
     sys.exit(main())

@@ -32,10 +32,16 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from research import checkpoints, cli, configs, datasets, input_pipeline, models, train  # noqa: E402
+from research.train import checkpoints
+from research.configs import runtime
+from research import configs
+from research.data import datasets
+from research.data import pipeline
+from research.nets import models
+from research import train  # noqa: E402
 from research.configs import Config  # noqa: E402
-from research.errors import DataNotFoundError  # noqa: E402
-from research.inference import Classifier  # noqa: E402
+from research.serving.errors import DataNotFoundError  # noqa: E402
+from research.serving.classifier import Classifier  # noqa: E402
 
 WARMUP_STEPS = 2  # the first compiles; the second settles allocations
 # The schedule's length sets learning rates, not the cost of a step.
@@ -137,7 +143,7 @@ def measure_predict(clf: Classifier, runs: int) -> list[float]:
 def measure_pipeline(config: Config, mean, batches: int) -> tuple[float, list[float]]:
     """(seconds to the first batch, seconds per batch after it) of create_train_iterator."""
     start = time.perf_counter()
-    iterator = input_pipeline.create_train_iterator(config, mean=mean)
+    iterator = pipeline.create_train_iterator(config, mean=mean)
     next(iterator)
     first = time.perf_counter() - start
     return first, time_calls(lambda: next(iterator), batches, warmup=0)
@@ -275,5 +281,5 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    cli.exec_with_malloc_tunables()  # what `python -m research.train` runs with
+    runtime.exec_with_malloc_tunables()  # what `python -m research.train` runs with
     sys.exit(main())

@@ -162,7 +162,7 @@ def measure_throughput(port: int, data: bytes, model: str, clients: int, seconds
 
 def measure_bare_predict(model_dir: Path, images: dict[str, bytes], count: int) -> dict:
     """Classifier.predict on the decoded image in this process, p50 in milliseconds."""
-    from research.inference import Classifier
+    from research.serving.classifier import Classifier
 
     classifier = Classifier.load(model_dir)
     classifier.warmup()

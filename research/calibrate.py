@@ -3,7 +3,7 @@
     python -m research.calibrate --checkpoint models/cifar10
     python -m research.calibrate --checkpoint models/fashion_mnist --dry_run
 
-What it fits, and on what (research.calibration holds the definitions):
+What it fits, and on what (research.serving.calibration holds the definitions):
 - A dataset with a 'validation' split the model did not train on (CIFAR-10): the temperature
   and the threshold are fitted on the whole validation split and stored; the figures reported
   for them come from 2-fold cross-validation on that split (fit on one half, report on the
@@ -27,346 +27,31 @@ the fitting images. Writes calibration.json and reliability.png to --out (defaul
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from research import arrays, calibration, cli, model_dir, plots
-from research.errors import DataNotFoundError, ModelNotFoundError
-from research.inference import Classifier, preprocess
-
-# Targets of issue 9: AUROC against the other dataset and against noise / flat colours.
-TARGET_AUROC_DATASET = 0.95
-TARGET_AUROC_SYNTHETIC = 0.99
-TARGET_ECE = 0.02
-# The score research.train stores after training (see the model cards for the measurements).
-TRAINING_SCORE = "energy+activations"
-SYNTHETIC_IMAGES = 1000  # of noise, and of flat colours
-SEED = 0
-# The other dataset each dataset's model is shown as "not one of these" images.
-OTHER_DATASET = {"cifar10": ("fashion_mnist", "test"), "fashion_mnist": ("cifar10", "validation")}
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_arrays(
-    dataset: str,
-    split: str,
-    data_dir: str | None,
-    limit: int | None = None,
-    source: str | None = None,
-    validation_per_class: int = arrays.DEFAULT_VALIDATION_PER_CLASS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images [N, H, W, C], int labels [N]) of a split in its fixed order: from the
-    prepared tfds dataset, or without TensorFlow from `source` (research.arrays)."""
-    if source is not None:
-        loaded = arrays.load_split(
-            dataset, split, source, validation_per_class=validation_per_class
-        )
-        keep = np.arange(len(loaded))
-        if limit and limit < len(keep):  # folders are stored class by class: sample them
-            keep = np.sort(np.random.default_rng(SEED).choice(len(keep), limit, replace=False))
-        return loaded.images[keep], loaded.labels[keep].astype(np.int64)
-    loaded = arrays.load_split(dataset, split, data_dir=data_dir, limit=limit)
-    return loaded.images, loaded.labels.astype(np.int64)
-
-
-def collect_outputs(clf: Classifier, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """Logits, features and labels of every image set the command needs, by name."""
-    from research import datasets
-
-    data_dir = args.data_dir
-    info = datasets.get_info(clf.dataset, data_dir)
-    if list(info.class_names) != clf.class_names:
-        raise ValueError(f"Dataset {clf.dataset!r} has other classes than the model")
-    train_split = clf.record.config.get("train_split") or "train"
-    has_validation = "validation" in info.splits and train_split != "validation"
-    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    sets["train"] = load_arrays(clf.dataset, train_split, data_dir, args.train_images)
-    if has_validation:
-        sets["validation"] = load_arrays(clf.dataset, "validation", data_dir)
-    if not has_validation or getattr(args, "report_split", None) == "test":
-        sets["test"] = load_arrays(clf.dataset, "test", data_dir)
-    other, other_split = OTHER_DATASET.get(clf.dataset, (None, None))
-    if other is not None:
-        images, labels = load_arrays(
-            other, other_split, args.other_data_dir or data_dir, args.other_images
-        )
-        sets[other] = (preprocess(list(images), clf.image_shape), labels)
-    shape = clf.image_shape
-    sets["noise"] = (calibration.noise_images(SYNTHETIC_IMAGES, shape, SEED), np.zeros(0))
-    sets["flat"] = (calibration.flat_images(SYNTHETIC_IMAGES, shape, SEED), np.zeros(0))
-    out: dict[str, np.ndarray] = {}
-    for name, (images, labels) in sets.items():
-        started = time.monotonic()
-        logits, features, stages = clf.outputs_arrays(images)
-        out[f"{name}/logits"], out[f"{name}/features"] = logits, features
-        out[f"{name}/stages"], out[f"{name}/labels"] = stages, labels
-        seconds = time.monotonic() - started
-        print(f"{name}: {len(images)} images in {seconds:.0f}s", file=sys.stderr, flush=True)
-    return out
-
-
-# ----------------------------------------------------------------------------- fitting
-
-
-def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(SEED).permutation(n)
-    return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
-
-
-def calibrate(
-    outputs: dict[str, np.ndarray], num_classes: int, *, scores: Sequence[str]
-) -> dict[str, Any]:
-    """Temperature, per-score thresholds and every reported figure, from stored outputs."""
-    stats = calibration.fit_feature_statistics(
-        outputs["train/features"], outputs["train/labels"], num_classes
-    ) | calibration.fit_activation_statistics(outputs["train/stages"])
-    outlier_names = [
-        name[: -len("/logits")]
-        for name in outputs
-        if name.endswith("/logits") and name.split("/")[0] not in ("train", "validation", "test")
-    ]
-
-    def statistics_for(kind: str, name: str, temperature: float, index=slice(None)) -> dict:
-        """The statistics of `kind`, standardised (if it needs it) on images `index` of
-        `name`, the fitting images."""
-        if "+" not in kind:
-            return stats
-        return calibration.fit_standardisation(
-            kind,
-            outputs[f"{name}/logits"][index],
-            outputs[f"{name}/features"][index],
-            temperature,
-            stats,
-            outputs[f"{name}/stages"][index],
-        )
-
-    def scored(kind: str, name: str, temperature: float, kind_stats: dict) -> np.ndarray:
-        return np.asarray(
-            calibration.unknown_scores(
-                kind,
-                outputs[f"{name}/logits"],
-                outputs[f"{name}/features"],
-                temperature,
-                kind_stats,
-                outputs[f"{name}/stages"],
-            )
-        )
-
-    result: dict[str, Any] = {"statistics_images": len(outputs["train/labels"])}
-    if "validation/logits" in outputs and "test/logits" not in outputs:
-        logits, labels = outputs["validation/logits"], outputs["validation/labels"]
-        temperature = calibration.fit_temperature(logits, labels)
-        folds = []
-        a, b = _halves(len(labels))
-        for fit, report in ((a, b), (b, a)):
-            t = calibration.fit_temperature(logits[fit], labels[fit])
-            fold: dict[str, Any] = {
-                "temperature": t,
-                "before": calibration.calibration_report(logits[report], labels[report], 1.0),
-                "after": calibration.calibration_report(logits[report], labels[report], t),
-                "scores": {},
-            }
-            for kind in scores:
-                kind_stats = statistics_for(kind, "validation", t, fit)
-                known = scored(kind, "validation", t, kind_stats)
-                fold["scores"][kind] = calibration.score_report(
-                    kind,
-                    known[fit],
-                    known[report],
-                    {name: scored(kind, name, t, kind_stats) for name in outlier_names},
-                ).to_dict()
-            folds.append(fold)
-        result.update(
-            method="fitted on the whole validation split; reported by 2-fold cross-validation "
-            "on it (fit on one half, report on the other, both ways, averaged)",
-            fit_split="validation",
-            report_split="validation (2-fold cross-validated)",
-            temperature=temperature,
-            folds=folds,
-            before=_mean([f["before"] for f in folds]),
-            after=_mean([f["after"] for f in folds]),
-            scores={kind: _mean_score([f["scores"][kind] for f in folds]) for kind in scores},
-            statistics={kind: statistics_for(kind, "validation", temperature) for kind in scores},
-        )
-        result["thresholds"] = {
-            kind: calibration.acceptance_threshold(
-                scored(kind, "validation", temperature, result["statistics"][kind])
-            )
-            for kind in scores
-        }
-        reliability_logits, reliability_labels = logits, labels
-        result["reliability_source"] = "validation, at the temperature fitted on all of it"
-    else:  # fit on validation (or, without one, on training images), report on test
-        fit_name = "validation" if "validation/logits" in outputs else "train"
-        logits, labels = outputs[f"{fit_name}/logits"], outputs[f"{fit_name}/labels"]
-        temperature = calibration.fit_temperature(logits, labels)
-        test_logits, test_labels = outputs["test/logits"], outputs["test/labels"]
-        reports, kind_stats = {}, {}
-        for kind in scores:
-            kind_stats[kind] = statistics_for(kind, fit_name, temperature)
-            reports[kind] = calibration.score_report(
-                kind,
-                scored(kind, fit_name, temperature, kind_stats[kind]),
-                scored(kind, "test", temperature, kind_stats[kind]),
-                {name: scored(kind, name, temperature, kind_stats[kind]) for name in outlier_names},
-            ).to_dict()
-        result.update(
-            method=(
-                "fitted on the whole validation split (never trained on); reported on the "
-                "test split, never used for fitting"
-                if fit_name == "validation"
-                else "fitted on training images (without augmentation; the model trained on "
-                "them, so the fit leans towards over-confidence); reported on the test split"
-            ),
-            fit_split="validation" if fit_name == "validation" else f"train[:{len(labels)}]",
-            report_split="test",
-            temperature=temperature,
-            fit_before=calibration.calibration_report(logits, labels, 1.0),
-            fit_after=calibration.calibration_report(logits, labels, temperature),
-            before=calibration.calibration_report(test_logits, test_labels, 1.0),
-            after=calibration.calibration_report(test_logits, test_labels, temperature),
-            scores=reports,
-            thresholds={kind: reports[kind]["threshold"] for kind in scores},
-            statistics=kind_stats,
-        )
-        reliability_logits, reliability_labels = test_logits, test_labels
-        result["reliability_source"] = "test"
-    result["reliability"] = {
-        "before": _bins(reliability_logits, reliability_labels, 1.0),
-        "after": _bins(reliability_logits, reliability_labels, temperature),
-    }
-    return result
-
-
-def _bins(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, list]:
-    probs = np.exp(calibration.log_probabilities(logits, temperature))
-    table = calibration.reliability_bins(probs, labels)
-    return {k: np.where(np.isnan(v), None, v).tolist() for k, v in table.items()}
-
-
-def _mean(reports: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in reports])) for k in reports[0]}
-
-
-def _mean_score(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "kind": reports[0]["kind"],
-        "accepted": float(np.mean([r["accepted"] for r in reports])),
-        "accepted_fit": float(np.mean([r["accepted_fit"] for r in reports])),
-        "auroc": {k: float(np.mean([r["auroc"][k] for r in reports])) for k in reports[0]["auroc"]},
-        "rejected": {
-            k: float(np.mean([r["rejected"][k] for r in reports])) for k in reports[0]["rejected"]
-        },
-    }
-
-
-def missed_targets(score: dict[str, Any]) -> list[str]:
-    """The issue's targets a score report misses (empty when it meets them all)."""
-    missed = []
-    for name, value in score["auroc"].items():
-        target = TARGET_AUROC_SYNTHETIC if name in ("noise", "flat") else TARGET_AUROC_DATASET
-        if value < target:
-            missed.append(f"AUROC vs {name} {value:.4f} < {target}")
-    if score["accepted"] < calibration.ACCEPT:
-        missed.append(f"accepted {score['accepted']:.4f} < {calibration.ACCEPT}")
-    return missed
-
-
-def choose_score(scores: dict[str, dict[str, Any]]) -> str:
-    """The score meeting the most targets, then with the best worst AUROC."""
-    return max(
-        scores,
-        key=lambda k: (-len(missed_targets(scores[k])), min(scores[k]["auroc"].values())),
-    )
-
-
-def fit_and_store(
-    path: str | Path,
-    *,
-    data_dir: str | None = None,
-    score: str = TRAINING_SCORE,
-    train_images: int = 5000,
-) -> dict[str, Any]:
-    """Fits the temperature and the `score` threshold (95% accepted) on the whole validation
-    split and stores them in the record of the step research.model_dir picks (with the feature
-    statistics, from the first `train_images` training images, for 'mahalanobis'). No outlier
-    sets and no report: research.train calls this after training; the command measures."""
-    directory, step, record = model_dir.pick_checkpoint(path)
-    clf = Classifier.load(path)
-    source = record.config.get("data_source")  # None: the prepared tfds dataset
-    held_out = record.config.get("validation_per_class", arrays.DEFAULT_VALIDATION_PER_CLASS)
-    read = functools.partial(load_arrays, source=source, validation_per_class=held_out)
-    images, labels = read(record.dataset, "validation", data_dir)
-    logits, features, stages = clf.outputs_arrays(images)
-    temperature = calibration.fit_temperature(logits, labels)
-    stats = None
-    needed = calibration.needed_statistics(score)
-    if needed:
-        train_split = record.config.get("train_split") or "train"
-        train, train_labels = read(record.dataset, train_split, data_dir, train_images)
-        _, train_features, train_stages = clf.outputs_arrays(train)
-        stats = calibration.fit_feature_statistics(
-            train_features, train_labels, record.num_classes
-        ) | calibration.fit_activation_statistics(train_stages)
-        if "+" in score:
-            stats = calibration.fit_standardisation(
-                score, logits, features, temperature, stats, stages
-            )
-        stats = {k: v for k, v in stats.items() if k in needed}
-        model_dir.write_statistics(directory, step, stats)
-    scores = calibration.unknown_scores(score, logits, features, temperature, stats, stages)
-    threshold = calibration.acceptance_threshold(np.asarray(scores))
-    updated = record.replace(
-        temperature=temperature, unknown_score=score, unknown_threshold=threshold
-    )
-    model_dir.write_record(directory, step, updated)
-    return {
-        "step": step,
-        "temperature": temperature,
-        "unknown_score": score,
-        "unknown_threshold": threshold,
-        "validation_before": calibration.calibration_report(logits, labels, 1.0),
-    }
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def format_summary(result: dict[str, Any], chosen: str) -> str:
-    lines = [f"method: {result['method']}", f"temperature {result['temperature']:.4f}"]
-    for when in ("before", "after"):
-        r = result[when]
-        lines.append(
-            f"{result['report_split']} {when:>6} (T={r['temperature']:.3f}): accuracy "
-            f"{r['accuracy']:.4f}  confidence {r['mean_confidence']:.4f}  ECE {r['ece']:.4f}  "
-            f"NLL {r['nll']:.4f}  Brier {r['brier']:.4f}"
-        )
-    for kind, s in result["scores"].items():
-        aurocs = "  ".join(f"{k} {v:.4f}" for k, v in s["auroc"].items())
-        rejected = "  ".join(f"{k} {v:.3f}" for k, v in s["rejected"].items())
-        mark = "*" if kind == chosen else " "
-        lines.append(
-            f"{mark} {kind:<12} accepted {s['accepted']:.4f}  AUROC: {aurocs}  rejected: {rejected}"
-        )
-        if missed := missed_targets(s):
-            lines.append(f"    misses: {'; '.join(missed)}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
+from research.configs import runtime
+from research.evaluation import plots
+from research.evaluation.calibrate import (
+    calibrate,
+    choose_score,
+    collect_outputs,
+    format_summary,
+    missed_targets,
+)
+from research.serving import calibration, model_dir
+from research.serving.artifacts import CALIBRATION_DIR, CALIBRATION_FILE, RELIABILITY_FILE
+from research.serving.classifier import Classifier
+from research.serving.errors import DataNotFoundError, ModelNotFoundError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cli.setup_logging()
+    runtime.setup_logging()
     args = _parse_args(argv)
     args.command = "python -m research.calibrate " + " ".join(
         sys.argv[1:] if argv is None else argv
@@ -382,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     directory, step, record = model_dir.pick_checkpoint(args.checkpoint)
     clf = Classifier.load(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "calibration"
+    out = Path(args.out) if args.out else Path(args.checkpoint) / CALIBRATION_DIR
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "outputs.npz"
     if args.reuse_outputs and cache.is_file():
@@ -408,14 +93,14 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(f"{record.name} ({record.version})")
     print(format_summary(result, chosen))
-    (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / CALIBRATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
     title = f"{record.name} on {result['reliability_source']}"
     plots.render_reliability(
         result["reliability"]["before"],
         result["reliability"]["after"],
         title,
         temperature=result["temperature"],
-    ).save(out / "reliability.png")
+    ).save(out / RELIABILITY_FILE)
     if not args.dry_run:
         updated = record.replace(
             temperature=result["temperature"],
@@ -428,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
             model_dir.write_statistics(directory, step, kept)
         model_dir.write_record(directory, step, updated)
         print(f"stored temperature, '{chosen}' threshold in {directory / str(step)}")
-    print(f"wrote {out / 'calibration.json'} and {out / 'reliability.png'} ({result['seconds']}s)")
+    print(f"wrote {out / CALIBRATION_FILE} and {out / RELIABILITY_FILE} ({result['seconds']}s)")
     return 0
 
 

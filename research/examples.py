@@ -3,7 +3,7 @@
     python -m research.examples --model models/cifar10 [--per_class 1] [--data_dir DIR]
 
 The rule, deterministic and blind to the model: for each class, in label order, the first
-``per_class`` images of that class in the validation split's file order (research.datasets reads
+``per_class`` images of that class in the validation split's file order (research.data.datasets reads
 splits in a fixed order). The model's answers play no part, and the test split is never read.
 They are written at the dataset's own size as PNG files to ``<model>/examples/`` with an
 ``examples.json`` (file, true label). The web reads that file with `read_examples` (no
@@ -13,137 +13,16 @@ TensorFlow); the writer imports TensorFlow only when it runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
-import json
-import logging
-import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from research import cli, model_dir
-from research.errors import DataNotFoundError, ModelNotFoundError
-
-log = logging.getLogger(__name__)
-
-EXAMPLES_DIR = "examples"
-INDEX_FILE = "examples.json"
-SPLIT = "validation"  # never the test split: examples are part of what ships, like thresholds
-# Shipped file names: lower-case letters, digits and hyphens, then .png (the web serves only these).
-FILE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\.png")
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-    """One shipped example image: its file name in the examples folder and its true label."""
-
-    file: str
-    label: str
-
-
-def examples_dir(model_path: str | Path) -> Path:
-    """The examples folder of a model directory."""
-    return Path(model_path) / EXAMPLES_DIR
-
-
-def read_examples(model_path: str | Path) -> list[Example]:
-    """The examples a model directory ships, in order; [] when it has none or the index is
-    unreadable (a warning says why). Only entries with a safe file name that exists are kept."""
-    index = examples_dir(model_path) / INDEX_FILE
-    try:
-        entries = json.loads(index.read_text())["examples"]
-        examples = [Example(file=str(e["file"]), label=str(e["label"])) for e in entries]
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        log.warning("Ignoring unreadable %s: %s", index, error)
-        return []
-    return [
-        example
-        for example in examples
-        if FILE_NAME.fullmatch(example.file) and (index.parent / example.file).is_file()
-    ]
-
-
-def find_example(model_path: str | Path, file: str) -> Path | None:
-    """The path of one shipped example file, or None unless `file` is listed in the index."""
-    if not FILE_NAME.fullmatch(file):
-        return None
-    if all(example.file != file for example in read_examples(model_path)):
-        return None
-    return examples_dir(model_path) / file
-
-
-def pick_examples(labels: Sequence[int], num_classes: int, per_class: int = 1) -> list[int]:
-    """Indices of the first `per_class` items of each class, ordered by class then position."""
-    chosen: dict[int, list[int]] = {label: [] for label in range(num_classes)}
-    for position, label in enumerate(labels):
-        bucket = chosen.get(int(label))
-        if bucket is not None and len(bucket) < per_class:
-            bucket.append(position)
-    return [position for label in range(num_classes) for position in chosen[label]]
-
-
-def slugify(label: str) -> str:
-    """'T-shirt/top' -> 't-shirt-top': a label as a safe file-name part."""
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")[:48] or "class"
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 [H, W, C] (C = 1 or 3) as a small PNG."""
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def write_examples(
-    model_path: str | Path, *, per_class: int = 1, data_dir: str | None = None
-) -> list[Example]:
-    """Pick examples from the model's dataset's validation split and write them to the model's
-    examples folder (replacing the index); returns what was written."""
-    from research import datasets  # TensorFlow: only when writing
-
-    _, _, record = model_dir.pick_checkpoint(model_path)
-    data_dir = data_dir or record.config.get("data_dir") or None
-    info = datasets.get_info(record.dataset, data_dir)
-    if SPLIT not in info.splits:
-        raise DataNotFoundError(
-            f"{record.dataset} has no {SPLIT} split in {datasets.resolve_data_dir(data_dir)} "
-            f"(it has: {', '.join(sorted(info.splits))}); examples are never taken from the test "
-            "split. Pass --data_dir where the validation split was prepared."
-        )
-    images, labels = [], []
-    for image, label in datasets.load_split(record.dataset, SPLIT, data_dir).as_numpy_iterator():
-        images.append(image)
-        labels.append(int(label))
-    positions = pick_examples(labels, record.num_classes, per_class)
-    folder = examples_dir(model_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    written, counts = [], {}
-    for position in positions:
-        label = record.class_names[labels[position]]
-        counts[label] = counts.get(label, 0) + 1
-        file = f"{labels[position]:02d}-{slugify(label)}-{counts[label]}.png"
-        (folder / file).write_bytes(encode_png(images[position]))
-        written.append(Example(file=file, label=label))
-    index = {
-        "dataset": record.dataset,
-        "split": SPLIT,
-        "rule": f"the first {per_class} image(s) of each class in the split's file order",
-        "positions": positions,
-        "examples": [dataclasses.asdict(example) for example in written],
-    }
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
-    return written
+from research.configs import runtime
+from research.evaluation.examples import examples_dir, write_examples
+from research.serving.errors import DataNotFoundError, ModelNotFoundError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cli.setup_logging()
+    runtime.setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="the model directory, e.g. models/cifar10")
     parser.add_argument("--per_class", type=int, default=1, help="examples per class (default 1)")

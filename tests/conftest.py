@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
-from research import configs, models
-from research.checkpoints import serving_record
-from research.inference import Classifier
+from research import configs
+from research.nets import models
+from research.train.checkpoints import serving_record
+from research.serving.classifier import Classifier
 
 CIFAR10_CLASSES = configs.DATASETS["cifar10"].class_names
 FASHION_MNIST_CLASSES = configs.DATASETS["fashion_mnist"].class_names

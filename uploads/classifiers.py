@@ -2,7 +2,7 @@
 
 Models are named in settings.CLASSIFIER_MODELS (name -> exported model directory). A model is
 loaded on first use (or by warm-up), never at import time or in AppConfig.ready(), and the
-same research.inference.Classifier instance then serves every thread of the process.
+same research.serving.classifier.Classifier instance then serves every thread of the process.
 """
 
 import contextlib
@@ -18,10 +18,10 @@ from typing import Any
 
 from django.conf import settings
 
-from research import model_dir  # JAX-free: reads model directories without loading a model
-from research.batching import Batcher, run_in_buckets
 from research.configs import dataset_title
-from research.record import ServingRecord
+from research.serving import model_dir  # JAX-free: reads model directories without loading a model
+from research.serving.batching import Batcher, run_in_buckets
+from research.serving.record import ServingRecord
 from uploads import metrics
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def get_classifier(name: str):
 def get_batcher(name: str) -> Batcher:
     """Return the process-wide batcher of a model (loading the model on first use): its
     submit(model_inputs) answers like Classifier.classify_arrays, sharing one forward pass
-    among concurrent requests (research.batching). settings.CLASSIFIER_MAX_BATCH rows at most
+    among concurrent requests (research.serving.batching). settings.CLASSIFIER_MAX_BATCH rows at most
     per pass, rounded down to a compiled batch bucket (0 or 1: no batching), and a leader
     waits up to settings.CLASSIFIER_BATCH_WAIT_MS for more requests.
     """
@@ -175,13 +175,13 @@ def get_batcher(name: str) -> Batcher:
 
 def _classify_in_buckets(classifier, batch):
     """classify_arrays in calls of compiled sizes with little padding (run_in_buckets)."""
-    from research.inference import BATCH_BUCKETS
+    from research.serving.batching import BATCH_BUCKETS
 
     return run_in_buckets(classifier.classify_arrays, batch, BATCH_BUCKETS)
 
 
 def _max_batch() -> int:
-    from research.inference import BATCH_BUCKETS
+    from research.serving.batching import BATCH_BUCKETS
 
     wanted = settings.CLASSIFIER_MAX_BATCH
     if wanted <= 1:
@@ -340,7 +340,7 @@ def _load_classifier(name: str, directory: Path):
             model_name=name,
         )
     configure_compilation_cache()
-    from research.inference import Classifier  # imported here: JAX loads on first use only
+    from research.serving.classifier import Classifier  # imported here: JAX loads on first use only
 
     logger.info("Loading model %r from %s", name, directory)
     started = time.perf_counter()

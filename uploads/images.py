@@ -6,7 +6,7 @@ format allow-list, pixel count per image (which also stops decompression bombs) 
 at once per process, JPEGs at a reduced scale (`Image.draft`), and an image larger than
 `UPLOAD_STORED_MAX_SIDE` is shrunk to it right after decoding: a 32x32 classifier never needs
 more, and memory stays bounded. The decoded (and so shrunk) first frame goes to the classifier:
-research.inference alone turns an image into the model's input (orientation, mode, size). What
+research.serving.classifier alone turns an image into the model's input (orientation, mode, size). What
 is stored and shown is re-encoded from those pixels: upright (EXIF orientation), colours
 converted to sRGB from an embedded ICC profile, in a mode PNG and JPEG hold (RGB, RGBA or L),
 and without metadata (no EXIF, ICC profile, comment or text chunk survives).
@@ -363,7 +363,7 @@ def _without_metadata(image: Image.Image) -> Image.Image:
 def _to_storable_mode(image: Image.Image) -> Image.Image:
     """Convert any decoded mode to one PNG and JPEG store: RGB, RGBA (alpha kept) or L.
 
-    For storage and display only; the classifier's input is made by research.inference.
+    For storage and display only; the classifier's input is made by research.serving.classifier.
     """
     mode = image.mode
     if mode in ("RGB", "RGBA", "L"):

@@ -107,7 +107,7 @@ def count_feedback(model: str, *, correct: bool) -> None:
 
 
 def observe_batch(model: str) -> Callable:
-    """An on_batch callback for research.batching.Batcher that records under `model`."""
+    """An on_batch callback for research.serving.batching.Batcher that records under `model`."""
 
     def observe(report) -> None:
         BATCH_IMAGES.labels(model=model).observe(report.rows)

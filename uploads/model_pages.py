@@ -23,22 +23,23 @@ from typing import Any
 from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
-from research.model_report import (
+from research.serving.artifacts import (
+    CARD_FILE,
     CONFUSION_FILE,
     CURVES_FILE,
     REPORT_DIR,
+    REPORT_EXAMPLES_DIR,
     REPORT_FILE,
     REPORT_FORMAT,
+    ROBUSTNESS_FILE,
 )
 from uploads import classifiers, services
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "MODEL_CARD.md"  # research.export.CARD_NAME
-ROBUSTNESS_FILE = "robustness.json"  # research.robustness writes it beside the weights
 # The only report files served: the two figures and the example thumbnails.
 _REPORT_FILE_NAME = re.compile(
-    rf"(?:{re.escape(CONFUSION_FILE)}|{re.escape(CURVES_FILE)}|examples/\d{{1,4}}-\d{{1,4}}/\d{{1,4}}\.png)"
+    rf"(?:{re.escape(CONFUSION_FILE)}|{re.escape(CURVES_FILE)}|{REPORT_EXAMPLES_DIR}/\d{{1,4}}-\d{{1,4}}/\d{{1,4}}\.png)"
 )
 # A confusion cell's shade class (.shade-0 .. .shade-5) by its share of the row.
 SHADES = 5

@@ -27,6 +27,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from PIL import Image
 
+from research.serving.artifacts import CALIBRATION_DIR, RELIABILITY_FILE
 from uploads import classifiers, metrics
 from uploads.feedback import live_accuracy
 from uploads.images import (
@@ -422,7 +423,7 @@ def get_saliency_png(*, prediction: Prediction) -> bytes:
     The file lives under MEDIA_ROOT/saliency/, named by the upload and the model version, so a
     new version of the model draws a new map. Raises as get_model_input_png.
     """
-    from research import saliency
+    from research.serving import saliency
 
     classifier = classifiers.get_classifier(prediction.model_name)
     name = _saliency_name(prediction.upload.image.name, prediction.model_name, classifier.version)
@@ -450,7 +451,7 @@ def get_saliency_png(*, prediction: Prediction) -> bytes:
 def describe_input(*, prediction: Prediction) -> InputReport | None:
     """What the prediction's model expects and any warnings about this input; None when the
     model is no longer configured or not installed (the page then leaves the section out)."""
-    from research import expectations
+    from research.serving import expectations
 
     try:
         info = classifiers.get_model_info(prediction.model_name)
@@ -527,7 +528,7 @@ def _saliency_names(image_name: str) -> list[str]:
 
 # Where a model directory may hold its reliability diagram: beside MODEL_CARD.md, or where
 # `python -m research.calibrate` writes it by default.
-RELIABILITY_DIAGRAMS = ("reliability.png", "calibration/reliability.png")
+RELIABILITY_DIAGRAMS = (RELIABILITY_FILE, f"{CALIBRATION_DIR}/{RELIABILITY_FILE}")
 
 
 @dataclass(frozen=True)
@@ -560,7 +561,7 @@ class ModelSummary:
 def summarize_model(*, name: str) -> ModelSummary:
     """Describe a configured model for its page, without loading it; raises
     classifiers.UnknownModelError for a name that is not configured."""
-    from research import expectations
+    from research.serving import expectations
 
     info = classifiers.get_model_info(name)
     record = info.record

@@ -24,8 +24,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.generic import DetailView, ListView
 
 from classifier_site.middleware import throttle_wait
-from research import examples as model_examples
 from research.configs import DATASETS
+from research.serving import model_dir
 from uploads import classifiers, model_pages, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
@@ -93,7 +93,7 @@ def _describe_live_models() -> list[dict]:
                 "label": example.label,
                 "url": reverse("uploads:model-example", args=[info.name, example.file]),
             }
-            for example in model_examples.read_examples(info.directory)
+            for example in model_dir.read_examples(info.directory)
         ]
         described.append(
             {
@@ -116,7 +116,7 @@ def model_example(request: HttpRequest, name: str, file: str) -> FileResponse:
         directory = classifiers.get_model_dir(name)
     except classifiers.UnknownModelError as err:
         raise Http404("No such model.") from err
-    path = model_examples.find_example(directory, file)
+    path = model_dir.find_example(directory, file)
     if path is None:
         raise Http404("No such example.")
     response = FileResponse(path.open("rb"), content_type="image/png")

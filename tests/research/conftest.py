@@ -28,7 +28,7 @@ def write_color_folder(root: Path, per_class: int, size: int = 32, seed: int = 0
 @pytest.fixture(scope="session")
 def color_dataset(tmp_path_factory) -> tuple[str, str]:
     """A tfds dataset 'colors' (3 classes; 60 train, 12 validation) -> (name, data_dir)."""
-    from research import importers
+    from research.data import importers
 
     root = tmp_path_factory.mktemp("colors")
     write_color_folder(root / "folder", per_class=24)
@@ -43,7 +43,8 @@ def trained(color_dataset, tmp_path_factory):
 
     -> (config, workdir, result of train_and_evaluate)
     """
-    from research import configs, train
+    from research import configs
+    from research import train
 
     name, data_dir = color_dataset
     workdir = tmp_path_factory.mktemp("run")

@@ -1,4 +1,4 @@
-"""research.augment: the per-example robust augmentation policy, on the device."""
+"""research.data.augment: the per-example robust augmentation policy, on the device."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import augment
-from research.augment import AugmentPolicy
+from research.data import augment
+from research.data.augment import AugmentPolicy
 
 ALWAYS = AugmentPolicy(probability=1.0)
 AUGMIX = AugmentPolicy(probability=1.0, chains=3)

@@ -1,4 +1,4 @@
-"""research.batching: concurrent requests share a forward pass and each gets its own answer."""
+"""research.serving.batching: concurrent requests share a forward pass and each gets its own answer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.batching import Batcher, BatchReport, bucket_chunks, run_in_buckets, take_rows
-from research.inference import Classifier
+from research.serving.batching import Batcher, BatchReport, bucket_chunks, run_in_buckets, take_rows
+from research.serving.classifier import Classifier
 
 
 class FakeClock:

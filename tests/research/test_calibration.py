@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import calibrate, calibration, datasets, model_dir, plots
-from research.errors import IncompatibleModelError
-from research.inference import BATCH_BUCKETS, Classifier
+from research import calibrate
+from research.serving import calibration
+from research.data import datasets
+from research.serving import model_dir
+from research.evaluation import plots
+from research.serving.errors import IncompatibleModelError
+from research.serving.classifier import Classifier
+from research.serving.batching import BATCH_BUCKETS
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -275,7 +280,8 @@ def test_training_on_a_validation_split_stores_a_fitted_temperature_and_threshol
 ):
     """research.train, evaluating on 'validation', fits the temperature and the threshold on it
     and stores them in the chosen step's record."""
-    from research import configs, train
+    from research import configs
+    from research import train
 
     name, data_dir = color_dataset
     config = configs.get_config(

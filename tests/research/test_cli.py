@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import research
-from research import cli
+from research.configs import runtime
 
 REPO = Path(research.__file__).resolve().parent.parent
 
@@ -19,15 +19,15 @@ REPO = Path(research.__file__).resolve().parent.parent
 # runs with: its PID, its arguments, and glibc's tunables.
 _COMMAND = """
 import os, sys
-from research import cli
+from research.configs import runtime
 print("before", os.getpid(), flush=True)
-cli.exec_with_malloc_tunables()
+runtime.exec_with_malloc_tunables()
 print("after", os.getpid(), sys.argv[1:], repr(os.environ.get("GLIBC_TUNABLES")), flush=True)
 """
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc")
 enough_memory = pytest.mark.skipif(
-    cli.physical_memory() < cli.MIN_MEMORY, reason="a small machine keeps glibc's defaults"
+    runtime.physical_memory() < runtime.MIN_MEMORY, reason="a small machine keeps glibc's defaults"
 )
 
 
@@ -49,12 +49,12 @@ def _run(tmp_path: Path, env_tunables: str | None) -> list[str]:
 @enough_memory
 def test_a_training_command_runs_again_with_the_malloc_tunables_same_pid_and_arguments(tmp_path):
     """Started without GLIBC_TUNABLES, the command re-executes itself once (the same PID, its
-    arguments intact) with research.cli.MALLOC_TUNABLES, which glibc reads only at start-up."""
+    arguments intact) with research.configs.runtime.MALLOC_TUNABLES, which glibc reads only at start-up."""
     lines = _run(tmp_path, None)
     assert len(lines) == 3, lines  # "before" twice: the re-executed run starts over
     pid = lines[0].split()[1]
     assert lines[1] == f"before {pid}"
-    assert lines[2] == f"after {pid} ['--flag=1', 'x y'] {cli.MALLOC_TUNABLES!r}"
+    assert lines[2] == f"after {pid} ['--flag=1', 'x y'] {runtime.MALLOC_TUNABLES!r}"
 
 
 @glibc_only
@@ -70,8 +70,8 @@ def test_a_glibc_tunables_setting_already_made_is_left_as_it_is(tmp_path, chosen
 @glibc_only
 def test_a_machine_with_too_little_memory_keeps_glibcs_defaults(tmp_path, monkeypatch):
     """Below MIN_MEMORY the settings would hold more than the machine has: no re-execution."""
-    monkeypatch.setattr(cli, "MIN_MEMORY", cli.physical_memory() + 1)
+    monkeypatch.setattr(cli, "MIN_MEMORY", runtime.physical_memory() + 1)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(os, "execve", lambda *args: pytest.fail(f"re-executed: {args[1]}"))
-    cli.exec_with_malloc_tunables()
+    runtime.exec_with_malloc_tunables()
     assert "GLIBC_TUNABLES" not in os.environ

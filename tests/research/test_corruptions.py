@@ -1,4 +1,4 @@
-"""research.corruptions: seeded, shape- and dtype-keeping corruptions at five severities."""
+"""research.data.corruptions: seeded, shape- and dtype-keeping corruptions at five severities."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import corruptions
+from research.data import corruptions
 
 NAMES = list(corruptions.CORRUPTIONS)
 RANDOM = ["gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "fog", "elastic",

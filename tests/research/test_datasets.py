@@ -1,4 +1,4 @@
-"""research.importers write prepared tfds datasets; research.datasets reads them or fails fast."""
+"""research.data.importers write prepared tfds datasets; research.data.datasets reads them or fails fast."""
 
 import gzip
 import struct
@@ -10,7 +10,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from research import configs, datasets, errors, importers
+from research import configs
+from research.data import datasets
+from research.serving import errors
+from research.data import importers
 
 FASHION_MNIST_NAMES = (
     "T-shirt/top",
@@ -311,7 +314,7 @@ def test_dataset_specs_name_the_archives_tfds_expects():
 
 
 def test_data_not_found_error_is_defined_once():
-    """research.datasets.DataNotFoundError is research.errors's class, not a second one."""
+    """research.data.datasets.DataNotFoundError is research.serving.errors's class, not a second one."""
     assert datasets.DataNotFoundError is errors.DataNotFoundError
 
 

@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 from conftest import write_color_folder  # tests/research/conftest.py
 
-from research import arrays, configs, device_input, input_pipeline, models, train
-from research.inference import Classifier
+from research.data import arrays
+from research import configs
+from research.data import device_input
+from research.data import pipeline
+from research.nets import models
+from research import train
+from research.serving.classifier import Classifier
 
 
 def _config(color_dataset, **overrides):
@@ -41,13 +46,13 @@ def _offsets(augmented: np.ndarray, size: int = 16) -> tuple[np.ndarray, np.ndar
 def _tfdata_offsets(images: np.ndarray, config) -> tuple[np.ndarray, ...]:
     import tensorflow as tf
 
-    from research import input_pipeline
+    from research.data import pipeline
 
     out = []
     for i, image in enumerate(images):
         seed = tf.constant([config.seed, i], tf.int64)
         out.append(
-            input_pipeline.preprocess_for_train(
+            pipeline.preprocess_for_train(
                 tf.constant(image), seed, config=config, fill=tf.constant([0, 0, 0], tf.uint8)
             ).numpy()
         )
@@ -89,7 +94,7 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch_in_both_modes():
         return np.asarray(device_input.alternating_flips(seed, jnp.asarray(examples), epochs))
 
     def theirs(seed, epoch):
-        decide = tf.function(lambda k: input_pipeline.alternating_flip(seed, k, epoch))
+        decide = tf.function(lambda k: pipeline.alternating_flip(seed, k, epoch))
         return np.asarray(tf.map_fn(decide, tf.constant(examples, tf.int64), tf.bool))
 
     for flips in (ours, theirs):
@@ -114,12 +119,12 @@ def test_both_input_modes_turn_each_images_mirror_over_between_epochs(color_data
     """Through each input mode's own batching (tf.data's enumerated shuffle, the device mode's
     epoch order and stream positions), every image trained in two consecutive epochs is seen
     mirrored in one of them and as it is in the other."""
-    from research import datasets
+    from research.data import datasets
 
     config = _config(color_dataset, crop_padding=0, cutout=0, flip=True, alternate_flip=True)
     raw = np.stack([image for image, _ in datasets.load_split(*_split(config)).as_numpy_iterator()])
     steps = len(raw) // config.batch_size
-    stream = input_pipeline.create_train_iterator(config, mean=(0, 0, 0))
+    stream = pipeline.create_train_iterator(config, mean=(0, 0, 0))
     host = [next(stream)["image"] for _ in range(2 * steps)]
     order = device_input.EpochOrder(len(raw), config.batch_size, config.seed)
     aug = device_input.Augmentation.from_config(
@@ -333,10 +338,10 @@ def test_bfloat16_step_stays_close_to_float32():
 
 
 def test_mixed_dot_gradient_matches_the_float32_product_of_the_rounded_operands():
-    """research.layers.mixed_dot's hand-written backward (bf16 matmuls, f32 accumulation)
+    """research.nets.layers.mixed_dot's hand-written backward (bf16 matmuls, f32 accumulation)
     equals the float32 derivative of the product of the bf16-rounded operands, to bf16
     precision, and returns the kernel gradient in float32."""
-    from research import layers
+    from research.nets import layers
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(4, 6, 6, 27)), jnp.bfloat16)
@@ -375,7 +380,7 @@ def test_robust_policy_is_applied_in_the_train_step_of_both_input_modes(color_da
     np.testing.assert_array_equal(np.asarray(split), np.asarray(a))
 
     config = _config(color_dataset, robust_augment="trivial", max_steps=3)
-    batch = next(input_pipeline.create_train_iterator(config, mean=(128.0,) * 3, start_step=2))
+    batch = next(pipeline.create_train_iterator(config, mean=(128.0,) * 3, start_step=2))
     expected = 2 * config.batch_size + np.arange(config.batch_size)
     np.testing.assert_array_equal(batch["position"], expected)
     robust_run = train.train_and_evaluate(config, tmp_path / "robust")

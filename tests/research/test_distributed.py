@@ -17,8 +17,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 import research
-from research import distributed, model_dir, models, train
-from research.inference import Classifier, build_model
+from research.train import distributed
+from research.serving import model_dir
+from research.nets import models
+from research import train
+from research.serving.classifier import Classifier, build_model
 
 REPO = Path(research.__file__).resolve().parent.parent
 TIMEOUT = 300  # seconds a group of processes may take (generous: CI machines are slow)

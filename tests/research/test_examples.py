@@ -6,7 +6,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from research import datasets, examples
+from research.data import datasets
+from research import examples
 
 
 def test_pick_takes_the_first_items_of_each_class_in_order():

@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from research import datasets, input_pipeline, model_dir, models, train
-from research.errors import IncompatibleModelError, ModelNotFoundError
-from research.inference import BATCH_BUCKETS, Classifier, preprocess, preprocess_image
-from research.record import ServingRecord
+from research.data import datasets
+from research.data import pipeline
+from research.serving import model_dir
+from research.nets import models
+from research import train
+from research.serving.errors import IncompatibleModelError, ModelNotFoundError
+from research.serving.classifier import Classifier
+from research.serving.preprocess import preprocess, preprocess_image
+from research.serving.batching import BATCH_BUCKETS
+from research.serving.record import ServingRecord
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,8 @@ def test_predict_matches_the_evaluation_path_on_the_same_images(trained, color_d
     config, workdir, _ = trained
     name, data_dir = color_dataset
     clf = Classifier.load(workdir)
-    eval_ds = input_pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
-    batch = next(input_pipeline.iterate_padded_batches(eval_ds, 16))
+    eval_ds = pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
+    batch = next(pipeline.iterate_padded_batches(eval_ds, 16))
     log_probs = train.eval_step(clf.model, batch["image"], clf.record.flip_tta)
     expected = np.exp(np.asarray(log_probs, np.float64)[batch["mask"]])
     raw = [
@@ -168,7 +174,7 @@ def test_a_truncated_best_checkpoint_falls_back_to_the_next_with_a_warning(
     model_dir.meta_path(model, first + 1).write_text(json.dumps(meta))
     for path in _weight_files(best):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with caplog.at_level("WARNING", logger="research.inference"):
+    with caplog.at_level("WARNING", logger="research.serving.classifier"):
         clf = Classifier.load(model)
     assert clf.record.step == first
     assert f"step {first + 1}" in caplog.text and str(model) in caplog.text
@@ -182,7 +188,7 @@ def test_inference_path_does_not_import_tensorflow(tiny_model_dir):
     """Loading and predicting never imports TensorFlow (the web process stays light)."""
     code = (
         "import sys, numpy as np\n"
-        "from research.inference import Classifier\n"
+        "from research.serving.classifier import Classifier\n"
         f"clf = Classifier.load({str(tiny_model_dir)!r})\n"
         "clf.predict([np.zeros((8, 8, 3), np.uint8)])\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"

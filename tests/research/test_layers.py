@@ -1,4 +1,4 @@
-"""research.layers.Conv computes what nnx.Conv computes, with either implementation."""
+"""research.nets.layers.Conv computes what nnx.Conv computes, with either implementation."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from research.layers import Conv, max_pool, resolve_impl
+from research.nets.layers import Conv, max_pool, resolve_impl
 
 # (kernel_size, padding, in_features, out_features, height, width)
 CASES = [
@@ -159,12 +159,12 @@ def _rounded(a):
 def test_bfloat16_conv_gradients_match_the_float32_conv_of_the_rounded_operands(
     kernel_size, padding, cin, cout, h, w, x_dtype
 ):
-    """conv2d(compute_dtype='bfloat16') on the matmul path (research.layers.mixed_conv and its
+    """conv2d(compute_dtype='bfloat16') on the matmul path (research.nets.layers.mixed_conv and its
     hand-written backward: col2im in float32, products in the plain [M, K] @ [K, N] form)
     gives the value and the input and kernel gradients of XLA's float32 convolution of the
     bfloat16-rounded operands, to bfloat16 precision; the input's gradient comes back in the
     input's dtype and the kernel's in float32."""
-    from research.layers import conv2d
+    from research.nets.layers import conv2d
 
     size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     keys = jax.random.split(jax.random.key(7), 3)
@@ -201,7 +201,7 @@ def test_the_xla_bfloat16_convolution_lowers_all_three_convolutions_to_bfloat16(
     slower: README, Benchmarks). Its result is float32, and its value and gradients are those
     of the float32 convolution of the rounded operands to bfloat16 precision; the input's
     gradient comes back in the input's dtype and the kernel's in float32."""
-    from research.layers import conv2d
+    from research.nets.layers import conv2d
 
     size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     keys = jax.random.split(jax.random.key(11), 3)
@@ -239,7 +239,7 @@ def test_bfloat16_im2col_moves_the_exact_bits_for_odd_and_even_channel_counts(ci
     """The bfloat16 im2col (channels moved in pairs as 32-bit integers when their count is
     even, one by one as 16-bit integers when odd) equals the float32 im2col of the same values,
     bit for bit, in the patch order (i * kw + j) * C + c."""
-    from research.layers import _im2col
+    from research.nets.layers import _im2col
 
     x = jax.random.normal(jax.random.key(3), (2, 5, 6, cin), jnp.float32).astype(jnp.bfloat16)
     pads = ((1, 1), (1, 1))

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from research import model_dir
-from research.errors import ModelNotFoundError
-from research.record import ServingRecord
+from research.serving import model_dir
+from research.serving.errors import ModelNotFoundError
+from research.serving.record import ServingRecord
 
 
 def _write_step(directory, step: int, accuracy: float | None = None, meta=None) -> None:
@@ -85,7 +85,7 @@ def test_an_unreadable_step_is_skipped_with_a_warning(tmp_path, caplog):
     _write_step(tmp_path, 2, meta=["not", "a", "record"])
     _write_step(tmp_path, 3, 0.4)
     model_dir.meta_path(tmp_path, 3).write_text("{ truncated")
-    with caplog.at_level(logging.WARNING, logger="research.model_dir"):
+    with caplog.at_level(logging.WARNING, logger="research.serving.model_dir"):
         assert model_dir.pick_checkpoint(tmp_path)[1] == 1
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "step 2" in warned and "step 3" in warned and "unreadable" in warned
@@ -103,7 +103,7 @@ def test_no_usable_step_is_model_not_found_naming_each_problem(tmp_path):
 
 def test_the_layout_read_is_the_one_orbax_writes(tiny_model_dir, tmp_path):
     """On a real export, read_record gives the record that was exported."""
-    from research.inference import Classifier
+    from research.serving.classifier import Classifier
 
     shutil.copytree(tiny_model_dir, tmp_path / "model")
     directory, step, record = model_dir.pick_checkpoint(tmp_path / "model")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import evaluate, model_report
-from research.inference import Classifier
+from research import evaluate
+from research import model_report
+from research.serving.classifier import Classifier
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from research import configs, models
+from research import configs
+from research.nets import models
 
 
 def _model(name: str, shape=(32, 32, 3), num_classes=10, **overrides):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from research import configs, models, optim
+from research import configs
+from research.nets import models
+from research.train import optim
 
 
 def _tiny_model(config, seed=0):

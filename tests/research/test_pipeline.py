@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from research import configs, input_pipeline
+from research import configs
+from research.data import pipeline
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def _take(iterator, n):
 
 def test_train_batches_are_uint8_images_and_int_labels(config):
     """Training batches are uint8 [B, 32, 32, 3] images in 0..255 with int32 labels < 3."""
-    batch = next(input_pipeline.create_train_iterator(config, mean=(128, 128, 128)))
+    batch = next(pipeline.create_train_iterator(config, mean=(128, 128, 128)))
     assert batch["image"].shape == (16, 32, 32, 3)
     assert batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32
@@ -28,9 +29,9 @@ def test_train_batches_are_uint8_images_and_int_labels(config):
 
 def test_same_seed_gives_same_batches_and_another_seed_does_not(config):
     """A seed fixes order and augmentation; a different seed changes them."""
-    first = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)), 5)
-    again = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)), 5)
-    other = _take(input_pipeline.create_train_iterator(config.replace(seed=1), mean=(0, 0, 0)), 5)
+    first = _take(pipeline.create_train_iterator(config, mean=(0, 0, 0)), 5)
+    again = _take(pipeline.create_train_iterator(config, mean=(0, 0, 0)), 5)
+    other = _take(pipeline.create_train_iterator(config.replace(seed=1), mean=(0, 0, 0)), 5)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
@@ -41,8 +42,8 @@ def test_same_seed_gives_same_batches_and_another_seed_does_not(config):
 
 def test_resumed_iterator_continues_where_the_run_was(config):
     """start_step=k yields exactly the batches k, k+1, ... of an uninterrupted run (3 epochs)."""
-    full = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)), 9)
-    resumed = _take(input_pipeline.create_train_iterator(config, mean=(0, 0, 0), start_step=4), 5)
+    full = _take(pipeline.create_train_iterator(config, mean=(0, 0, 0)), 9)
+    resumed = _take(pipeline.create_train_iterator(config, mean=(0, 0, 0), start_step=4), 5)
     for a, b in zip(full[4:], resumed, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
@@ -51,7 +52,7 @@ def test_resumed_iterator_continues_where_the_run_was(config):
 def test_each_epoch_is_a_new_permutation_of_whole_batches(config):
     """An epoch (60 examples, batch 16 -> 3 batches) reshuffles; labels stay balanced."""
     batches = _take(
-        input_pipeline.create_train_iterator(config.replace(batch_size=20), mean=(0,) * 3), 6
+        pipeline.create_train_iterator(config.replace(batch_size=20), mean=(0,) * 3), 6
     )
     epoch1 = np.concatenate([b["label"] for b in batches[:3]])
     epoch2 = np.concatenate([b["label"] for b in batches[3:]])
@@ -62,28 +63,28 @@ def test_each_epoch_is_a_new_permutation_of_whole_batches(config):
 
 def test_augmentation_changes_train_images_but_not_eval_images(config, color_dataset):
     """Evaluation images are the stored pixels; training images are translated/flipped/cut."""
-    from research import datasets
+    from research.data import datasets
 
     name, data_dir = color_dataset
     raw = [img for img, _ in datasets.load_split(name, "validation", data_dir).as_numpy_iterator()]
-    eval_ds = input_pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
-    batch = next(input_pipeline.iterate_padded_batches(eval_ds, 16))
+    eval_ds = pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
+    batch = next(pipeline.iterate_padded_batches(eval_ds, 16))
     np.testing.assert_array_equal(batch["image"][: len(raw)], np.stack(raw))
 
     plain = config.replace(crop_padding=0, flip=False, cutout=0)
     train_raw = {
         img.tobytes() for img, _ in datasets.load_split(name, "train", data_dir).as_numpy_iterator()
     }
-    unaugmented = next(input_pipeline.create_train_iterator(plain, mean=(0, 0, 0)))
+    unaugmented = next(pipeline.create_train_iterator(plain, mean=(0, 0, 0)))
     assert all(img.tobytes() in train_raw for img in unaugmented["image"])
-    augmented = next(input_pipeline.create_train_iterator(config, mean=(0, 0, 0)))
+    augmented = next(pipeline.create_train_iterator(config, mean=(0, 0, 0)))
     assert sum(img.tobytes() not in train_raw for img in augmented["image"]) >= 12
 
 
 def test_eval_batches_are_padded_to_a_fixed_size_with_a_mask(config):
     """12 validation images in batches of 8 -> two batches of 8; the mask marks 12 real rows."""
-    eval_ds = input_pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
-    batches = list(input_pipeline.iterate_padded_batches(eval_ds, 8))
+    eval_ds = pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
+    batches = list(pipeline.iterate_padded_batches(eval_ds, 8))
     assert [b["image"].shape[0] for b in batches] == [8, 8]
     assert sum(int(b["mask"].sum()) for b in batches) == 12
 
@@ -107,11 +108,11 @@ def test_mean_std_is_the_configs_else_the_specs_else_measured(config):
     """Normalization statistics come from the config, then the spec, then the training split."""
     cifar = configs.get_config("cifar10")
     spec = configs.dataset_spec("cifar10")
-    assert input_pipeline.mean_std(cifar) == (spec.mean, spec.std)
-    assert input_pipeline.mean_std(cifar.replace(mean=(1.0,) * 3, std=(2.0,) * 3)) == (
+    assert pipeline.mean_std(cifar) == (spec.mean, spec.std)
+    assert pipeline.mean_std(cifar.replace(mean=(1.0,) * 3, std=(2.0,) * 3)) == (
         (1.0,) * 3,
         (2.0,) * 3,
     )
-    mean, std = input_pipeline.mean_std(config)  # 'colors' has no spec
-    assert (mean, std) == input_pipeline.measure_mean_std(config)
+    mean, std = pipeline.mean_std(config)  # 'colors' has no spec
+    assert (mean, std) == pipeline.measure_mean_std(config)
     assert len(mean) == 3 and all(0 < m < 255 for m in mean) and all(s > 0 for s in std)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from research.errors import IncompatibleModelError
-from research.record import RECORD_FORMAT, ServingRecord
+from research.serving.errors import IncompatibleModelError
+from research.serving.record import RECORD_FORMAT, ServingRecord
 
 
 def _record(**changes) -> ServingRecord:
@@ -127,7 +127,7 @@ def test_reading_records_imports_neither_jax_nor_tensorflow():
     """The web lists models through these modules without loading a framework."""
     code = (
         "import sys\n"
-        "import research.record, research.model_dir, research.image_folder, research.errors\n"
+        "import research.serving.record, research.serving.model_dir, research.data.folders, research.serving.errors\n"
         "loaded = {'jax', 'tensorflow', 'flax', 'orbax'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )

@@ -7,8 +7,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from research import corruptions, robustness
-from research.inference import Classifier
+from research.data import corruptions
+from research import robustness
+from research.serving.classifier import Classifier
 
 
 def _args(trained, color_dataset, *extra: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Saliency heatmaps (research.saliency) and the model's-eye view (research.expectations)."""
+"""Saliency heatmaps (research.serving.saliency) and the model's-eye view (research.serving.expectations)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import pytest
 from flax import nnx
 from PIL import Image, ImageDraw, ImageOps
 
-from research import configs, expectations, models, saliency
-from research.checkpoints import serving_record
-from research.inference import Classifier, preprocess_image
+from research import configs
+from research.serving import expectations
+from research.nets import models
+from research.serving import saliency
+from research.train.checkpoints import serving_record
+from research.serving.classifier import Classifier
+from research.serving.preprocess import preprocess_image
 
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[3] / "shared/datasets/cifar10-jpeg/train.tar.gz"
 

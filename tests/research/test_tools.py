@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import configs, evaluate, export, model_dir, models, plots, predict
+from research import configs
+from research import evaluate
+from research import export
+from research.serving import model_dir
+from research.nets import models
+from research.evaluation import plots
+from research import predict
 from research.configs import get_config
-from research.errors import DataNotFoundError
-from research.image_folder import list_image_folder
-from research.inference import Classifier, preprocess
-from research.record import ServingRecord
+from research.serving.errors import DataNotFoundError
+from research.data.folders import list_image_folder
+from research.serving.classifier import Classifier
+from research.serving.preprocess import preprocess
+from research.serving.record import ServingRecord
 
 CIFAR10_CLASSES = configs.DATASETS["cifar10"].class_names
 PER_CLASS = 2
@@ -133,7 +140,7 @@ def test_image_folder_with_splits_reads_validation_by_default_or_the_chosen_spli
 
 
 def test_folder_evaluation_feeds_the_model_what_serving_feeds_it(image_folder):
-    """Evaluation's folder batches are research.inference.preprocess of the same files."""
+    """Evaluation's folder batches are research.serving.preprocess.preprocess of the same files."""
     files, _ = evaluate.label_image_folder(image_folder, CIFAR10_CLASSES)
     batch = next(evaluate._folder_batches(files[:6], (32, 32, 3), 8, skipped=[]))
     served = preprocess([Image.open(path) for path, _ in files[:6]], (32, 32, 3))

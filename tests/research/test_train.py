@@ -16,10 +16,16 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from research import checkpoints, configs, layers, model_dir, models, optim, train
-from research.errors import IncompatibleModelError, NonFiniteLossError
-from research.inference import Classifier
-from research.record import ServingRecord
+from research.train import checkpoints
+from research import configs
+from research.nets import layers
+from research.serving import model_dir
+from research.nets import models
+from research.train import optim
+from research import train
+from research.serving.errors import IncompatibleModelError, NonFiniteLossError
+from research.serving.classifier import Classifier
+from research.serving.record import ServingRecord
 
 
 def _config(color_dataset, **overrides):
@@ -332,7 +338,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(
     latest, previous = steps[-1], steps[-2]
     damage(run / "checkpoints" / str(latest))
     kwargs = _state_kwargs(workdir)
-    with caplog.at_level("WARNING", logger="research.checkpoints"):
+    with caplog.at_level("WARNING", logger="research.train.checkpoints"):
         state = train.create_train_state(config, run, **kwargs)
     state.checkpoints.close()
     assert state.step == previous

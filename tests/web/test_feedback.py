@@ -10,7 +10,8 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from PIL import Image
 
-from research import configs, model_dir
+from research import configs
+from research.serving import model_dir
 from uploads import services
 from uploads.feedback import FeedbackError, class_folder_name, live_accuracy, record_feedback
 from uploads.management.commands.recalibrate_predictions import (
@@ -244,8 +245,10 @@ def test_export_refuses_a_split_that_is_not_a_folder_name(tmp_path):
 
 def test_feedback_round_trip_export_import_train_export_serve(tmp_path, upload_file, image_bytes):
     """Exported feedback imports beside original images, trains, exports and classifies."""
-    from research import export, importers, train
-    from research.inference import Classifier
+    from research import export
+    from research.data import importers
+    from research import train
+    from research.serving.classifier import Classifier
 
     _labelled(upload_file, image_bytes, "cifar10", [None, "cat", "ship", None])
     folder = tmp_path / "cifar10-folder"
@@ -291,7 +294,7 @@ def test_feedback_round_trip_export_import_train_export_serve(tmp_path, upload_f
 @pytest.fixture(scope="module")
 def calibrated_dir(tmp_path_factory, model_dirs) -> Path:
     """The tiny CIFAR-10 model, same version, re-exported at temperature 2.5 with a threshold."""
-    from research.inference import Classifier
+    from research.serving.classifier import Classifier
 
     tiny = Classifier.load(model_dirs["cifar10"])
     record = tiny.record.replace(temperature=2.5, unknown_threshold=0.15)
@@ -319,7 +322,7 @@ def test_recalibration_rewrites_old_predictions_as_the_calibrated_model_would(
     settings, calibrated_dir, upload_file, image_bytes
 ):
     """Predictions made at T=1 get the calibrated model's own probabilities, top_k and flag."""
-    from research.inference import Classifier
+    from research.serving.classifier import Classifier
 
     datas = [image_bytes(seed=s) for s in (1, 2)]
     made = [services.classify_upload(file=upload_file(d), model_name="cifar10") for d in datas]

@@ -11,7 +11,7 @@ from django.urls import reverse
 from PIL import Image
 
 from research import model_report
-from research.inference import Classifier
+from research.serving.classifier import Classifier
 from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (a fixture)
 from uploads import model_pages
 

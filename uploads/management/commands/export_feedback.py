@@ -7,7 +7,7 @@ reads; export into (or copy into) the folder of the original training images to 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from research import model_dir  # JAX-free
+from research.serving import model_dir  # JAX-free
 from uploads.feedback import FeedbackError, class_folder_name, export_feedback_images
 
 

@@ -24,11 +24,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from research import model_dir  # JAX-free
-from research.record import ServingRecord
+from research.serving import model_dir  # JAX-free
+from research.serving.record import ServingRecord
 from uploads.models import Prediction
 
-# research.record's name for the score this command can recompute from probabilities; a
+# research.serving.record's name for the score this command can recompute from probabilities; a
 # record without the field (older code) scores with it.
 MAX_SOFTMAX = "max_softmax"
 # A stored score within this of the stored maximum probability is the max-softmax score.

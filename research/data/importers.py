@@ -1,4 +1,4 @@
-"""Importing local files as prepared tfds datasets, which research.datasets then reads.
+"""Importing local files as prepared tfds datasets, which research.data.datasets then reads.
 
 ``import_idx`` (MNIST-format idx files) and ``import_image_folder`` (images laid out
 ``split/class/image`` or ``class/image``) write ``<data_dir>/<name>/<version>/``, under the official
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research import configs
-from research.arrays import (
+from research.data.arrays import (
     DEFAULT_VALIDATION_PER_CLASS,
     IDX_PATTERNS,
     carve_validation,
@@ -28,9 +28,9 @@ from research.arrays import (
     find_one,
     read_idx,
 )
-from research.datasets import DatasetInfo, get_info, resolve_data_dir
-from research.errors import DataNotFoundError
-from research.image_folder import list_image_folder, match_class
+from research.data.datasets import DatasetInfo, get_info, resolve_data_dir
+from research.data.folders import list_image_folder, match_class
+from research.serving.errors import DataNotFoundError
 
 logger = logging.getLogger(__name__)
 

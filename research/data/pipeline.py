@@ -1,6 +1,6 @@
 """tf.data pipelines: augmentation for training, none for evaluation; uint8 out.
 
-Images stay uint8 all the way to the device; the model normalizes them (research.models), so
+Images stay uint8 all the way to the device; the model normalizes them (research.nets.models), so
 the one preprocessing definition is shared by training, evaluation and serving. Evaluation
 and serving resize only when the model's input size differs from the data's, which it does
 not with the default configs.
@@ -19,8 +19,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
-from research import datasets  # noqa: E402
 from research.configs import Config, dataset_spec, uses_flip  # noqa: E402
+from research.data import datasets  # noqa: E402
 
 # TensorFlow only feeds data: keep it off any accelerator so JAX has all of its memory.
 tf.config.set_visible_devices([], "GPU")
@@ -47,7 +47,7 @@ def _cutout(image: tf.Tensor, seed: tf.Tensor, size: int, fill: tf.Tensor) -> tf
 
 def alternating_flip(seed: int, example: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
     """Config.alternate_flip's decision for one image: its coin, a function of (seed, example)
-    only, differs from the epoch's parity (as research.device_input.alternating_flips)."""
+    only, differs from the epoch's parity (as research.data.device_input.alternating_flips)."""
     coin_seed = tf.random.experimental.stateless_fold_in(
         tf.constant([seed, -1], tf.int64), tf.cast(example, tf.int64)
     )

@@ -25,7 +25,7 @@ Definitions:
   every layer, not only to the last;
   'energy+activations': energy and 'activations', standardised and summed.
 
-`unknown_scores` is written in jax.numpy, so research.inference calls the same function inside
+`unknown_scores` is written in jax.numpy, so research.serving.classifier calls the same function inside
 its jitted forward and this module calls it on stored logits.
 """
 
@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import models
-from research.record import UNKNOWN_SCORES
+from research.nets import models
+from research.serving.record import UNKNOWN_SCORES
 
 ECE_BINS = 15
 SCORES = UNKNOWN_SCORES

@@ -2,7 +2,7 @@
 from it. NumPy only (no JAX, no TensorFlow), so the web may call it on the pixels
 `Classifier.model_input` returns.
 
-    from research import expectations
+    from research.serving import expectations
     expectations.expects("fashion_mnist")    # 'a single garment or shoe, light on a dark ...'
     expectations.check(classifier.record, pixels)   # [] or ['This model expects ...', ...]
 

@@ -2,7 +2,7 @@
 
 Every dataset is read as a prepared tfds dataset (``<data_dir>/<name>/<version>/``), so an official
 download, an original archive placed in tfds's manual-download folder and a local import
-(research.importers) all go through the same reading path: ``get_info`` / ``load_split`` find the
+(research.data.importers) all go through the same reading path: ``get_info`` / ``load_split`` find the
 prepared dataset; if it is missing they prepare it from the original archives (the spec's
 ``manual_files``, research.configs.DATASETS) in ``<data_dir>/downloads/manual/<name>/`` or tfds's
 shared ``<data_dir>/downloads/manual/`` (tfds checks their checksums), or download it when the
@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
 from research import configs
-from research.errors import DataNotFoundError
+from research.serving.errors import DataNotFoundError
 
 # tf.data only; keep TensorFlow away from any accelerator that JAX will use.
 # (RuntimeError: TensorFlow was initialised before this import; too late, and harmless.)
@@ -38,7 +38,7 @@ with contextlib.suppress(RuntimeError):
     tf.config.set_visible_devices([], "GPU")
 
 __all__ = [
-    "DataNotFoundError",  # defined in research.errors; importable here as before
+    "DataNotFoundError",  # defined in research.serving.errors; importable here as before
     "DatasetInfo",
     "count_examples_per_class",
     "default_eval_split",

@@ -94,7 +94,7 @@ AFTER = (8, 48, 107)
 def render_reliability(
     before: dict[str, Sequence], after: dict[str, Sequence], title: str, *, temperature: float
 ) -> Image.Image:
-    """A reliability diagram: per equal-width confidence bin (research.calibration's
+    """A reliability diagram: per equal-width confidence bin (research.serving.calibration's
     reliability_bins: edges, count, confidence, accuracy), the bin's accuracy as a bar, before
     (T=1, left panel) and after temperature scaling (right), against the diagonal a
     calibrated model follows. Empty bins have no bar."""

@@ -44,7 +44,7 @@ class DatasetSpec:
     # What one image shows, for warnings: "garment or shoe".
     subject: str = ""
     # "dark": a light subject on a dark background (MNIST's and Fashion-MNIST's ink is light on
-    # black); "": no fixed background (photos). research.expectations warns when an input's
+    # black); "": no fixed background (photos). research.serving.expectations warns when an input's
     # background is light for a "dark" model.
     background: str = ""
     # An input's background counts as light when the mean of its outermost ring of pixels
@@ -172,11 +172,11 @@ class Config:
     data_dir: str | None = None  # tfds data_dir; None means tfds's default (~/tensorflow_datasets)
     train_split: str = "train"
     eval_split: str | None = None  # None: 'validation' if the dataset has it, else 'test'
-    # 'tfdata': the tf.data pipeline (research.input_pipeline); 'device': the split kept in
-    # device memory, batches gathered and augmented inside the jitted step (research.device_input)
+    # 'tfdata': the tf.data pipeline (research.data.pipeline); 'device': the split kept in
+    # device memory, batches gathered and augmented inside the jitted step (research.data.device_input)
     input: str = "tfdata"
     # --input=device only: read the data without TensorFlow from an image folder, a .tar.gz of
-    # one, or a folder of idx files (research.arrays); None: the prepared tfds dataset
+    # one, or a folder of idx files (research.data.arrays); None: the prepared tfds dataset
     data_source: str | None = None
     validation_per_class: int = 500  # data_source without a validation split: the last N of
     # each class (by file name) are held out, as `python -m research.data import-folder` does
@@ -190,7 +190,7 @@ class Config:
     # per image and epoch)
     alternate_flip: bool = False
     cutout: int = 0  # side of a random square set to the mean; 0 disables it
-    # Robustness to noise, blur, compression and light (research.augment), applied inside the
+    # Robustness to noise, blur, compression and light (research.data.augment), applied inside the
     # train step in either input mode: 'none', 'trivial' or 'augmix'
     robust_augment: str = "none"
     # Model.
@@ -198,9 +198,9 @@ class Config:
     widths: tuple[int, ...] = (64, 256, 256)  # channels of the three conv blocks
     stem_width: int = 24  # channels of the 2x2 stem convolution
     whiten_stem: bool = True  # airbench: init the stem to whiten 2x2 patches of training data
-    conv_impl: str = "auto"  # research.layers.Conv: 'auto', 'xla' or 'matmul'
+    conv_impl: str = "auto"  # research.nets.layers.Conv: 'auto', 'xla' or 'matmul'
     # Convolutions' operands: 'bfloat16' (float32 accumulation, parameters and optimizer state
-    # stay float32), 'float32', or 'auto' (research.layers.resolve_compute_dtype).
+    # stay float32), 'float32', or 'auto' (research.nets.layers.resolve_compute_dtype).
     compute_dtype: str = "auto"
     # Optimization.
     optimizer: str = "sgd"  # one of OPTIMIZERS; sgd is Nesterov momentum
@@ -289,7 +289,7 @@ def uses_flip(config: Config) -> bool:
 # whole command in 24.4 min (models/cifar10_v1, 7 epochs in fp32: 89.34% in 48.6 min; the
 # served models/cifar10 is this recipe with robust augmentation, 20 epochs, on a GPU). Not in
 # the recipe: the dataset's flip (on), the averaged mirror at evaluation (flip_tta), and the
-# net's own choices (research.models).
+# net's own choices (research.nets.models).
 AIRBENCH94_EPOCHS = 8.0  # airbench94 trains 9.9; CIFAR10_RECIPE (the default) trains 12
 AIRBENCH94_RECIPE: dict[str, Any] = dict(
     model="airbench94",
@@ -375,7 +375,7 @@ CIFAR10_RECIPE: dict[str, Any] = dict(
 # The Fashion-MNIST recipe; the shipped models/fashion_mnist was trained with it:
 #     python -m research.train --dataset=fashion_mnist
 # 94.31% on the test split (10,000 images), in 40.6 min wall time on this project's 2-core CPU
-# (README, Results). Our first airbench-shaped net (research.models, 'airbench') and plain SGD.
+# (README, Results). Our first airbench-shaped net (research.nets.models, 'airbench') and plain SGD.
 FASHION_MNIST_RECIPE: dict[str, Any] = dict(
     model="airbench",
     widths=(32, 64, 128),  # channels of the three conv blocks
@@ -446,3 +446,24 @@ def get_config(name: str = "cifar10", recipe: str | None = None, **overrides: An
     defaults = RECIPES[recipe] if recipe is not None else _DATASET_DEFAULTS.get(name, {})
     config = Config(dataset=name, **defaults)
     return config.replace(**overrides).validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCounts:
+    """How long a run is, in optimizer steps."""
+
+    per_epoch: int
+    schedule: int  # the learning-rate and lookahead schedules' length: epochs x per_epoch
+    total: int  # where this run stops: the schedule's end, or max_steps if sooner
+    eval_every: int
+
+
+def count_steps(config: Config, train_examples: int) -> StepCounts:
+    """The step counts of `config` over `train_examples` (the last partial batch is dropped)."""
+    per_epoch = train_examples // config.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {train_examples} examples")
+    schedule = max(int(config.epochs * per_epoch), 1)
+    total = schedule if config.max_steps is None else min(schedule, config.max_steps)
+    eval_every = max(int(config.eval_every_epochs * per_epoch), 1)
+    return StepCounts(per_epoch=per_epoch, schedule=schedule, total=total, eval_every=eval_every)

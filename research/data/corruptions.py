@@ -1,6 +1,6 @@
 """Common image corruptions at five severities, seeded: the robustness benchmark's inputs.
 
-    from research import corruptions
+    from research.data import corruptions
     noisy = corruptions.corrupt(image, "gaussian_noise", severity=3, seed=0)   # uint8 HxWxC
     batch = corruptions.corrupt_batch(images, "jpeg", severity=3, seed=0)      # uint8 NxHxWxC
 

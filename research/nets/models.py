@@ -18,6 +18,7 @@ dataset's mean and std, so training, evaluation and serving share one definition
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from research.configs import MODELS, Config
-from research.layers import Conv, max_pool, resolve_compute_dtype
+from research.nets.layers import Conv, max_pool, resolve_compute_dtype
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
@@ -356,7 +357,7 @@ def predict_logits_and_features(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(logits as `predict_logits` gives them, pooled features [N, D], stage statistics
     [N, S]), all averaged over the same `tta_views`. The features and statistics feed the
-    feature-space "unknown" scores (research.calibration)."""
+    feature-space "unknown" scores (research.serving.calibration)."""
     views = tta_views(images, flip_tta=flip_tta, translate_tta=translate_tta)
     outputs = []
     for view, weight in views:
@@ -368,7 +369,7 @@ def predict_logits_and_features(
 def log_probabilities(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
     """The one softmax of the project: log-probabilities of `logits` at `temperature`, in float32.
 
-    Training's evaluation, research.evaluate and serving (research.inference) all call it, so a
+    Training's evaluation, research.evaluate and serving (research.serving.classifier) all call it, so a
     calibrated temperature means the same everywhere.
     """
     return jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
@@ -416,3 +417,17 @@ def inference_state(model: nnx.Module) -> nnx.State:
 
 def count_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@functools.partial(nnx.jit, static_argnames=("flip_tta", "translate_tta"))
+def eval_step(
+    model: nnx.Module,
+    images: jax.Array,
+    flip_tta: bool,
+    temperature: float | jax.Array = 1.0,
+    translate_tta: bool = False,
+) -> jax.Array:
+    """Log-probabilities of `images` at `temperature` (TTA averages the logits over
+    models.tta_views)."""
+    logits = predict_logits(model, images, flip_tta=flip_tta, translate_tta=translate_tta)
+    return log_probabilities(logits, temperature)

@@ -1,6 +1,6 @@
 """The one lister of image folders, laid out ``class/image`` or ``split/class/image``.
 
-Used by the importer (research.datasets) and by evaluation of folders (research.evaluate).
+Used by the importer (research.data.datasets) and by evaluation of folders (research.evaluate).
 No JAX or TensorFlow here.
 """
 
@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from research.errors import DataNotFoundError
+from research.serving.errors import DataNotFoundError
 
 # Images in a folder; anything else (README, .DS_Store, ...) is ignored.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -1,11 +1,11 @@
 """What a training run reads, for either input mode: `RunData` from `load_run_data(config)`.
 
 - `config.input == 'tfdata'` (the default): a prepared tfds dataset streamed by
-  research.input_pipeline (TensorFlow), augmented on the host.
-- `config.input == 'device'`: the training split as uint8 arrays (research.arrays: a prepared
+  research.data.pipeline (TensorFlow), augmented on the host.
+- `config.input == 'device'`: the training split as uint8 arrays (research.data.arrays: a prepared
   tfds dataset, or without TensorFlow an image folder, a .tar.gz of one, or idx files named by
   `config.data_source`), placed on the device and augmented inside the train step
-  (research.device_input).
+  (research.data.device_input).
 
 The loop (research.train) sees one interface: class names, shapes, counts, evaluation batches,
 the whitening sample, and either a host batch iterator or the arrays.
@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from research.arrays import ArraySplit
 from research.configs import Config
+from research.data.arrays import ArraySplit
 
 WHITENING_IMAGES = 5000  # training images whose 2x2 patches airbench's stem whitens
 INPUTS = ("tfdata", "device")
@@ -53,7 +53,10 @@ def load_run_data(config: Config, mean: tuple[float, ...]) -> RunData:
 
 
 def _tfdata_data(config: Config, mean: tuple[float, ...]) -> RunData:
-    from research import datasets, input_pipeline  # TensorFlow
+    from research.data import (
+        datasets,
+        pipeline,  # TensorFlow
+    )
 
     info = datasets.get_info(config.dataset, config.data_dir)
     eval_split = config.eval_split or datasets.default_eval_split(info)
@@ -62,7 +65,7 @@ def _tfdata_data(config: Config, mean: tuple[float, ...]) -> RunData:
     else:  # a slice such as 'train[:90%]': count it
         split = datasets.load_split(config.dataset, config.train_split, config.data_dir)
         train_examples = int(split.cardinality())
-    eval_ds = input_pipeline.create_eval_dataset(config, eval_split, info.image_shape)
+    eval_ds = pipeline.create_eval_dataset(config, eval_split, info.image_shape)
 
     def whitening_images() -> np.ndarray:
         sample = datasets.load_split(config.dataset, config.train_split, config.data_dir)
@@ -74,16 +77,16 @@ def _tfdata_data(config: Config, mean: tuple[float, ...]) -> RunData:
         train_examples=train_examples,
         eval_split=eval_split,
         eval_examples=info.splits.get(eval_split),
-        eval_batches=lambda size: input_pipeline.iterate_padded_batches(eval_ds, size),
+        eval_batches=lambda size: pipeline.iterate_padded_batches(eval_ds, size),
         whitening_images=whitening_images,
-        train_iterator=lambda start, rows=None: input_pipeline.create_train_iterator(
+        train_iterator=lambda start, rows=None: pipeline.create_train_iterator(
             config, mean=mean, start_step=start, rows=rows
         ),
     )
 
 
 def _device_data(config: Config) -> RunData:
-    from research import arrays
+    from research.data import arrays
 
     def load(split: str) -> ArraySplit:
         return arrays.load_split(
@@ -97,7 +100,7 @@ def _device_data(config: Config) -> RunData:
     train = load(config.train_split)
     eval_split = config.eval_split or "validation"
     if config.eval_split is None and config.data_source is None:
-        from research import datasets  # a prepared tfds dataset: TensorFlow is there
+        from research.data import datasets  # a prepared tfds dataset: TensorFlow is there
 
         eval_split = datasets.default_eval_split(datasets.get_info(config.dataset, config.data_dir))
     evaluation = load(eval_split)

@@ -1,6 +1,6 @@
 """Robust augmentation on the device: noise, blur, JPEG, light and colour, per example.
 
-    from research import augment
+    from research.data import augment
     policy = augment.AugmentPolicy()                        # the recommended defaults
     keys = augment.example_keys(seed, step, batch_size)     # [B] keys, one per example
     images = augment.augment_batch(images, keys, policy)    # uint8 [B,H,W,C] -> float32 0..255
@@ -23,7 +23,7 @@ Beta(alpha, alpha) weight. Operations, each at magnitude m in [0, 1] (or signed 
 
 Keys: `example_keys(seed, step, n)[i]` = fold_in(fold_in(key(seed), step), i), so an example's
 draw depends on (seed, step, its index in the batch) only, like the tf.data augmentation keyed
-by (seed, position). Output: float32 in [0, 255] (not rounded), which research.models.normalize
+by (seed, position). Output: float32 in [0, 255] (not rounded), which research.nets.models.normalize
 takes as it takes uint8.
 """
 

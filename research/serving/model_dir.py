@@ -2,7 +2,7 @@
 
 A model directory is a training workdir (its checkpoints under ``checkpoints/``) or an exported
 model (steps directly inside). Each finished step is a directory named by its number holding
-Orbax items, among them ``meta``: the JSON serving record (research.record). This module is the
+Orbax items, among them ``meta``: the JSON serving record (research.serving.record). This module is the
 only code outside Orbax that knows that layout, and it imports neither JAX nor TensorFlow, so
 the web can list models without loading one.
 
@@ -11,6 +11,7 @@ the web can list models without loading one.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -20,17 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from research.errors import IncompatibleModelError, ModelNotFoundError
-from research.record import ServingRecord
+from research.serving.artifacts import (
+    CHECKPOINTS_SUBDIR,
+    EXAMPLE_FILE_NAME,
+    EXAMPLES_DIR,
+    EXAMPLES_INDEX_FILE,
+    STATISTICS_FILE,
+)
+from research.serving.errors import IncompatibleModelError, ModelNotFoundError
+from research.serving.record import ServingRecord
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_SUBDIR = "checkpoints"  # in a training workdir
 META_ITEM = "meta"  # the Orbax item holding the serving record
 _JSON_ITEM_FILE = "metadata"  # the file Orbax's JsonSave writes inside an item directory
 # Beside the Orbax items of a step: arrays the serving record refers to (the feature
 # statistics of the 'mahalanobis' unknown score). Orbax ignores files it did not write.
-STATISTICS_FILE = "unknown_statistics.npz"
 
 
 def find_checkpoints(path: str | Path) -> Path:
@@ -156,3 +162,47 @@ def describe(path: str | Path) -> ServingRecord | None:
         return pick_checkpoint(path)[2]
     except (ModelNotFoundError, IncompatibleModelError):
         return None
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One shipped example image: its file name in the examples folder and its true label."""
+
+    file: str
+    label: str
+
+
+def examples_dir(model_path: str | Path) -> Path:
+    """The examples folder of a model directory."""
+    return Path(model_path) / EXAMPLES_DIR
+
+
+def read_examples(model_path: str | Path) -> list[Example]:
+    """The examples a model directory ships, in order; [] when it has none or the index is
+    unreadable (a warning says why). Only entries with a safe file name that exists are kept."""
+    index = examples_dir(model_path) / EXAMPLES_INDEX_FILE
+    try:
+        entries = json.loads(index.read_text())["examples"]
+        examples = [Example(file=str(e["file"]), label=str(e["label"])) for e in entries]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("Ignoring unreadable %s: %s", index, error)
+        return []
+    return [
+        example
+        for example in examples
+        if EXAMPLE_FILE_NAME.fullmatch(example.file) and (index.parent / example.file).is_file()
+    ]
+
+
+def find_example(model_path: str | Path, file: str) -> Path | None:
+    """The path of one shipped example file, or None unless `file` is listed in the index."""
+    if not EXAMPLE_FILE_NAME.fullmatch(file):
+        return None
+    if all(example.file != file for example in read_examples(model_path)):
+        return None
+    return examples_dir(model_path) / file

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from research import cli, datasets, importers
-from research.errors import DataNotFoundError
+from research.configs import runtime
+from research.data import datasets, importers
+from research.serving.errors import DataNotFoundError
 
 # Sample grid: images per class row, and the smallest cell side in pixels (small images scale up).
 GRID_COLUMNS = 10
@@ -27,7 +28,7 @@ GRID_LABEL_WIDTH = 110
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cli.setup_logging()
+    runtime.setup_logging()
     args = _parse_args(argv)
     try:
         return args.run(args)

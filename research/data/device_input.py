@@ -1,7 +1,7 @@
 """The device-resident input mode (`--input=device`): the whole uint8 training split lives in
 accelerator memory and each step gathers and augments its batch inside the jitted train step,
 as airbench does. For datasets that fit on the device (CIFAR-10, the MNIST family: 138 MB and
-43 MB of uint8 training images); the tf.data pipeline (research.input_pipeline) stays the
+43 MB of uint8 training images); the tf.data pipeline (research.data.pipeline) stays the
 default otherwise.
 
 The same contract as the tf.data pipeline, so either mode resumes exactly:
@@ -10,13 +10,13 @@ The same contract as the tf.data pipeline, so either mode resumes exactly:
 - element i of the stream (i = s * B + j) is augmented with a key derived from (seed, i) only,
   so a resumed run sees the batches an uninterrupted run would have seen.
 The augmentations (random translation with reflect padding, horizontal flip, cutout) draw from
-the same distributions as research.input_pipeline's: translation offsets uniform in
+the same distributions as research.data.pipeline's: translation offsets uniform in
 [-padding, padding] on each axis, flips with probability 1/2 (or, with alternate_flip, a
 seeded coin per example XOR the epoch's parity), cutout centres uniform over the image
 (tests/research/test_device_input.py checks both against each other). The random streams
 differ (JAX's threefry here, TensorFlow's Philox there).
 
-No TensorFlow here: with research.arrays it trains from image folders or idx files alone.
+No TensorFlow here: with research.data.arrays it trains from image folders or idx files alone.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research import augment as robust
 from research.configs import Config, uses_flip
+from research.data import augment as robust
 
-# Config.robust_augment -> the research.augment policy the step applies after the geometric
+# Config.robust_augment -> the research.data.augment policy the step applies after the geometric
 # augmentations ('none': nothing).
 ROBUST_POLICIES = {
     "none": None,
@@ -50,7 +50,7 @@ class Augmentation:
     flip: bool = False
     cutout: int = 0
     fill: tuple[int, ...] = (0,)  # cutout's value per channel (the dataset's rounded mean)
-    robust: robust.AugmentPolicy | None = None  # noise, blur, JPEG, light: research.augment
+    robust: robust.AugmentPolicy | None = None  # noise, blur, JPEG, light: research.data.augment
     # Config.alternate_flip: example k flips in epoch e iff its seeded coin XOR (e odd); the
     # epoch of stream position i is i // epoch_examples
     alternate_flip: bool = False
@@ -75,7 +75,7 @@ class Augmentation:
 
 
 def robust_policy(config: Config) -> robust.AugmentPolicy | None:
-    """The research.augment policy `config.robust_augment` names (None: 'none')."""
+    """The research.data.augment policy `config.robust_augment` names (None: 'none')."""
     if config.robust_augment not in ROBUST_POLICIES:
         raise ValueError(
             f"Unknown robust_augment {config.robust_augment!r}; choose one of "

@@ -1,6 +1,6 @@
 """Datasets as uint8 numpy arrays, read without TensorFlow.
 
-The device-resident input mode (research.device_input) keeps a whole split in accelerator
+The device-resident input mode (research.data.device_input) keeps a whole split in accelerator
 memory; this module gives it the split, from whichever source is at hand:
 
 - a prepared tfds dataset (`source=None`; needs TensorFlow, as the tf.data path does),
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from research import configs
-from research.errors import DataNotFoundError
-from research.image_folder import IMAGE_SUFFIXES, list_image_folder, match_class
+from research.data.folders import IMAGE_SUFFIXES, list_image_folder, match_class
+from research.serving.errors import DataNotFoundError
 
 DEFAULT_VALIDATION_PER_CLASS = 500
 IDX_PATTERNS = {
@@ -159,7 +159,7 @@ def _decoded(
 
 
 def _from_tfds(dataset: str, split: str, data_dir: str | None, limit: int | None) -> ArraySplit:
-    from research import datasets  # TensorFlow
+    from research.data import datasets  # TensorFlow
 
     info = datasets.get_info(dataset, data_dir)
     ds = datasets.load_split(dataset, split, data_dir)

@@ -12,12 +12,12 @@ import dataclasses
 import math
 from typing import Any
 
-from research.errors import IncompatibleModelError
+from research.serving.errors import IncompatibleModelError
 
 # The layout of the record in the meta JSON. Checkpoints from before the field was added
 # have every field below but `record_format`, and are read as format 1.
 RECORD_FORMAT = 1
-# What `unknown_threshold` compares against (defined in research.calibration).
+# What `unknown_threshold` compares against (defined in research.serving.calibration).
 UNKNOWN_SCORES = (
     "max_softmax",
     "energy",
@@ -44,7 +44,7 @@ class ServingRecord:
     temperature: float = 1.0  # logits are divided by it before the softmax (1: uncalibrated)
     unknown_threshold: float | None = None  # a score below it answers "unknown"; None: never
     unknown_score: str = "max_softmax"  # which score (UNKNOWN_SCORES); all but the first two
-    # need the feature statistics research.model_dir stores beside the record
+    # need the feature statistics research.serving.model_dir stores beside the record
     translate_tta: bool = False  # and over 1-pixel shifts (models.tta_views)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # training Config.to_dict()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # eval_accuracy, ...

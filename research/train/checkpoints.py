@@ -3,7 +3,7 @@
 Every checkpoint holds three items: 'model' (parameters and batch statistics: all inference
 needs), 'train' (optimizer, RNG and lookahead state: what resuming needs besides) and 'meta'
 (the `ServingRecord`, with the training config and metrics). Reading model directories without
-JAX is research.model_dir's job; this module writes them and restores a run into its state.
+JAX is research.serving.model_dir's job; this module writes them and restores a run into its state.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from research import configs, models
+from research import configs
 from research.configs import Config
-from research.errors import IncompatibleModelError
-from research.optim import Lookahead
-from research.record import ServingRecord
+from research.nets import models
+from research.serving.errors import IncompatibleModelError
+from research.serving.record import ServingRecord
+from research.train.optim import Lookahead
 
 log = logging.getLogger(__name__)
 

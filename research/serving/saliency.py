@@ -1,10 +1,10 @@
 """Where the model looked: a saliency heatmap over the original image, for its top class.
 
-    from research import saliency
+    from research.serving import saliency
     heat = saliency.explain(classifier, Image.open("cat.jpg"))   # float32 [H0, W0] in [0, 1]
     saliency.overlay(Image.open("cat.jpg"), heat).save("where.png")
 
-Two methods, both on the exact pixels the model sees (`research.inference.preprocess_image`)
+Two methods, both on the exact pixels the model sees (`research.serving.preprocess.preprocess_image`)
 and for the class it ranks first (with the record's test-time augmentation, as `predict`):
 
 - ``gradcam``: Grad-CAM (Selvaraju et al., 2017) on the output of the last convolutional block:
@@ -41,8 +41,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from research import layers, models
-from research.inference import ImageLike, preprocess_image, upright
+from research.nets import layers, models
+from research.serving.preprocess import ImageLike, preprocess_image, upright
 
 METHODS = ("gradcam", "grad_input")
 # Grad-CAM: its hottest pixels are the ones the model depends on (below), and it is faster.

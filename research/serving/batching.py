@@ -28,6 +28,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+# Compiled batch sizes: a request of n images runs in the smallest bucket >= n (zero-padded),
+# larger requests in chunks of the largest, so no new image count or size ever recompiles.
+BATCH_BUCKETS = (1, 8, 32, 128)
+
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
