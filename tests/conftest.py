@@ -9,8 +9,8 @@ from flax import nnx
 
 from research import configs
 from research.nets import models
-from research.train.checkpoints import serving_record
 from research.serving.classifier import Classifier
+from research.train.checkpoints import serving_record
 
 CIFAR10_CLASSES = configs.DATASETS["cifar10"].class_names
 FASHION_MNIST_CLASSES = configs.DATASETS["fashion_mnist"].class_names

@@ -350,7 +350,7 @@ AIRBENCH94_MUON_RECIPE: dict[str, Any] = dict(
     # airbench's tta_level 2, as airbench94_muon evaluates: the image and its mirror, also
     # shifted a pixel up-left and down-right. +0.2-0.4 points on validation for the same
     # weights; serving one image costs 9.4 ms instead of 4.8 on this CPU (README, Results;
-    # benchmarks/serve_tta.py).
+    # benchmarks/serving/serve_tta.py).
     translate_tta=True,
 )
 

@@ -5,7 +5,7 @@ respect to the input and the kernel). A stride-1 convolution can instead be writ
 the ``kh * kw`` shifted copies of the padded input are concatenated on the channel axis and
 multiplied by the kernel reshaped to ``[kh * kw * in, out]``. That is one large matmul forward,
 and its automatic derivative is two matmuls plus slices and pads, all of which XLA:CPU runs
-well. ``benchmarks/conv.py`` measures the difference at the layer shapes our models use.
+well. ``benchmarks/training/conv.py`` measures the difference at the layer shapes our models use.
 
 ``Conv`` has the same parameters (names, shapes, layout, default initialisers) as
 ``nnx.Conv`` with 2-d ``kernel_size``, so checkpoints and code that read ``kernel``/``bias``
@@ -40,7 +40,7 @@ def resolve_impl(impl: Impl, backend: str | None = None) -> Literal["xla", "matm
     """Return the concrete implementation for `impl` on `backend` (default: JAX's default).
 
     'auto' is 'matmul' on CPU, where it beats XLA's convolution forward+backward on every layer
-    of airbench94 (1.1-2.6x on a quiet machine, `benchmarks/conv.py`; the 3x3-pixel last layer
+    of airbench94 (1.1-2.6x on a quiet machine, `benchmarks/training/conv.py`; the 3x3-pixel last layer
     is a tie), and 'xla' on GPU/TPU, whose native convolutions are fast (cuDNN, TPU MXU).
     """
     if impl not in IMPLS:
@@ -75,7 +75,7 @@ def resolve_compute_dtype(name: str, backend: str | None = None) -> ComputeDtype
     'auto' is bfloat16 (float32 accumulation, float32 parameters) on GPU and TPU, whose matrix
     units run bfloat16 several times faster, and on CPUs with bfloat16 instructions (AVX512-BF16,
     AMX, ARM BF16), where the training step of airbench94 runs 1.6x faster than in float32
-    (`benchmarks/torch_peer.py`); float32 on other CPUs, where XLA would emulate bfloat16.
+    (`benchmarks/training/torch_peer.py`); float32 on other CPUs, where XLA would emulate bfloat16.
     """
     if name == "auto":
         if (backend or jax.default_backend()) != "cpu":
@@ -176,7 +176,7 @@ def mixed_conv(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
 
     `x` (any float dtype, NHWC) and the float32 master `kernel` (HWIO) are rounded to bfloat16
     for the product. The backward pass is written by hand for XLA:CPU, where the automatic one
-    is slow (`benchmarks/profile_step.py`): it keeps only `x` (bfloat16) and recomputes the
+    is slow (`benchmarks/training/profile_step.py`): it keeps only `x` (bfloat16) and recomputes the
     patches; it sums the patches' gradient back into the input's (col2im) in float32, which
     XLA:CPU vectorises, rather than in bfloat16, which it widens element by element; and it
     writes both of its products in the plain [M, K] @ [K, N] form, the one XLA:CPU multiplies

@@ -14,7 +14,7 @@ and for the class it ranks first (with the record's test-time augmentation, as `
   times the pixels' distance from the dataset mean (the model's own zero), summed over channels,
   absolute value, blurred over 5x5 pixels. Finer, but in specks, on edges and bright spots.
 
-Which to show (`python benchmarks/saliency.py --deletion`): on 334 CIFAR-10 validation JPEGs,
+Which to show (`python -m benchmarks.serving.saliency --deletion`): on 334 CIFAR-10 validation JPEGs,
 replacing the hottest 10% (20%) of the model-input pixels with a blurred copy of the image
 lowers the top class's probability by 0.15 (0.31) for Grad-CAM, 0.09 (0.20) for gradient x
 input and 0.06 (0.18) for random pixels; on 300 Fashion-MNIST test images neither beats random

@@ -43,8 +43,7 @@ def trained(color_dataset, tmp_path_factory):
 
     -> (config, workdir, result of train_and_evaluate)
     """
-    from research import configs
-    from research import train
+    from research import configs, train
 
     name, data_dir = color_dataset
     workdir = tmp_path_factory.mktemp("run")

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 from research import calibrate
-from research.serving import calibration
 from research.data import datasets
-from research.serving import model_dir
+from research.evaluation import calibrate as calibrate_lib
 from research.evaluation import plots
-from research.serving.errors import IncompatibleModelError
-from research.serving.classifier import Classifier
+from research.serving import calibration, model_dir
 from research.serving.batching import BATCH_BUCKETS
+from research.serving.classifier import Classifier
+from research.serving.errors import IncompatibleModelError
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -280,8 +280,7 @@ def test_training_on_a_validation_split_stores_a_fitted_temperature_and_threshol
 ):
     """research.train, evaluating on 'validation', fits the temperature and the threshold on it
     and stores them in the chosen step's record."""
-    from research import configs
-    from research import train
+    from research import configs, train
 
     name, data_dir = color_dataset
     config = configs.get_config(
@@ -291,7 +290,7 @@ def test_training_on_a_validation_split_stores_a_fitted_temperature_and_threshol
     record = Classifier.load(tmp_path / "run").record
     assert record.temperature == pytest.approx(result["calibration"]["temperature"])
     assert record.temperature != 1.0 and record.unknown_threshold is not None
-    assert record.unknown_score == calibrate.TRAINING_SCORE
+    assert record.unknown_score == calibrate_lib.TRAINING_SCORE
 
 
 def test_with_report_split_test_it_fits_on_all_of_validation_and_reports_on_test():
@@ -317,7 +316,7 @@ def test_with_report_split_test_it_fits_on_all_of_validation_and_reports_on_test
     for name in ("noise", "flat"):
         outputs |= {f"{name}/{k}": v for k, v in split(50, 0.0).items() if k != "labels"}
         outputs[f"{name}/labels"] = np.zeros(0)
-    result = calibrate.calibrate(outputs, 3, scores=["max_softmax"])
+    result = calibrate_lib.calibrate(outputs, 3, scores=["max_softmax"])
     assert result["fit_split"] == "validation" and result["report_split"] == "test"
     fitted = calibration.fit_temperature(outputs["validation/logits"], outputs["validation/labels"])
     assert result["temperature"] == pytest.approx(fitted)

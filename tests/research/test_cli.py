@@ -70,7 +70,7 @@ def test_a_glibc_tunables_setting_already_made_is_left_as_it_is(tmp_path, chosen
 @glibc_only
 def test_a_machine_with_too_little_memory_keeps_glibcs_defaults(tmp_path, monkeypatch):
     """Below MIN_MEMORY the settings would hold more than the machine has: no re-execution."""
-    monkeypatch.setattr(cli, "MIN_MEMORY", runtime.physical_memory() + 1)
+    monkeypatch.setattr(runtime, "MIN_MEMORY", runtime.physical_memory() + 1)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setattr(os, "execve", lambda *args: pytest.fail(f"re-executed: {args[1]}"))
     runtime.exec_with_malloc_tunables()

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from research import data
+from research.data import __main__ as data
 
 CLASSES = ("ant", "bee", "cat")
 

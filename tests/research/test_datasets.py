@@ -11,9 +11,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from research import configs
-from research.data import datasets
+from research.data import datasets, importers
 from research.serving import errors
-from research.data import importers
 
 FASHION_MNIST_NAMES = (
     "T-shirt/top",

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 from conftest import write_color_folder  # tests/research/conftest.py
 
-from research.data import arrays
-from research import configs
-from research.data import device_input
-from research.data import pipeline
+from research import configs, train
+from research.data import arrays, device_input, pipeline
 from research.nets import models
-from research import train
 from research.serving.classifier import Classifier
 
 
@@ -283,8 +280,8 @@ def test_training_from_idx_files_needs_no_tensorflow(idx_folder, tmp_path):
         "import sys\n"
         "sys.modules['tensorflow'] = None\n"
         "sys.modules['tensorflow_datasets'] = None\n"
-        "from research import train\n"
-        f"sys.exit(train.main(['--dataset=fashion_mnist', '--input=device', "
+        "from research.train.__main__ import main\n"
+        f"sys.exit(main(['--dataset=fashion_mnist', '--input=device', "
         f"'--data_source={idx_folder}', '--model=baseline', '--widths=4,8,16', "
         f"'--batch_size=50', '--epochs=1', '--validation_per_class=5', "
         f"'--workdir={tmp_path / 'run'}']))\n"

@@ -17,11 +17,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 import research
-from research.train import distributed
-from research.serving import model_dir
+from research import configs, train
 from research.nets import models
-from research import train
+from research.serving import model_dir
 from research.serving.classifier import Classifier, build_model
+from research.train import distributed
 
 REPO = Path(research.__file__).resolve().parent.parent
 TIMEOUT = 300  # seconds a group of processes may take (generous: CI machines are slow)
@@ -115,7 +115,7 @@ def reference(color_dataset, tmp_path_factory):
     In float32: bfloat16 products round each process's half-batch differently, and 30 steps
     grow that past any tolerance that would still catch a wrong reduction."""
     name, data_dir = color_dataset
-    config = train.configs.get_config(
+    config = configs.get_config(
         "tiny", dataset=name, data_dir=data_dir, epochs=20.0, max_steps=30,
         keep_checkpoints=20,  # every step's metrics stay to compare
         compute_dtype="float32",

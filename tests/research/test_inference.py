@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from research.data import datasets
-from research.data import pipeline
-from research.serving import model_dir
+from research.data import datasets, pipeline
 from research.nets import models
-from research import train
-from research.serving.errors import IncompatibleModelError, ModelNotFoundError
-from research.serving.classifier import Classifier
-from research.serving.preprocess import preprocess, preprocess_image
+from research.serving import model_dir
 from research.serving.batching import BATCH_BUCKETS
+from research.serving.classifier import Classifier
+from research.serving.errors import IncompatibleModelError, ModelNotFoundError
+from research.serving.preprocess import preprocess, preprocess_image
 from research.serving.record import ServingRecord
 
 
@@ -54,7 +52,7 @@ def test_predict_matches_the_evaluation_path_on_the_same_images(trained, color_d
     clf = Classifier.load(workdir)
     eval_ds = pipeline.create_eval_dataset(config, "validation", (32, 32, 3))
     batch = next(pipeline.iterate_padded_batches(eval_ds, 16))
-    log_probs = train.eval_step(clf.model, batch["image"], clf.record.flip_tta)
+    log_probs = models.eval_step(clf.model, batch["image"], clf.record.flip_tta)
     expected = np.exp(np.asarray(log_probs, np.float64)[batch["mask"]])
     raw = [
         image for image, _ in datasets.load_split(name, "validation", data_dir).as_numpy_iterator()

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from research import evaluate
-from research import model_report
+from research.evaluation import metrics as evaluation_metrics
+from research.evaluation import report as model_report
+from research.serving import artifacts
 from research.serving.classifier import Classifier
 
 
@@ -23,14 +25,14 @@ def report(trained, color_dataset, tmp_path_factory):
     out = model_report.build_report(
         workdir, data_dir=data_dir, per_cell=2, out=tmp_path_factory.mktemp("report") / "r"
     )
-    return out, json.loads((out / model_report.REPORT_FILE).read_text())
+    return out, json.loads((out / artifacts.REPORT_FILE).read_text())
 
 
 def test_report_figures_equal_evaluate_on_the_validation_split(report, trained, color_dataset):
     """Accuracy, per-class accuracy and confusion are research.evaluate's on validation."""
     out, data = report
     _, workdir, _ = trained
-    metrics = evaluate.evaluate_split(
+    metrics = evaluation_metrics.evaluate_split(
         Classifier.load(workdir), "validation", data_dir=color_dataset[1]
     )
     assert data["split"] == "validation" and data["count"] == 12 == metrics["count"]
@@ -39,7 +41,7 @@ def test_report_figures_equal_evaluate_on_the_validation_split(report, trained, 
     assert data["per_class_accuracy"] == metrics["per_class_accuracy"]
     assert data["per_class_count"] == [4, 4, 4]
     assert data["parameters"] > 0 and data["size_bytes"] > 0
-    assert (out / model_report.CONFUSION_FILE).is_file()
+    assert (out / artifacts.CONFUSION_FILE).is_file()
 
 
 def test_every_kept_example_is_a_mistake_of_its_cell(report):
@@ -73,7 +75,7 @@ def test_curves_come_from_the_run_per_epoch(report, trained):
     for point in curves["points"]:
         assert point["train_loss"] is not None and point["train_accuracy"] is not None
     assert curves["points"][-1]["eval_accuracy"] == trained[2]["eval"]["accuracy"]
-    assert (out / model_report.CURVES_FILE).is_file()
+    assert (out / artifacts.CURVES_FILE).is_file()
 
 
 def test_scalars_file_as_training_names_them(tmp_path):
@@ -144,7 +146,7 @@ def test_evaluate_report_flag_writes_the_report(trained, color_dataset, capsys, 
         ]
     )
     assert code == 0
-    data = json.loads((workdir / "report" / model_report.REPORT_FILE).read_text())
+    data = json.loads((workdir / "report" / artifacts.REPORT_FILE).read_text())
     assert data["split"] == "validation" and data["curves"]["available"]
     assert evaluate.main(["--checkpoint", str(workdir), "--split", "train", "--report"]) == 1
     assert "validation" in capsys.readouterr().err

@@ -51,9 +51,7 @@ def test_resumed_iterator_continues_where_the_run_was(config):
 
 def test_each_epoch_is_a_new_permutation_of_whole_batches(config):
     """An epoch (60 examples, batch 16 -> 3 batches) reshuffles; labels stay balanced."""
-    batches = _take(
-        pipeline.create_train_iterator(config.replace(batch_size=20), mean=(0,) * 3), 6
-    )
+    batches = _take(pipeline.create_train_iterator(config.replace(batch_size=20), mean=(0,) * 3), 6)
     epoch1 = np.concatenate([b["label"] for b in batches[:3]])
     epoch2 = np.concatenate([b["label"] for b in batches[3:]])
     assert np.bincount(epoch1).tolist() == [20, 20, 20]

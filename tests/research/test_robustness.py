@@ -7,8 +7,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from research.data import corruptions
 from research import robustness
+from research.data import corruptions
+from research.evaluation import robustness as robustness_lib
 from research.serving.classifier import Classifier
 
 
@@ -60,8 +61,8 @@ def test_clean_accuracy_is_what_classifier_predict_gives(trained, color_dataset)
     _, workdir, _ = trained
     _, data_dir = color_dataset
     clf = Classifier.load(workdir)
-    images, labels = robustness.load_images(clf, "train", data_dir=data_dir, limit=12)
-    result = robustness.measure(clf, images, labels, names=["jpeg"])
+    images, labels = robustness_lib.load_images(clf, "train", data_dir=data_dir, limit=12)
+    result = robustness_lib.measure(clf, images, labels, names=["jpeg"])
     served = np.argmax(clf.predict(list(images)), axis=-1)
     assert result["clean_accuracy"] == np.mean(served == labels)
 

@@ -12,12 +12,11 @@ from flax import nnx
 from PIL import Image, ImageDraw, ImageOps
 
 from research import configs
-from research.serving import expectations
 from research.nets import models
-from research.serving import saliency
-from research.train.checkpoints import serving_record
+from research.serving import expectations, saliency
 from research.serving.classifier import Classifier
 from research.serving.preprocess import preprocess_image
+from research.train.checkpoints import serving_record
 
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[3] / "shared/datasets/cifar10-jpeg/train.tar.gz"
 

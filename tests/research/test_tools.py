@@ -11,17 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import configs
-from research import evaluate
-from research import export
-from research.serving import model_dir
-from research.nets import models
-from research.evaluation import plots
-from research import predict
+from research import configs, evaluate, export, predict
 from research.configs import get_config
-from research.serving.errors import DataNotFoundError
 from research.data.folders import list_image_folder
+from research.evaluation import export as export_lib
+from research.evaluation import metrics, plots
+from research.nets import models
+from research.serving import artifacts, model_dir
 from research.serving.classifier import Classifier
+from research.serving.errors import DataNotFoundError
 from research.serving.preprocess import preprocess
 from research.serving.record import ServingRecord
 
@@ -114,7 +112,7 @@ def test_image_folder_classes_match_model_names_up_to_case_punctuation_or_index(
     for folder in ("t_shirt_top", "TROUSER", "9", "Ankle boot"):
         (tmp_path / folder).mkdir()
         Image.new("L", (28, 28)).save(tmp_path / folder / "a.png")
-    files, split = evaluate.label_image_folder(tmp_path, names)
+    files, split = metrics.label_image_folder(tmp_path, names)
     assert split is None
     assert {path.parent.name: label for path, label in files} == {
         "t_shirt_top": 0,
@@ -129,20 +127,20 @@ def test_image_folder_with_splits_reads_validation_by_default_or_the_chosen_spli
     for split in ("train", "validation"):
         (tmp_path / split / "cat").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / f"{split}.png")
-    files, split = evaluate.label_image_folder(tmp_path, CIFAR10_CLASSES)
+    files, split = metrics.label_image_folder(tmp_path, CIFAR10_CLASSES)
     assert split == "validation" and [p.name for p, _ in files] == ["validation.png"]
-    files, split = evaluate.label_image_folder(tmp_path, CIFAR10_CLASSES, split="train")
+    files, split = metrics.label_image_folder(tmp_path, CIFAR10_CLASSES, split="train")
     assert [(p.name, label) for p, label in files] == [("train.png", 3)]
     with pytest.raises(ValueError, match="no split 'test'"):
-        evaluate.label_image_folder(tmp_path, CIFAR10_CLASSES, split="test")
+        metrics.label_image_folder(tmp_path, CIFAR10_CLASSES, split="test")
     with pytest.raises(ValueError, match="leave out --split"):
-        evaluate.label_image_folder(tmp_path / "train", CIFAR10_CLASSES, split="train")
+        metrics.label_image_folder(tmp_path / "train", CIFAR10_CLASSES, split="train")
 
 
 def test_folder_evaluation_feeds_the_model_what_serving_feeds_it(image_folder):
     """Evaluation's folder batches are research.serving.preprocess.preprocess of the same files."""
-    files, _ = evaluate.label_image_folder(image_folder, CIFAR10_CLASSES)
-    batch = next(evaluate._folder_batches(files[:6], (32, 32, 3), 8, skipped=[]))
+    files, _ = metrics.label_image_folder(image_folder, CIFAR10_CLASSES)
+    batch = next(metrics._folder_batches(files[:6], (32, 32, 3), 8, skipped=[]))
     served = preprocess([Image.open(path) for path, _ in files[:6]], (32, 32, 3))
     np.testing.assert_array_equal(batch["image"][:6], served)
     assert batch["mask"].tolist() == [True] * 6 + [False] * 2
@@ -154,7 +152,7 @@ def test_a_missing_image_folder_is_an_error_line(
 ):
     """A folder that does not exist is DataNotFoundError, and `error:` with status 1 from main."""
     with pytest.raises(DataNotFoundError, match="does not exist"):
-        evaluate.label_image_folder(tmp_path / "nope", CIFAR10_CLASSES)
+        metrics.label_image_folder(tmp_path / "nope", CIFAR10_CLASSES)
     args = ["--checkpoint", str(tiny_model_dir), "--image_folder", str(tmp_path / "nope")]
     assert evaluate.main(args) == 1
     err = capsys.readouterr().err
@@ -268,7 +266,7 @@ def test_export_round_trips_the_model_and_writes_a_model_card(
     jax.tree.map(np.testing.assert_array_equal, *weights)  # the tiny head starts at zero
     assert exported.record == classifier.record
     assert model_dir.pick_checkpoint(out)[2] == classifier.record
-    card = (out / export.CARD_NAME).read_text()
+    card = (out / artifacts.CARD_FILE).read_text()
     facts = ("cifar10", "10.00%", "`test`", command, "Trained on 2 cores.", "parameters")
     for fact in (*facts, "horizontal flip", classifier.record.version, "1 steps"):
         assert fact in card
@@ -292,7 +290,7 @@ def test_training_command_is_the_dataset_defaults_plus_the_overrides():
         flip_tta=False,
         config=config.to_dict(),
     )
-    assert export.training_command(record) == (
+    assert export_lib.training_command(record) == (
         "python -m research.train --dataset=fashion_mnist --widths=16,32,64 --epochs=3.0"
     )
 
@@ -322,6 +320,6 @@ def test_training_command_names_the_recipe_a_config_is_closest_to():
         class_names=tuple("0123456789"), image_shape=(32, 32, 3), mean=(1.0,) * 3,
         std=(1.0,) * 3, flip_tta=True, config=config.to_dict(),
     )  # fmt: skip
-    assert export.training_command(record) == (
+    assert export_lib.training_command(record) == (
         "python -m research.train --dataset=cifar10 --recipe=airbench94 --epochs=20.0"
     )

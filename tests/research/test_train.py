@@ -16,16 +16,14 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from research.train import checkpoints
-from research import configs
-from research.nets import layers
+from research import configs, train
+from research.nets import layers, models
 from research.serving import model_dir
-from research.nets import models
-from research.train import optim
-from research import train
-from research.serving.errors import IncompatibleModelError, NonFiniteLossError
 from research.serving.classifier import Classifier
+from research.serving.errors import IncompatibleModelError, NonFiniteLossError
 from research.serving.record import ServingRecord
+from research.train import __main__ as train_command
+from research.train import checkpoints, optim
 
 
 def _config(color_dataset, **overrides):
@@ -154,13 +152,13 @@ def test_step_counts_follow_epochs_batch_size_and_max_steps():
     """Steps per epoch drop the last partial batch; max_steps shortens the run, not the
     schedule; too large a batch is refused."""
     config = configs.get_config("tiny", batch_size=16, epochs=2.5, eval_every_epochs=0.5)
-    assert train.count_steps(config, 100) == train.StepCounts(
+    assert configs.count_steps(config, 100) == configs.StepCounts(
         per_epoch=6, schedule=15, total=15, eval_every=3
     )
-    short = train.count_steps(config.replace(max_steps=4), 100)
+    short = configs.count_steps(config.replace(max_steps=4), 100)
     assert (short.schedule, short.total) == (15, 4)
     with pytest.raises(ValueError, match="exceeds the 10 examples"):
-        train.count_steps(config, 10)
+        configs.count_steps(config, 10)
 
 
 def test_create_train_state_starts_fresh_or_resumes_the_latest_checkpoint(trained):
@@ -260,12 +258,11 @@ def test_non_finite_loss_stops_the_run_naming_the_step(color_dataset, tmp_path):
     config = _config(color_dataset, learning_rate=1e30, label_smoothing=0.0)
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         train.train_and_evaluate(config, tmp_path)
-    assert train.NonFiniteLossError is NonFiniteLossError  # still importable from train
 
 
 def test_cli_reports_bad_options_without_a_traceback(capsys):
     """Unknown model names fail with the list of valid ones and exit status 2."""
-    assert train.main(["--dataset=cifar10", "--model=resnet9000"]) == 2
+    assert train_command.main(["--dataset=cifar10", "--model=resnet9000"]) == 2
     assert "choose one of" in capsys.readouterr().err
 
 
@@ -365,7 +362,7 @@ def test_no_readable_checkpoint_is_an_error_naming_each(trained, tmp_path):
 
 
 def test_the_loops_functional_lookahead_pull_equals_lookahead_after_step(trained):
-    """The training loop pulls the lookahead's EMA on the split arrays (train._Stepper.pull);
+    """The training loop pulls the lookahead's EMA on the split arrays (train.Stepper.pull);
     the weights and the EMA it leaves are Lookahead.after_step's, bit for bit."""
     config, _, _ = trained
     model, opt, lookahead = _trained_a_little(config, seed=1)
@@ -376,7 +373,7 @@ def test_the_loops_functional_lookahead_pull_equals_lookahead_after_step(trained
         model=twin, opt=twin_opt, metrics=nnx.MultiMetric(loss=nnx.metrics.Average("loss")),
         lookahead=twin_lookahead, checkpoints=None, step=0, data_sharding=None, replicated=None,
     )  # fmt: skip
-    stepper = train._Stepper(state)
+    stepper = train.Stepper(state)
     decay = twin_lookahead.decay_at(step, 100)
     assert decay is not None and twin_lookahead.decay_at(step + 1, 100) is None
     twin_lookahead.ema = stepper.pull(twin_lookahead.ema, decay)
@@ -410,9 +407,9 @@ def test_microbatches_average_the_gradients_of_interleaved_slices():
         "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
     }
     graphdef, state = nnx.split(model)
-    loss, logits, grads = train._gradients(nnx.merge(graphdef, state), batch, 0.1, 2)
+    loss, logits, grads = train.compute_gradients(nnx.merge(graphdef, state), batch, 0.1, 2)
     halves = [{key: value[j::2] for key, value in batch.items()} for j in (0, 1)]
-    slices = [train._gradients(nnx.merge(graphdef, state), half, 0.1) for half in halves]
+    slices = [train.compute_gradients(nnx.merge(graphdef, state), half, 0.1) for half in halves]
     np.testing.assert_allclose(loss, (slices[0][0] + slices[1][0]) / 2, rtol=1e-5)
     np.testing.assert_allclose(logits[0::2], slices[0][1], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(logits[1::2], slices[1][1], rtol=1e-4, atol=1e-6)
@@ -420,7 +417,7 @@ def test_microbatches_average_the_gradients_of_interleaved_slices():
         *(jax.tree.leaves(t) for t in (grads, slices[0][2], slices[1][2])), strict=True
     ):
         np.testing.assert_allclose(g, (a + b) / 2, rtol=1e-4, atol=1e-6)
-    whole = train._gradients(nnx.merge(graphdef, state), batch, 0.1)
+    whole = train.compute_gradients(nnx.merge(graphdef, state), batch, 0.1)
     assert not np.allclose(whole[1], logits, atol=1e-3)  # ghost batch norm: not the same pass
 
 
@@ -496,7 +493,7 @@ def test_the_fast_math_step_equals_the_ieee_step_up_to_float_rounding(color_data
         "label": rng.integers(0, 3, config.batch_size).astype(np.int32),
     }
     outcomes = []
-    for step in (train.train_step, train._functional(train._host_update, compiler_options={})):
+    for step in (train.train_step, train.jit_step(train.train_update, compiler_options={})):
         state = train.create_train_state(
             config,
             None,
@@ -506,7 +503,7 @@ def test_the_fast_math_step_equals_the_ieee_step_up_to_float_rounding(color_data
             std=(64.0,) * 3,
             steps_per_epoch=4,
         )
-        stepper = train._Stepper(state)
+        stepper = train.Stepper(state)
         losses = [float(stepper(step, batch, label_smoothing=0.1)) for _ in range(2)]
         stepper.sync()
         outcomes.append((losses, jax.tree.leaves(nnx.state(state.model, nnx.Param))))

@@ -206,7 +206,7 @@ def test_export_names_folders_that_evaluate_maps_back_to_the_class(
     tmp_path, upload_file, image_bytes
 ):
     """'T-shirt/top' becomes the folder 'T-shirt_top', which research.evaluate reads as class 0."""
-    from research.evaluate import label_image_folder
+    from research.evaluation.metrics import label_image_folder
 
     _labelled(upload_file, image_bytes, "fashion_mnist", ["T-shirt/top"])
     call_command(
@@ -245,9 +245,8 @@ def test_export_refuses_a_split_that_is_not_a_folder_name(tmp_path):
 
 def test_feedback_round_trip_export_import_train_export_serve(tmp_path, upload_file, image_bytes):
     """Exported feedback imports beside original images, trains, exports and classifies."""
-    from research import export
+    from research import export, train
     from research.data import importers
-    from research import train
     from research.serving.classifier import Classifier
 
     _labelled(upload_file, image_bytes, "cifar10", [None, "cat", "ship", None])

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
-from research import examples
+from research.serving import artifacts, model_dir
 from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
 from uploads.models import Prediction
 
@@ -41,11 +41,11 @@ def live_browser():
 
 
 @pytest.fixture(scope="session")
-def shipped_examples(model_dirs) -> dict[str, list[examples.Example]]:
+def shipped_examples(model_dirs) -> dict[str, list[model_dir.Example]]:
     """Example files in the tiny models' directories, as research.examples writes them."""
     written = {}
     for name, directory in model_dirs.items():
-        folder = examples.examples_dir(directory)
+        folder = model_dir.examples_dir(directory)
         folder.mkdir(exist_ok=True)
         entries = []
         for index, (label, colour) in enumerate(
@@ -54,8 +54,8 @@ def shipped_examples(model_dirs) -> dict[str, list[examples.Example]]:
             file = f"{index:02d}-{label}-1.png"
             Image.new("RGB", (32, 32), colour).save(folder / file)
             entries.append({"file": file, "label": label})
-        (folder / examples.INDEX_FILE).write_text(json.dumps({"examples": entries}))
-        written[name] = examples.read_examples(directory)
+        (folder / artifacts.EXAMPLES_INDEX_FILE).write_text(json.dumps({"examples": entries}))
+        written[name] = model_dir.read_examples(directory)
     return written
 
 
@@ -254,7 +254,7 @@ def test_example_files_are_served_only_when_listed(client, shipped_examples, mod
     secret = Path(model_dirs["cifar10"]).parent / "secret.png"
     secret.write_bytes(b"\x89PNG secret")
     for path in [
-        f"/models/cifar10/examples/{examples.INDEX_FILE}",
+        f"/models/cifar10/examples/{artifacts.EXAMPLES_INDEX_FILE}",
         "/models/cifar10/examples/99-nothing-1.png",
         "/models/cifar10/examples/..%2F..%2Fsecret.png",
         "/models/cifar10/examples/%2e%2e/secret.png",

@@ -10,7 +10,8 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
-from research import model_report
+from research.evaluation import report as model_report
+from research.serving import artifacts
 from research.serving.classifier import Classifier
 from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (a fixture)
 from uploads import model_pages
@@ -47,7 +48,7 @@ def write_tiny_report(model: Path) -> Path:
         "confusion": confusion.tolist(),
     }
     return model_report.write_report(
-        model / model_report.REPORT_DIR,
+        model / artifacts.REPORT_DIR,
         clf,
         metrics,
         collector,

@@ -14,8 +14,7 @@ from django.urls import reverse
 from PIL import Image
 from rest_framework.test import APIClient
 
-from research.serving import expectations
-from research.serving import model_dir
+from research.serving import expectations, model_dir
 from research.serving.classifier import Classifier
 from uploads import classifiers, services
 from uploads.models import Feedback, Prediction

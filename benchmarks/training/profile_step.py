@@ -1,12 +1,12 @@
 """Where the time of our train step goes on the CPU, by operation class.
 
-    python benchmarks/profile_step.py                               # airbench94, batch 1024
-    python benchmarks/profile_step.py --compute_dtype=bfloat16 --steps=5
-    python benchmarks/profile_step.py --batch_size=256 --trace_dir=/tmp/step_trace
+    python -m benchmarks.training.profile_step                               # airbench94, batch 1024
+    python -m benchmarks.training.profile_step --compute_dtype=bfloat16 --steps=5
+    python -m benchmarks.training.profile_step --batch_size=256 --trace_dir=/tmp/step_trace
 
 Takes the same flags as `python -m research.train` (any Config field, --compute_dtype among them
 where the Config has it). Runs the training loop's compiled step (train.host_step) on the state
-training builds, exactly as benchmarks/train_speed.py times it, under `jax.profiler.trace`, with
+training builds, exactly as benchmarks/training/train_speed.py times it, under `jax.profiler.trace`, with
 XLA's optimized HLO of the step dumped beside the trace. XLA:CPU records one trace event per
 thunk, and each thunk is an instruction of the HLO's entry computation: a fusion, a dot, a
 concatenate, a copy... Each is put in one class by what it computes (its opcode, the ops fused
@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import train_speed  # benchmarks/: the README's training measurement, shared
+from benchmarks.training import train_speed
 from train_speed import STEPS_PER_EPOCH, measure_train
 
+from research import configs, train
 from research.configs import runtime
-from research import configs
-from research import train
+from research.train import __main__ as train_command
 
 CONV = "convolution / dot"
 NORM = "batch norm (statistics, normalize)"
@@ -363,8 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse_args(argv: Sequence[str] | None):
-    parser = train.build_parser()
-    parser.prog = "python benchmarks/profile_step.py"
+    parser = train_command.build_parser()
+    parser.prog = "python -m benchmarks.training.profile_step"
     parser.description = __doc__.split("\n")[0]
     parser.add_argument("--steps", type=int, default=3, help="timed train steps traced")
     parser.add_argument("--top", type=int, default=10, help="costliest thunks listed")

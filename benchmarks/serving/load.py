@@ -2,17 +2,17 @@
 
 Starts deploy/run-local.sh (nginx in front of gunicorn, production settings, the shipped
 models, a fresh SQLite database and MEDIA_ROOT in a temporary folder, `warmup_models` first so
-the JAX compilation cache is warm), then runs benchmarks/locustfile.py headless for each
+the JAX compilation cache is warm), then runs benchmarks/serving/locustfile.py headless for each
 number of users, first with batched serving off (DJANGO_CLASSIFIER_MAX_BATCH=0), then on (the
 settings' defaults), and prints per run: requests/s, p50/p95/p99 (all answers, and valid uploads),
 answers by status, errors that are not 4xx (must be 0), rows added against 201s, and at the
 end the files under MEDIA_ROOT that no row owns (must be 0).
 
-    python -m benchmarks.load                              # 1, 8 and 32 users, 60 s each
-    python -m benchmarks.load --users 1 8 32 --seconds 30  # batching off, then on: one table
-    python -m benchmarks.load --batching on                # one mode only
-    python -m benchmarks.load --users 8 --seconds 30 --max-requests 300   # workers recycle
-    python -m benchmarks.load --database-url postgres://user:pw@127.0.0.1/db   # empty db
+    python -m benchmarks.serving.load                              # 1, 8 and 32 users, 60 s each
+    python -m benchmarks.serving.load --users 1 8 32 --seconds 30  # batching off, then on: one table
+    python -m benchmarks.serving.load --batching on                # one mode only
+    python -m benchmarks.serving.load --users 8 --seconds 30 --max-requests 300   # workers recycle
+    python -m benchmarks.serving.load --database-url postgres://user:pw@127.0.0.1/db   # empty db
 
 Needs nginx (Debian: apt-get install nginx) and locust (pip install -e '.[load]'). The
 client runs on the same machine as the server: on few cores they share the CPUs.
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.web import METRICS_TOKEN, images_per_pass, scrape_metrics
+from benchmarks.serving.web import METRICS_TOKEN, images_per_pass, scrape_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 600
 
@@ -156,7 +156,7 @@ def media_report(env: dict[str, str]) -> dict:
 def run_locust(port: int, users: int, seconds: int, workdir: Path, env: dict) -> dict:
     results = workdir / f"locust-{users}.json"
     command = [
-        sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
+        sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "serving" / "locustfile.py"),
         "--headless", "--only-summary", "--users", str(users), "--spawn-rate", str(users),
         "--run-time", f"{seconds}s", "--stop-timeout", "30", "--host", f"http://{HOST}:{port}",
     ]  # fmt: skip

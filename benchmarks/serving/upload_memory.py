@@ -7,8 +7,8 @@ posts one request. Prints the idle RSS, the peak above it, the status and the ti
 Linux only. The cases are the worst the issue found: ten 6300x6300 PNGs of a few KB each
 (refused now) and the worst accepted requests under the default limits.
 
-    python -m benchmarks.upload_memory                       # the shipped models
-    python -m benchmarks.upload_memory --cases worst_accepted_png
+    python -m benchmarks.serving.upload_memory                       # the shipped models
+    python -m benchmarks.serving.upload_memory --cases worst_accepted_png
 
 Target: the worst accepted request peaks <= 300 MB above idle.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 MB = 1024 * 1024
 
 
@@ -60,7 +60,6 @@ def _setup(workdir: Path) -> None:
     os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'db.sqlite3'}"
     os.environ["DJANGO_MEDIA_ROOT"] = str(workdir / "media")
     os.environ.setdefault("DJANGO_API_THROTTLE_RATE", "100000/min")
-    sys.path.insert(0, str(ROOT))
     import django
     from django.core.management import call_command
 

@@ -2,8 +2,8 @@
 (preprocessing, the views' forwards, the unknown score), the model's record with and without
 `translate_tta`, the same weights, calls alternating so that machine drift falls on both alike.
 
-    python benchmarks/serve_tta.py                              # models/cifar10
-    python benchmarks/serve_tta.py --checkpoint models/fashion_mnist --calls 100
+    python -m benchmarks.serving.serve_tta                              # models/cifar10
+    python -m benchmarks.serving.serve_tta --checkpoint models/fashion_mnist --calls 100
 
 Prints the median milliseconds of each and their ratio. Run it alone: two cores.
 """
@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from research.serving.classifier import Classifier  # noqa: E402
+from research.serving.classifier import Classifier
 
 WARMUP = 5  # the first calls compile each image-size bucket
 

@@ -1,13 +1,13 @@
 """Locust load for the site: valid and hostile uploads mixed with reads, as visitors send them.
 
-Run by benchmarks/load.py against nginx + gunicorn; alone:
+Run by benchmarks/serving/load.py against nginx + gunicorn; alone:
 
-    locust -f benchmarks/locustfile.py --headless -u 8 -r 8 -t 60s --host http://127.0.0.1:8080
+    locust -f benchmarks/serving/locustfile.py --headless -u 8 -r 8 -t 60s --host http://127.0.0.1:8080
 
 Each task says what answer it expects: a valid upload 201, a hostile one a 4xx, a read 200
 (or 404 where the privacy rules may hide a row). Anything else counts as a failure in locust.
 With LOAD_RESULTS=path, every answer's status and time is written there as JSON at the end
-(benchmarks/load.py reads it for the percentiles, the counts by status and rows == 201s).
+(benchmarks/serving/load.py reads it for the percentiles, the counts by status and rows == 201s).
 """
 
 import io

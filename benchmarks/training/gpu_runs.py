@@ -2,12 +2,12 @@
 CUDA start-up and the decoding of the JPEG folder (cached by research.data.arrays) are paid once,
 not once a command, so a few minutes of device time hold more runs.
 
-    python benchmarks/gpu_runs.py DATA OUT [RUN ...] [--extra=--max_steps=2]
+    python -m benchmarks.training.gpu_runs DATA OUT [RUN ...] [--extra=--max_steps=2]
 
 DATA is a CIFAR-10 image folder (`research.data import-folder`'s layout: class/image, the last
 500 of each class held out for validation); OUT receives each run's results.json as
 NAME.json, with its argv under 'argv' and its metrics.jsonl rows under 'metrics'. Each run
-is `research.train.main(argv)`, the command's own entry point, with `--input=device
+is `research.train.__main__.main(argv)`, the command's own entry point, with `--input=device
 --data_source=DATA --workdir=<tmp>/NAME` added. Runs (default: all, in order):
 """
 
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from research import train
+from research.train import __main__ as train_command
 
 QUIET = ["--checkpoint_every_steps=100000"]  # a checkpoint only with an evaluation
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print(f"=== {time.strftime('%T')} {name}: {' '.join(command)}", flush=True)
             try:
-                rc = train.main(command)
+                rc = train_command.main(command)
             except Exception as error:  # the next runs still run
                 print(f"=== {name}: failed: {error!r}", flush=True)
                 rc = 1

@@ -1,7 +1,7 @@
 """Time research.serving.saliency.explain per image on the shipped models, both methods.
 
-    python benchmarks/saliency.py                        # models/cifar10 and models/fashion_mnist
-    python benchmarks/saliency.py --runs 100 --models models/cifar10
+    python -m benchmarks.serving.saliency                        # models/cifar10 and models/fashion_mnist
+    python -m benchmarks.serving.saliency --runs 100 --models models/cifar10
 
 Each call is one image through `explain` as serving makes it: EXIF orientation, preprocessing,
 the jitted heatmap, normalisation and the bilinear resize to the original size. Images are
@@ -11,7 +11,7 @@ upload. The first call (compilation) is timed apart; the figure is the median ov
 For comparison, `predict` of the same single image. Methods run alternately, so load from other
 processes hits both alike.
 
-    python benchmarks/saliency.py --deletion [--fashion-idx DIR]
+    python -m benchmarks.serving.saliency --deletion [--fashion-idx DIR]
 
 measures instead which map points at what the model uses: the hottest 10% and 20% of the
 model-input pixels are replaced by a Gaussian-blurred copy of the image (radius 3), and the
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import os
 import statistics
 import tarfile
 import time
@@ -38,7 +39,8 @@ from research.serving import saliency
 from research.serving.classifier import Classifier
 from research.serving.preprocess import preprocess_image
 
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg/train.tar.gz"
+# CIFAR-10 JPEGs (a tar of class/image files); random images where it is absent.
+ARCHIVE = Path(os.environ.get("CIFAR10_JPEG_ARCHIVE", "cifar10-jpeg/train.tar.gz"))
 
 
 def load_images(count: int, first: str = "4500") -> list[Image.Image]:

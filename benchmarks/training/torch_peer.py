@@ -1,13 +1,13 @@
 """Our train step beside the same network's in PyTorch: train images/s and their ratio.
 
     pip install -e '.[bench]'        # CPU torch (2.13.0, taken from this machine's local wheel)
-    python benchmarks/torch_peer.py                       # 3 rounds of 3 steps, batch 1024
-    python benchmarks/torch_peer.py --steps=5 --repeats=5 --threads=2
+    python -m benchmarks.training.torch_peer                       # 3 rounds of 3 steps, batch 1024
+    python -m benchmarks.training.torch_peer --steps=5 --repeats=5 --threads=2
 
 The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths 64/256/256,
 a 2x2 stem with a bias, conv-pool-norm-GELU-conv-norm-GELU blocks, batch norm with a bias but no
 scale, global max pooling, a bias-free head scaled by 1/9), written in PyTorch as airbench94.py
-writes it (/work/shared/peers/gpu/airbench94_torch.py): NCHW tensors in channels_last, the stem's
+writes it (its airbench94_torch.py): NCHW tensors in channels_last, the stem's
 kernel frozen, Nesterov SGD with batch-norm biases at a higher rate, cross-entropy with label
 smoothing. One difference from airbench94.py: GELU is the tanh approximation, as ours is. The
 PyTorch step starts from uint8 NHWC images, as ours does (normalising and transposing them is
@@ -22,7 +22,7 @@ figure is the median images/s over the rounds. Both run on the same random uint8
 CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
 
 Both run with the glibc allocator settings `python -m research.train` runs with
-(research.configs.runtime.MALLOC_TUNABLES; `GLIBC_TUNABLES= python benchmarks/torch_peer.py` runs both
+(research.configs.runtime.MALLOC_TUNABLES; `GLIBC_TUNABLES= python -m benchmarks.training.torch_peer` runs both
 without them).
 """
 
@@ -36,14 +36,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-import train_speed  # benchmarks/: the README's training measurement, shared
+from benchmarks.training import train_speed
 from train_speed import STEPS_PER_EPOCH, time_calls
 
-from research.configs import runtime
-from research import configs
+from research import configs, train
+from research.configs import Config, runtime
 from research.nets import models
-from research import train
-from research.configs import Config
 
 WARMUP_STEPS = train_speed.WARMUP_STEPS
 DATASET = "cifar10"
@@ -246,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/torch_peer.py", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.training.torch_peer", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--steps", type=int, default=3, help="consecutive steps per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")

@@ -2,8 +2,8 @@
 convolutions: what `layers.xla_conv`'s bfloat16 product buys (GPU, TPU; on a CPU the step uses
 im2col unless `--conv_impl=xla`, and XLA:CPU widens bfloat16 convolutions to float32).
 
-    python benchmarks/gpu_step.py [--steps 60] [--rounds 3] [--recipes airbench94,airbench94_muon]
-    python benchmarks/gpu_step.py --conv_impl=xla --batch_size=32 --steps=2  # CPU smoke test
+    python -m benchmarks.training.gpu_step [--steps 60] [--rounds 3] [--recipes airbench94,airbench94_muon]
+    python -m benchmarks.training.gpu_step --conv_impl=xla --batch_size=32 --steps=2  # CPU smoke test
 
 For each recipe (`--recipe` names; airbench94: batch 1024; airbench94_muon: 2,000 images in one
 pass) and each variant, the loop's compiled step (`train.device_train_step`, the
@@ -38,11 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research import configs
+from research import configs, train
 from research.data import device_input
-from research.train import distributed
 from research.nets import layers
-from research import train
+from research.train import distributed
 
 TRAIN_EXAMPLES = 45_000  # CIFAR-10's training split after the 5,000 held out for validation
 IMAGE_SHAPE = (32, 32, 3)
@@ -122,8 +121,8 @@ class Bench:
             spec.mean,
             epoch_examples=self.order.steps_per_epoch * self.config.batch_size,
         )
-        self.step_fn = train._functional(train._device_update)  # its own trace of this conv
-        self.stepper = train._Stepper(self.state)
+        self.step_fn = train.jit_step(train.device_train_update)  # its own trace of this conv
+        self.stepper = train.Stepper(self.state)
         self.done = 0
 
     @contextlib.contextmanager

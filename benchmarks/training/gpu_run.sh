@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's training on one GPU beside airbench94 on the same card and data, in one call.
 #
-#   bash benchmarks/gpu_run.sh PEERS_DIR OUT_DIR [FASHION_MNIST_IDX_DIR]
+#   bash benchmarks/training/gpu_run.sh PEERS_DIR OUT_DIR [FASHION_MNIST_IDX_DIR]
 #
 # PEERS_DIR holds airbench's scripts (prepare_data.py, airbench94_torch.py) and the CIFAR-10
 # JPEG copy's train.tar.gz; OUT_DIR receives the log and the exported models. Needs only
@@ -12,7 +12,7 @@
 # How it ran (the `device` tool of this workplace; the folders are git-ignored and carried):
 #   mkdir -p .peers/fmnist && cp ../shared/peers/gpu/*.py ../shared/datasets/cifar10-jpeg/train.tar.gz .peers/
 #   cp /usr/share/datasets/fashion-mnist/train-* .peers/fmnist/
-#   bash benchmarks/gpu_run.sh .peers "$OUT" .peers/fmnist
+#   bash benchmarks/training/gpu_run.sh .peers "$OUT" .peers/fmnist
 #
 # Runs, all the real `python -m research.train` command on the 45,000/5,000 split that
 # `research.data import-folder` makes (last 500 of each class held out for validation):

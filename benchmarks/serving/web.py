@@ -8,10 +8,10 @@ does so twice in one run, with batched serving off (DJANGO_CLASSIFIER_MAX_BATCH=
 (the settings' defaults), so the ratio compares like with like; the server's /metrics gives
 the mean images per forward pass. Everything is bounded.
 
-    python -m benchmarks.web                                   # the shipped models/cifar10
-    python -m benchmarks.web --model-dir /tmp/tiny/cifar10     # any exported model
-    python -m benchmarks.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2 --threads 4
-    python -m benchmarks.web --batching on                     # one mode only
+    python -m benchmarks.serving.web                                   # the shipped models/cifar10
+    python -m benchmarks.serving.web --model-dir /tmp/tiny/cifar10     # any exported model
+    python -m benchmarks.serving.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2 --threads 4
+    python -m benchmarks.serving.web --batching on                     # one mode only
 
 Targets on the 2-core development machine: p50 <= 30 ms (32x32 PNG), <= 60 ms (1 MP JPEG),
 >= 50 requests/s with zero errors.
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 300
 

@@ -1,8 +1,8 @@
 """Speed of a config: training and evaluation images/s, predict latency, input pipeline images/s.
 
-    python benchmarks/train_speed.py --dataset=cifar10              # the README's figures
-    python benchmarks/train_speed.py --dataset=fashion_mnist --batch_size=256 --steps=10
-    python benchmarks/train_speed.py --dataset=cifar10 --checkpoint=models/cifar10
+    python -m benchmarks.training.train_speed --dataset=cifar10              # the README's figures
+    python -m benchmarks.training.train_speed --dataset=fashion_mnist --batch_size=256 --steps=10
+    python -m benchmarks.training.train_speed --dataset=cifar10 --checkpoint=models/cifar10
 
 Takes the same flags as `python -m research.train` (any Config field). Training and evaluation
 run the training loop's compiled step (train.host_step) and the jitted eval_step on the state
@@ -32,16 +32,20 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from research.train import checkpoints
-from research.configs import runtime
-from research import configs
-from research.data import datasets
-from research.data import pipeline
+from research import (
+    configs,
+    train,  # noqa: E402
+)
+from research.configs import (
+    Config,  # noqa: E402
+    runtime,
+)
+from research.data import datasets, pipeline
 from research.nets import models
-from research import train  # noqa: E402
-from research.configs import Config  # noqa: E402
-from research.serving.errors import DataNotFoundError  # noqa: E402
 from research.serving.classifier import Classifier  # noqa: E402
+from research.serving.errors import DataNotFoundError  # noqa: E402
+from research.train import __main__ as train_command  # noqa: E402
+from research.train import checkpoints
 
 WARMUP_STEPS = 2  # the first compiles; the second settles allocations
 # The schedule's length sets learning rates, not the cost of a step.
@@ -270,8 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = train.build_parser()
-    parser.prog = "python benchmarks/train_speed.py"
+    parser = train_command.build_parser()
+    parser.prog = "python -m benchmarks.training.train_speed"
     parser.description = __doc__.split("\n")[0]
     parser.add_argument("--steps", type=int, default=5, help="timed train and eval steps")
     parser.add_argument("--predict_runs", type=int, default=30, help="timed predict calls")
