@@ -7,10 +7,13 @@ calibration (ECE over 15 bins, NLL, Brier score) at T=1 and at the record's temp
 
 A tfds split goes through training's evaluation path (input_pipeline + train.evaluate_model);
 an image folder (class/image, or split/class/image, listed by research.data.folders) goes through
-research.serving.preprocess.preprocess_image, the serving preprocessing. Both apply the model's serving
+research.serving.preprocess.preprocess_image, the serving preprocessing. Both apply the model's
+serving
 record (test-time flip, temperature) and write metrics.json, confusion.png and reliability.png
-(drawn by research.evaluation.plots) to --out (default: <checkpoint>/eval_<split>/). Calibration figures
-use research.serving.calibration's definitions, the ones research.calibrate fits with. With --report,
+(drawn by research.evaluation.plots) to --out (default: <checkpoint>/eval_<split>/). Calibration
+figures
+use research.serving.calibration's definitions, the ones research.calibrate fits with. With
+--report,
 the same pass also writes <checkpoint>/report/, what the model's web page shows
 (research.model_report: per-class accuracy, confusion cells' examples, training curves).
 """

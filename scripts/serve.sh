@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # Sets up and starts the site on a fresh Debian machine with Python 3.11: a virtualenv with the
-# project, the SQLite database migrated, the shipped models checked and compiled, then the
-# development server on http://127.0.0.1:${PORT:-8000}/ . Safe to run again.
+# project (as uv.lock pins it), the SQLite database migrated, the shipped models checked and
+# compiled, then the development server on http://127.0.0.1:${PORT:-8000}/ . Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+bash scripts/install.sh  # .venv, exactly as uv.lock pins it
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-classifier_site.settings.dev}"
 # Debug off: friendly error pages and JSON errors under /api/, static files through WhiteNoise.
@@ -20,7 +18,7 @@ cat <<MSG
 
   The site is starting on http://127.0.0.1:${PORT:-8000}/  (the API: /api/predict, /api/models)
   Admin: create a user with  .venv/bin/python manage.py createsuperuser  then open /admin/
-  Stop with Ctrl-C. For production, see "The web product" in README.md (gunicorn).
+  Stop with Ctrl-C. For production, see docs/deployment.md (nginx + gunicorn).
 
 MSG
 exec .venv/bin/python manage.py runserver "127.0.0.1:${PORT:-8000}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine, then runs it:
 # Chromium for the browser test, nginx for the front-server test and PostgreSQL (apt, as root),
-# a virtualenv with the project and its dev and postgres extras (pip), ruff, and pytest; then
-# the web suite a second time against a real PostgreSQL server (DATABASE_URL). Without root or
+# a virtualenv with the project and its dev and postgres extras as uv.lock pins them, ruff,
+# import-linter and pytest; then the web suite a second time against a real PostgreSQL server (DATABASE_URL). Without root or
 # apt, what is missing is skipped with a note, never a failure. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,12 +25,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,postgres]'
+bash scripts/install.sh dev postgres  # .venv, exactly as uv.lock pins it
 
+.tools/bin/uv lock --check  # the lock still matches pyproject.toml
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports  # the import rules of docs/architecture.md (pyproject.toml)
 .venv/bin/python -m pytest "$@"
 
 # PostgreSQL: Debian's cluster, started here, with a role that may create the test database.

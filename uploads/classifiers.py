@@ -151,7 +151,8 @@ def get_classifier(name: str):
 def get_batcher(name: str) -> Batcher:
     """Return the process-wide batcher of a model (loading the model on first use): its
     submit(model_inputs) answers like Classifier.classify_arrays, sharing one forward pass
-    among concurrent requests (research.serving.batching). settings.CLASSIFIER_MAX_BATCH rows at most
+    among concurrent requests (research.serving.batching). settings.CLASSIFIER_MAX_BATCH rows at
+    most
     per pass, rounded down to a compiled batch bucket (0 or 1: no batching), and a leader
     waits up to settings.CLASSIFIER_BATCH_WAIT_MS for more requests.
     """

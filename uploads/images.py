@@ -6,7 +6,8 @@ format allow-list, pixel count per image (which also stops decompression bombs) 
 at once per process, JPEGs at a reduced scale (`Image.draft`), and an image larger than
 `UPLOAD_STORED_MAX_SIDE` is shrunk to it right after decoding: a 32x32 classifier never needs
 more, and memory stays bounded. The decoded (and so shrunk) first frame goes to the classifier:
-research.serving.classifier alone turns an image into the model's input (orientation, mode, size). What
+research.serving.classifier alone turns an image into the model's input (orientation, mode, size).
+What
 is stored and shown is re-encoded from those pixels: upright (EXIF orientation), colours
 converted to sRGB from an embedded ICC profile, in a mode PNG and JPEG hold (RGB, RGBA or L),
 and without metadata (no EXIF, ICC profile, comment or text chunk survives).

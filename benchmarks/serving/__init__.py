@@ -1,1 +1,2 @@
-"""Serving benchmarks: `python -m benchmarks.serving.<name>` (web, load, saliency, serve_tta, upload_memory)."""
+"""Serving benchmarks: `python -m benchmarks.serving.<name>` (web, load, saliency, serve_tta,
+upload_memory)."""

@@ -9,7 +9,8 @@ answers by status, errors that are not 4xx (must be 0), rows added against 201s,
 end the files under MEDIA_ROOT that no row owns (must be 0).
 
     python -m benchmarks.serving.load                              # 1, 8 and 32 users, 60 s each
-    python -m benchmarks.serving.load --users 1 8 32 --seconds 30  # batching off, then on: one table
+    python -m benchmarks.serving.load --users 1 8 32 --seconds 30  # batching off, then on: one
+    table
     python -m benchmarks.serving.load --batching on                # one mode only
     python -m benchmarks.serving.load --users 8 --seconds 30 --max-requests 300   # workers recycle
     python -m benchmarks.serving.load --database-url postgres://user:pw@127.0.0.1/db   # empty db
@@ -156,7 +157,8 @@ def media_report(env: dict[str, str]) -> dict:
 def run_locust(port: int, users: int, seconds: int, workdir: Path, env: dict) -> dict:
     results = workdir / f"locust-{users}.json"
     command = [
-        sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "serving" / "locustfile.py"),
+        sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "serving" /
+        "locustfile.py"),
         "--headless", "--only-summary", "--users", str(users), "--spawn-rate", str(users),
         "--run-time", f"{seconds}s", "--stop-timeout", "30", "--host", f"http://{HOST}:{port}",
     ]  # fmt: skip

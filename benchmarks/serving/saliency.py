@@ -1,6 +1,7 @@
 """Time research.serving.saliency.explain per image on the shipped models, both methods.
 
-    python -m benchmarks.serving.saliency                        # models/cifar10 and models/fashion_mnist
+    python -m benchmarks.serving.saliency                        # models/cifar10 and
+    models/fashion_mnist
     python -m benchmarks.serving.saliency --runs 100 --models models/cifar10
 
 Each call is one image through `explain` as serving makes it: EXIF orientation, preprocessing,

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository
-
 from research.serving.classifier import Classifier
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 WARMUP = 5  # the first calls compile each image-size bucket
 

@@ -17,7 +17,6 @@ import argparse
 import io
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -10,7 +10,8 @@ the mean images per forward pass. Everything is bounded.
 
     python -m benchmarks.serving.web                                   # the shipped models/cifar10
     python -m benchmarks.serving.web --model-dir /tmp/tiny/cifar10     # any exported model
-    python -m benchmarks.serving.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2 --threads 4
+    python -m benchmarks.serving.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2
+    --threads 4
     python -m benchmarks.serving.web --batching on                     # one mode only
 
 Targets on the 2-core development machine: p50 <= 30 ms (32x32 PNG), <= 60 ms (1 MP JPEG),

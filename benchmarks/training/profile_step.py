@@ -1,12 +1,14 @@
 """Where the time of our train step goes on the CPU, by operation class.
 
-    python -m benchmarks.training.profile_step                               # airbench94, batch 1024
+    python -m benchmarks.training.profile_step                               # airbench94, batch
+    1024
     python -m benchmarks.training.profile_step --compute_dtype=bfloat16 --steps=5
     python -m benchmarks.training.profile_step --batch_size=256 --trace_dir=/tmp/step_trace
 
 Takes the same flags as `python -m research.train` (any Config field, --compute_dtype among them
 where the Config has it). Runs the training loop's compiled step (train.host_step) on the state
-training builds, exactly as benchmarks/training/train_speed.py times it, under `jax.profiler.trace`, with
+training builds, exactly as benchmarks/training/train_speed.py times it, under
+`jax.profiler.trace`, with
 XLA's optimized HLO of the step dumped beside the trace. XLA:CPU records one trace event per
 thunk, and each thunk is an instruction of the HLO's entry computation: a fusion, a dot, a
 concatenate, a copy... Each is put in one class by what it computes (its opcode, the ops fused
@@ -34,9 +36,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-from benchmarks.training import train_speed
 from train_speed import STEPS_PER_EPOCH, measure_train
 
+from benchmarks.training import train_speed
 from research import configs, train
 from research.configs import runtime
 from research.train import __main__ as train_command

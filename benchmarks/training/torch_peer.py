@@ -4,7 +4,8 @@
     python -m benchmarks.training.torch_peer                       # 3 rounds of 3 steps, batch 1024
     python -m benchmarks.training.torch_peer --steps=5 --repeats=5 --threads=2
 
-The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths 64/256/256,
+The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths
+64/256/256,
 a 2x2 stem with a bias, conv-pool-norm-GELU-conv-norm-GELU blocks, batch norm with a bias but no
 scale, global max pooling, a bias-free head scaled by 1/9), written in PyTorch as airbench94.py
 writes it (its airbench94_torch.py): NCHW tensors in channels_last, the stem's
@@ -22,7 +23,8 @@ figure is the median images/s over the rounds. Both run on the same random uint8
 CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
 
 Both run with the glibc allocator settings `python -m research.train` runs with
-(research.configs.runtime.MALLOC_TUNABLES; `GLIBC_TUNABLES= python -m benchmarks.training.torch_peer` runs both
+(research.configs.runtime.MALLOC_TUNABLES; `GLIBC_TUNABLES= python -m
+benchmarks.training.torch_peer` runs both
 without them).
 """
 
@@ -36,9 +38,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from benchmarks.training import train_speed
 from train_speed import STEPS_PER_EPOCH, time_calls
 
+from benchmarks.training import train_speed
 from research import configs, train
 from research.configs import Config, runtime
 from research.nets import models

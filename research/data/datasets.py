@@ -2,7 +2,8 @@
 
 Every dataset is read as a prepared tfds dataset (``<data_dir>/<name>/<version>/``), so an official
 download, an original archive placed in tfds's manual-download folder and a local import
-(research.data.importers) all go through the same reading path: ``get_info`` / ``load_split`` find the
+(research.data.importers) all go through the same reading path: ``get_info`` / ``load_split`` find
+the
 prepared dataset; if it is missing they prepare it from the original archives (the spec's
 ``manual_files``, research.configs.DATASETS) in ``<data_dir>/downloads/manual/<name>/`` or tfds's
 shared ``<data_dir>/downloads/manual/`` (tfds checks their checksums), or download it when the

@@ -297,7 +297,8 @@ def fit_and_store(
     train_images: int = 5000,
 ) -> dict[str, Any]:
     """Fits the temperature and the `score` threshold (95% accepted) on the whole validation
-    split and stores them in the record of the step research.serving.model_dir picks (with the feature
+    split and stores them in the record of the step research.serving.model_dir picks (with the
+    feature
     statistics, from the first `train_images` training images, for 'mahalanobis'). No outlier
     sets and no report: research.train calls this after training; the command measures."""
     directory, step, record = model_dir.pick_checkpoint(path)

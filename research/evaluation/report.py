@@ -14,7 +14,8 @@ pass keeps the most confident mistakes of each true/predicted pair. Written to
                     calibration, training curves (or why there are none), parameter count,
                     size on disk, and each confusion cell's examples with their confidences
     confusion.png   research.evaluation.plots.render_confusion
-    curves.png      research.evaluation.plots.render_curves, when the run recorded at least two epochs
+    curves.png      research.evaluation.plots.render_curves, when the run recorded at least two
+    epochs
     examples/<true>-<predicted>/<k>.png
                     up to EXAMPLES_PER_CELL mistakes per cell, the most confident first, as
                     the model saw them (its input size; 32x32 or 28x28 PNGs of 1-3 kB)

@@ -40,7 +40,8 @@ def resolve_impl(impl: Impl, backend: str | None = None) -> Literal["xla", "matm
     """Return the concrete implementation for `impl` on `backend` (default: JAX's default).
 
     'auto' is 'matmul' on CPU, where it beats XLA's convolution forward+backward on every layer
-    of airbench94 (1.1-2.6x on a quiet machine, `benchmarks/training/conv.py`; the 3x3-pixel last layer
+    of airbench94 (1.1-2.6x on a quiet machine, `benchmarks/training/conv.py`; the 3x3-pixel last
+    layer
     is a tie), and 'xla' on GPU/TPU, whose native convolutions are fast (cuDNN, TPU MXU).
     """
     if impl not in IMPLS:

@@ -369,7 +369,8 @@ def predict_logits_and_features(
 def log_probabilities(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Array:
     """The one softmax of the project: log-probabilities of `logits` at `temperature`, in float32.
 
-    Training's evaluation, research.evaluate and serving (research.serving.classifier) all call it, so a
+    Training's evaluation, research.evaluate and serving (research.serving.classifier) all call it,
+    so a
     calibrated temperature means the same everywhere.
     """
     return jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)

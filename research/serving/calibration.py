@@ -25,7 +25,8 @@ Definitions:
   every layer, not only to the last;
   'energy+activations': energy and 'activations', standardised and summed.
 
-`unknown_scores` is written in jax.numpy, so research.serving.classifier calls the same function inside
+`unknown_scores` is written in jax.numpy, so research.serving.classifier calls the same function
+inside
 its jitted forward and this module calls it on stored logits.
 """
 

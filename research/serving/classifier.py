@@ -155,7 +155,8 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
-        """The checkpoint research.serving.model_dir.pick_checkpoint chooses (best eval accuracy, else
+        """The checkpoint research.serving.model_dir.pick_checkpoint chooses (best eval accuracy,
+        else
         latest); if its weights cannot be restored (a truncated file, weights that do not fit
         its record), the next one, with a warning naming the broken step and its path.
         ModelNotFoundError when `path` holds no checkpoint with a readable record, and

@@ -2,7 +2,8 @@
 
 A model directory is a training workdir (its checkpoints under ``checkpoints/``) or an exported
 model (steps directly inside). Each finished step is a directory named by its number holding
-Orbax items, among them ``meta``: the JSON serving record (research.serving.record). This module is the
+Orbax items, among them ``meta``: the JSON serving record (research.serving.record). This module is
+the
 only code outside Orbax that knows that layout, and it imports neither JAX nor TensorFlow, so
 the web can list models without loading one.
 

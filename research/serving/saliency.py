@@ -4,7 +4,8 @@
     heat = saliency.explain(classifier, Image.open("cat.jpg"))   # float32 [H0, W0] in [0, 1]
     saliency.overlay(Image.open("cat.jpg"), heat).save("where.png")
 
-Two methods, both on the exact pixels the model sees (`research.serving.preprocess.preprocess_image`)
+Two methods, both on the exact pixels the model sees
+(`research.serving.preprocess.preprocess_image`)
 and for the class it ranks first (with the record's test-time augmentation, as `predict`):
 
 - ``gradcam``: Grad-CAM (Selvaraju et al., 2017) on the output of the last convolutional block:
@@ -14,7 +15,8 @@ and for the class it ranks first (with the record's test-time augmentation, as `
   times the pixels' distance from the dataset mean (the model's own zero), summed over channels,
   absolute value, blurred over 5x5 pixels. Finer, but in specks, on edges and bright spots.
 
-Which to show (`python -m benchmarks.serving.saliency --deletion`): on 334 CIFAR-10 validation JPEGs,
+Which to show (`python -m benchmarks.serving.saliency --deletion`): on 334 CIFAR-10 validation
+JPEGs,
 replacing the hottest 10% (20%) of the model-input pixels with a blurred copy of the image
 lowers the top class's probability by 0.15 (0.31) for Grad-CAM, 0.09 (0.20) for gradient x
 input and 0.06 (0.18) for random pixels; on 300 Fashion-MNIST test images neither beats random

@@ -1,4 +1,5 @@
-"""research.serving.batching: concurrent requests share a forward pass and each gets its own answer."""
+"""research.serving.batching: concurrent requests share a forward pass and each gets its own
+answer."""
 
 from __future__ import annotations
 

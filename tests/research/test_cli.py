@@ -49,7 +49,8 @@ def _run(tmp_path: Path, env_tunables: str | None) -> list[str]:
 @enough_memory
 def test_a_training_command_runs_again_with_the_malloc_tunables_same_pid_and_arguments(tmp_path):
     """Started without GLIBC_TUNABLES, the command re-executes itself once (the same PID, its
-    arguments intact) with research.configs.runtime.MALLOC_TUNABLES, which glibc reads only at start-up."""
+    arguments intact) with research.configs.runtime.MALLOC_TUNABLES, which glibc reads only at
+    start-up."""
     lines = _run(tmp_path, None)
     assert len(lines) == 3, lines  # "before" twice: the re-executed run starts over
     pid = lines[0].split()[1]

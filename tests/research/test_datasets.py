@@ -1,4 +1,5 @@
-"""research.data.importers write prepared tfds datasets; research.data.datasets reads them or fails fast."""
+"""research.data.importers write prepared tfds datasets; research.data.datasets reads them or fails
+fast."""
 
 import gzip
 import struct
@@ -313,7 +314,8 @@ def test_dataset_specs_name_the_archives_tfds_expects():
 
 
 def test_data_not_found_error_is_defined_once():
-    """research.data.datasets.DataNotFoundError is research.serving.errors's class, not a second one."""
+    """research.data.datasets.DataNotFoundError is research.serving.errors's class, not a second
+    one."""
     assert datasets.DataNotFoundError is errors.DataNotFoundError
 
 

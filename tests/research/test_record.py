@@ -127,7 +127,9 @@ def test_reading_records_imports_neither_jax_nor_tensorflow():
     """The web lists models through these modules without loading a framework."""
     code = (
         "import sys\n"
-        "import research.serving.record, research.serving.model_dir, research.data.folders, research.serving.errors\n"
+        "import research.serving.record, research.serving.model_dir, research.data.folders\n"
+        "import research.serving.errors, research.serving.artifacts, research.serving.batching\n"
+        "import research.serving.preprocess, research.serving.expectations, research.configs\n"
         "loaded = {'jax', 'tensorflow', 'flax', 'orbax'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )

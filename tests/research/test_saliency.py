@@ -1,4 +1,5 @@
-"""Saliency heatmaps (research.serving.saliency) and the model's-eye view (research.serving.expectations)."""
+"""Saliency heatmaps (research.serving.saliency) and the model's-eye view
+(research.serving.expectations)."""
 
 from __future__ import annotations
 
