@@ -215,7 +215,8 @@ CLASSIFIER_DEFAULT_MODEL = os.environ.get(
     "DJANGO_CLASSIFIER_DEFAULT_MODEL", next(iter(CLASSIFIER_MODELS), "")
 )
 CLASSIFIER_TOP_K = 5
-# Batched serving (research.serving.batching): concurrent requests for one model share a forward pass
+# Batched serving (research.serving.batching): concurrent requests for one model share a forward
+# pass
 # of at most CLASSIFIER_MAX_BATCH images (a compiled batch size; 0 turns batching off); the
 # request that leads a batch waits up to CLASSIFIER_BATCH_WAIT_MS for others, never when it
 # finds the model idle. Off by default: on the 2-core CPU it was measured slower (0.83-0.95x
