@@ -1,6 +1,6 @@
 """Speed of a config: training and evaluation images/s, predict latency, input pipeline images/s.
 
-    python -m benchmarks.training.train_speed --dataset=cifar10              # the README's figures
+    python -m benchmarks.training.train_speed --dataset=cifar10              # docs/benchmarks.md
     python -m benchmarks.training.train_speed --dataset=fashion_mnist --batch_size=256 --steps=10
     python -m benchmarks.training.train_speed --dataset=cifar10 --checkpoint=models/cifar10
 

@@ -284,7 +284,7 @@ def uses_flip(config: Config) -> bool:
 
 
 # airbench94's recipe (Keller Jordan's CIFAR-10 speedrun, airbench94.py), every hyper-parameter
-# with its unit. On this project's 2-core CPU (bf16, README, Results):
+# with its unit. On this project's 2-core CPU (bf16, docs/results.md):
 #     python -m research.train --dataset=cifar10 --recipe=airbench94
 # 89.54% on the validation split (5,000 images) of the CIFAR-10 JPEG copy after 8 epochs, the
 # whole command in 24.4 min (models/cifar10_v1, 7 epochs in fp32: 89.34% in 48.6 min; the
@@ -350,7 +350,7 @@ AIRBENCH94_MUON_RECIPE: dict[str, Any] = dict(
     lookahead_every=0,
     # airbench's tta_level 2, as airbench94_muon evaluates: the image and its mirror, also
     # shifted a pixel up-left and down-right. +0.2-0.4 points on validation for the same
-    # weights; serving one image costs 9.4 ms instead of 4.8 on this CPU (README, Results;
+    # weights; serving one image costs 9.4 ms instead of 4.8 on this CPU (docs/results.md;
     # benchmarks/serving/serve_tta.py).
     translate_tta=True,
 )
@@ -359,11 +359,11 @@ AIRBENCH94_MUON_RECIPE: dict[str, Any] = dict(
 # recipe at 12 epochs, what fits in 30 minutes on this project's 2-core CPU, and 2.0-2.4 s of
 # stepping on one H200. On this split the recipes level off near 90.2% at 8-11 epochs; 12 of
 # this one averaged 90.58% over four seeds on the GPU (90.28-90.82%), where airbench94_muon's
-# recipe averaged 90.21% at 12 and 89.8-90.3% at its 8 (README, Benchmarks). Evaluated once,
+# recipe averaged 90.21% at 12 and 89.8-90.3% at its 8 (docs/benchmarks.md). Evaluated once,
 # at the end, with airbench's six views (tta_level 2): interim evaluations cost ~20 s each here
 # with their checkpoints (`--eval_every_epochs=1` shows them); the half hour has no room for
 # them. `python -m research.train --dataset=cifar10` on that CPU, alone: 90.50% on the
-# validation split in 28.9 min, the whole command (README, Results).
+# validation split in 28.9 min, the whole command (docs/results.md).
 CIFAR10_EPOCHS = 12.0
 CIFAR10_RECIPE: dict[str, Any] = dict(
     AIRBENCH94_RECIPE,
@@ -376,7 +376,7 @@ CIFAR10_RECIPE: dict[str, Any] = dict(
 # The Fashion-MNIST recipe; the shipped models/fashion_mnist was trained with it:
 #     python -m research.train --dataset=fashion_mnist
 # 94.31% on the test split (10,000 images), in 40.6 min wall time on this project's 2-core CPU
-# (README, Results). Our first airbench-shaped net (research.nets.models, 'airbench') and plain SGD.
+# (docs/results.md). Our first airbench-shaped net (research.nets.models, 'airbench') and plain SGD.
 FASHION_MNIST_RECIPE: dict[str, Any] = dict(
     model="airbench",
     widths=(32, 64, 128),  # channels of the three conv blocks

@@ -25,7 +25,7 @@ def setup_logging(noisy_level: int = logging.ERROR, *, force: bool = False) -> N
 # anew at every step; by default glibc serves them with mmap and unmaps them when freed, so
 # every step faults its ~4 GB back in page by page (1.1 million minor faults per airbench94
 # step on the 2-core CPU, half of the CPU's time in the kernel). Kept in one heap, the step
-# reuses the same pages: 0 faults, 5.1-6.0 -> 3.5-4.4 s a step (Benchmarks in the README).
+# reuses the same pages: 0 faults, 5.1-6.0 -> 3.5-4.4 s a step (docs/benchmarks.md).
 # The cost is memory: the heap keeps its peak and fragments (the CIFAR-10 run held 17.8 GB
 # where glibc's defaults stay near 5.5 GB), so machines with less than MIN_MEMORY keep the
 # defaults.

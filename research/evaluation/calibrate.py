@@ -125,126 +125,153 @@ def _halves(n: int) -> tuple[np.ndarray, np.ndarray]:
 def calibrate(
     outputs: dict[str, np.ndarray], num_classes: int, *, scores: Sequence[str]
 ) -> dict[str, Any]:
-    """Temperature, per-score thresholds and every reported figure, from stored outputs."""
-    stats = calibration.fit_feature_statistics(
-        outputs["train/features"], outputs["train/labels"], num_classes
-    ) | calibration.fit_activation_statistics(outputs["train/stages"])
-    outlier_names = [
-        name[: -len("/logits")]
-        for name in outputs
-        if name.endswith("/logits") and name.split("/")[0] not in ("train", "validation", "test")
-    ]
+    """Temperature, per-score thresholds and every reported figure, from stored outputs: with
+    a validation split and no test split, fitted on validation and reported by 2-fold
+    cross-validation on it; else fitted on validation (or training images) and reported on
+    the test split."""
+    scorer = _Scorer(outputs, num_classes)
+    result: dict[str, Any] = {"statistics_images": len(outputs["train/labels"])}
+    if "validation/logits" in outputs and "test/logits" not in outputs:
+        part, (logits, labels) = _cross_validated(scorer, scores)
+        part["reliability_source"] = "validation, at the temperature fitted on all of it"
+    else:
+        part, (logits, labels) = _reported_on_test(scorer, scores)
+        part["reliability_source"] = "test"
+    result.update(part)
+    result["reliability"] = {
+        "before": _bins(logits, labels, 1.0),
+        "after": _bins(logits, labels, result["temperature"]),
+    }
+    return result
 
-    def statistics_for(kind: str, name: str, temperature: float, index=slice(None)) -> dict:
+
+class _Scorer:
+    """The "unknown" scores of stored outputs: statistics fitted on the training images,
+    standardised on the fitting images where a score needs it."""
+
+    def __init__(self, outputs: dict[str, np.ndarray], num_classes: int):
+        self.outputs = outputs
+        self.stats = calibration.fit_feature_statistics(
+            outputs["train/features"], outputs["train/labels"], num_classes
+        ) | calibration.fit_activation_statistics(outputs["train/stages"])
+        self.outlier_names = [
+            name[: -len("/logits")]
+            for name in outputs
+            if name.endswith("/logits")
+            and name.split("/")[0] not in ("train", "validation", "test")
+        ]
+
+    def statistics_for(self, kind: str, name: str, temperature: float, index=slice(None)):
         """The statistics of `kind`, standardised (if it needs it) on images `index` of
         `name`, the fitting images."""
         if "+" not in kind:
-            return stats
+            return self.stats
+        out = self.outputs
         return calibration.fit_standardisation(
             kind,
-            outputs[f"{name}/logits"][index],
-            outputs[f"{name}/features"][index],
+            out[f"{name}/logits"][index],
+            out[f"{name}/features"][index],
             temperature,
-            stats,
-            outputs[f"{name}/stages"][index],
+            self.stats,
+            out[f"{name}/stages"][index],
         )
 
-    def scored(kind: str, name: str, temperature: float, kind_stats: dict) -> np.ndarray:
+    def scored(self, kind: str, name: str, temperature: float, kind_stats: dict) -> np.ndarray:
+        out = self.outputs
         return np.asarray(
             calibration.unknown_scores(
                 kind,
-                outputs[f"{name}/logits"],
-                outputs[f"{name}/features"],
+                out[f"{name}/logits"],
+                out[f"{name}/features"],
                 temperature,
                 kind_stats,
-                outputs[f"{name}/stages"],
+                out[f"{name}/stages"],
             )
         )
 
-    result: dict[str, Any] = {"statistics_images": len(outputs["train/labels"])}
-    if "validation/logits" in outputs and "test/logits" not in outputs:
-        logits, labels = outputs["validation/logits"], outputs["validation/labels"]
-        temperature = calibration.fit_temperature(logits, labels)
-        folds = []
-        a, b = _halves(len(labels))
-        for fit, report in ((a, b), (b, a)):
-            t = calibration.fit_temperature(logits[fit], labels[fit])
-            fold: dict[str, Any] = {
-                "temperature": t,
-                "before": calibration.calibration_report(logits[report], labels[report], 1.0),
-                "after": calibration.calibration_report(logits[report], labels[report], t),
-                "scores": {},
-            }
-            for kind in scores:
-                kind_stats = statistics_for(kind, "validation", t, fit)
-                known = scored(kind, "validation", t, kind_stats)
-                fold["scores"][kind] = calibration.score_report(
-                    kind,
-                    known[fit],
-                    known[report],
-                    {name: scored(kind, name, t, kind_stats) for name in outlier_names},
-                ).to_dict()
-            folds.append(fold)
-        result.update(
-            method="fitted on the whole validation split; reported by 2-fold cross-validation "
-            "on it (fit on one half, report on the other, both ways, averaged)",
-            fit_split="validation",
-            report_split="validation (2-fold cross-validated)",
-            temperature=temperature,
-            folds=folds,
-            before=_mean([f["before"] for f in folds]),
-            after=_mean([f["after"] for f in folds]),
-            scores={kind: _mean_score([f["scores"][kind] for f in folds]) for kind in scores},
-            statistics={kind: statistics_for(kind, "validation", temperature) for kind in scores},
-        )
-        result["thresholds"] = {
+    def outliers(self, kind: str, temperature: float, kind_stats: dict) -> dict[str, np.ndarray]:
+        return {n: self.scored(kind, n, temperature, kind_stats) for n in self.outlier_names}
+
+
+def _cross_validated(scorer: _Scorer, scores: Sequence[str]):
+    """Fitted on the whole validation split, reported by 2-fold cross-validation on it."""
+    logits, labels = scorer.outputs["validation/logits"], scorer.outputs["validation/labels"]
+    temperature = calibration.fit_temperature(logits, labels)
+    folds = []
+    a, b = _halves(len(labels))
+    for fit, report in ((a, b), (b, a)):
+        t = calibration.fit_temperature(logits[fit], labels[fit])
+        fold: dict[str, Any] = {
+            "temperature": t,
+            "before": calibration.calibration_report(logits[report], labels[report], 1.0),
+            "after": calibration.calibration_report(logits[report], labels[report], t),
+            "scores": {},
+        }
+        for kind in scores:
+            kind_stats = scorer.statistics_for(kind, "validation", t, fit)
+            known = scorer.scored(kind, "validation", t, kind_stats)
+            fold["scores"][kind] = calibration.score_report(
+                kind, known[fit], known[report], scorer.outliers(kind, t, kind_stats)
+            ).to_dict()
+        folds.append(fold)
+    statistics = {kind: scorer.statistics_for(kind, "validation", temperature) for kind in scores}
+    part = dict(
+        method="fitted on the whole validation split; reported by 2-fold cross-validation "
+        "on it (fit on one half, report on the other, both ways, averaged)",
+        fit_split="validation",
+        report_split="validation (2-fold cross-validated)",
+        temperature=temperature,
+        folds=folds,
+        before=_mean([f["before"] for f in folds]),
+        after=_mean([f["after"] for f in folds]),
+        scores={kind: _mean_score([f["scores"][kind] for f in folds]) for kind in scores},
+        statistics=statistics,
+        thresholds={
             kind: calibration.acceptance_threshold(
-                scored(kind, "validation", temperature, result["statistics"][kind])
+                scorer.scored(kind, "validation", temperature, statistics[kind])
             )
             for kind in scores
-        }
-        reliability_logits, reliability_labels = logits, labels
-        result["reliability_source"] = "validation, at the temperature fitted on all of it"
-    else:  # fit on validation (or, without one, on training images), report on test
-        fit_name = "validation" if "validation/logits" in outputs else "train"
-        logits, labels = outputs[f"{fit_name}/logits"], outputs[f"{fit_name}/labels"]
-        temperature = calibration.fit_temperature(logits, labels)
-        test_logits, test_labels = outputs["test/logits"], outputs["test/labels"]
-        reports, kind_stats = {}, {}
-        for kind in scores:
-            kind_stats[kind] = statistics_for(kind, fit_name, temperature)
-            reports[kind] = calibration.score_report(
-                kind,
-                scored(kind, fit_name, temperature, kind_stats[kind]),
-                scored(kind, "test", temperature, kind_stats[kind]),
-                {name: scored(kind, name, temperature, kind_stats[kind]) for name in outlier_names},
-            ).to_dict()
-        result.update(
-            method=(
-                "fitted on the whole validation split (never trained on); reported on the "
-                "test split, never used for fitting"
-                if fit_name == "validation"
-                else "fitted on training images (without augmentation; the model trained on "
-                "them, so the fit leans towards over-confidence); reported on the test split"
-            ),
-            fit_split="validation" if fit_name == "validation" else f"train[:{len(labels)}]",
-            report_split="test",
-            temperature=temperature,
-            fit_before=calibration.calibration_report(logits, labels, 1.0),
-            fit_after=calibration.calibration_report(logits, labels, temperature),
-            before=calibration.calibration_report(test_logits, test_labels, 1.0),
-            after=calibration.calibration_report(test_logits, test_labels, temperature),
-            scores=reports,
-            thresholds={kind: reports[kind]["threshold"] for kind in scores},
-            statistics=kind_stats,
-        )
-        reliability_logits, reliability_labels = test_logits, test_labels
-        result["reliability_source"] = "test"
-    result["reliability"] = {
-        "before": _bins(reliability_logits, reliability_labels, 1.0),
-        "after": _bins(reliability_logits, reliability_labels, temperature),
-    }
-    return result
+        },
+    )
+    return part, (logits, labels)
+
+
+def _reported_on_test(scorer: _Scorer, scores: Sequence[str]):
+    """Fitted on validation (or, without one, on training images), reported on test."""
+    outputs = scorer.outputs
+    fit_name = "validation" if "validation/logits" in outputs else "train"
+    logits, labels = outputs[f"{fit_name}/logits"], outputs[f"{fit_name}/labels"]
+    temperature = calibration.fit_temperature(logits, labels)
+    test_logits, test_labels = outputs["test/logits"], outputs["test/labels"]
+    reports, kind_stats = {}, {}
+    for kind in scores:
+        kind_stats[kind] = scorer.statistics_for(kind, fit_name, temperature)
+        reports[kind] = calibration.score_report(
+            kind,
+            scorer.scored(kind, fit_name, temperature, kind_stats[kind]),
+            scorer.scored(kind, "test", temperature, kind_stats[kind]),
+            scorer.outliers(kind, temperature, kind_stats[kind]),
+        ).to_dict()
+    part = dict(
+        method=(
+            "fitted on the whole validation split (never trained on); reported on the "
+            "test split, never used for fitting"
+            if fit_name == "validation"
+            else "fitted on training images (without augmentation; the model trained on "
+            "them, so the fit leans towards over-confidence); reported on the test split"
+        ),
+        fit_split="validation" if fit_name == "validation" else f"train[:{len(labels)}]",
+        report_split="test",
+        temperature=temperature,
+        fit_before=calibration.calibration_report(logits, labels, 1.0),
+        fit_after=calibration.calibration_report(logits, labels, temperature),
+        before=calibration.calibration_report(test_logits, test_labels, 1.0),
+        after=calibration.calibration_report(test_logits, test_labels, temperature),
+        scores=reports,
+        thresholds={kind: reports[kind]["threshold"] for kind in scores},
+        statistics=kind_stats,
+    )
+    return part, (test_logits, test_labels)
 
 
 def _bins(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, list]:

@@ -324,33 +324,7 @@ def write_report(
         plots.render_curves(curves["points"], f"{record.name}: training").save(
             staging / CURVES_FILE, optimize=True
         )
-    cells, total_bytes, total_images = [], 0, 0
-    for (true, predicted), examples in collector.cells().items():
-        images = []
-        for k, example in enumerate(examples):
-            name = f"{REPORT_EXAMPLES_DIR}/{true}-{predicted}/{k}.png"
-            path = staging / name
-            path.parent.mkdir(exist_ok=True)
-            pixels = example.image[..., 0] if example.image.shape[-1] == 1 else example.image
-            Image.fromarray(pixels).save(path, optimize=True)
-            total_bytes += path.stat().st_size
-            images.append(
-                {
-                    "file": name,
-                    "index": example.index,
-                    "confidence": round(example.confidence, 4),
-                    "true_probability": round(example.true_probability, 4),
-                }
-            )
-        total_images += len(images)
-        cells.append(
-            {
-                "true": true,
-                "predicted": predicted,
-                "count": int(confusion[true, predicted]),
-                "images": images,
-            }
-        )
+    cells, total_images, total_bytes = _write_examples(staging, collector, confusion)
     counts = confusion.sum(1)
     report = {
         "format": REPORT_FORMAT,
@@ -386,13 +360,52 @@ def write_report(
         "seconds": round(seconds, 1),
     }
     (staging / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    _replace(out, staging)
+    return out
+
+
+def _write_examples(staging: Path, collector: MistakeCollector, confusion: np.ndarray):
+    """Writes each confusion cell's kept mistakes as PNGs under `staging`; returns (the cells
+    for report.json, how many images, their bytes)."""
+    cells, total_bytes, total_images = [], 0, 0
+    for (true, predicted), examples in collector.cells().items():
+        images = []
+        for k, example in enumerate(examples):
+            name = f"{REPORT_EXAMPLES_DIR}/{true}-{predicted}/{k}.png"
+            path = staging / name
+            path.parent.mkdir(exist_ok=True)
+            pixels = example.image[..., 0] if example.image.shape[-1] == 1 else example.image
+            Image.fromarray(pixels).save(path, optimize=True)
+            total_bytes += path.stat().st_size
+            images.append(
+                {
+                    "file": name,
+                    "index": example.index,
+                    "confidence": round(example.confidence, 4),
+                    "true_probability": round(example.true_probability, 4),
+                }
+            )
+        total_images += len(images)
+        cells.append(
+            {
+                "true": true,
+                "predicted": predicted,
+                "count": int(confusion[true, predicted]),
+                "images": images,
+            }
+        )
+    return cells, total_images, total_bytes
+
+
+def _replace(out: Path, staging: Path) -> None:
+    """`staging` becomes `out` by two renames: readers see the old report or the new, briefly
+    none, never a mix."""
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        out.rename(old)  # two renames: readers see the old report or the new, briefly none
+        out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def default_workdir(model: str | Path) -> Path | None:

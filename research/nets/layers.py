@@ -223,7 +223,7 @@ def xla_conv(x: jax.Array, kernel: jax.Array, pads, mixed: bool) -> jax.Array:
     as PyTorch's autocast does. Its derivative then converts the float32 output gradient to
     bfloat16 and computes both backward convolutions in bfloat16 too, two thirds of the work;
     a product asked for in float32 (``preferred_element_type``) would make JAX's derivative
-    convolve the float32 gradient with the operands widened to float32 (README, Benchmarks)."""
+    convolve the float32 gradient with the operands widened to float32 (docs/benchmarks.md)."""
     x = x.astype(jnp.bfloat16) if mixed else x
     kernel = kernel.astype(x.dtype)
     y = lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DIMENSION_NUMBERS)

@@ -38,7 +38,11 @@ log = logging.getLogger("research.train")
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the metrics."""
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the metrics.
+
+    One linear function, read top to bottom as Flax's examples keep theirs: the order of the
+    step, the lookahead's pull, logging, evaluation and checkpoints is the loop's meaning, so
+    it stays in one place rather than split over helpers (hence its length)."""
     config.validate()
     # The dtype this machine resolves 'auto' to is the model's: stored, it is served the same.
     config = config.replace(compute_dtype=layers.resolve_compute_dtype(config.compute_dtype))
