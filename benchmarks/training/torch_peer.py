@@ -16,8 +16,8 @@ part of the step), and runs in fp32 and under bf16 autocast.
 
 Our step is the training loop's compiled step (train.host_step) on the state
 `train.create_train_state` builds, as train_speed.measure_train times it (the training figure
-of docs/benchmarks.md), in every compute dtype the Config offers. All four steps are built and warmed up
-first (the first call compiles), then run in --repeats interleaved rounds of --steps
+of docs/benchmarks.md), in every compute dtype the Config offers. All four steps are built
+and warmed up first (the first call compiles), then run in --repeats interleaved rounds of --steps
 consecutive steps each, so that a drift in this machine's speed falls on all four alike; each
 figure is the median images/s over the rounds. Both run on the same random uint8 batch of
 CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
