@@ -129,7 +129,7 @@ def _default_split(clf: Classifier, data_dir: str | None) -> str:
     split = clf.metrics.get("eval_split")
     if split:
         return split
-    from research.data import datasets
+    from research.data import datasets  # TensorFlow: only to list the splits
 
     return datasets.default_eval_split(datasets.get_info(clf.dataset, data_dir))
 

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     data_dir = args.data_dir or saved_data_dir(clf)
     split = args.split or clf.metrics.get("eval_split")
     if not split:
-        from research.data import datasets
+        from research.data import datasets  # TensorFlow: only to find the split
 
         split = datasets.default_eval_split(datasets.get_info(clf.dataset, data_dir))
     names = args.corruptions.split(",") if args.corruptions else None

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from research.configs import Config
+from research.data import arrays
 from research.data.arrays import ArraySplit
 
 WHITENING_IMAGES = 5000  # training images whose 2x2 patches airbench's stem whitens
@@ -86,8 +87,6 @@ def _tfdata_data(config: Config, mean: tuple[float, ...]) -> RunData:
 
 
 def _device_data(config: Config) -> RunData:
-    from research.data import arrays
-
     def load(split: str) -> ArraySplit:
         return arrays.load_split(
             config.dataset,

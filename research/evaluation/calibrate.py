@@ -80,7 +80,7 @@ def load_arrays(
 
 def collect_outputs(clf: Classifier, args: argparse.Namespace) -> dict[str, np.ndarray]:
     """Logits, features and labels of every image set the command needs, by name."""
-    from research.data import datasets
+    from research.data import datasets  # TensorFlow: only where a tfds split is read
 
     data_dir = args.data_dir
     info = datasets.get_info(clf.dataset, data_dir)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from research.data import corruptions
+from research.data import arrays, corruptions
 from research.serving.classifier import Classifier
 
 EXAMPLE_ROWS = 3  # images shown in the PNG, one per class from class 0
@@ -40,8 +40,6 @@ def load_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, H, W, C] images, int64 [N] labels) of a tfds split of the model's dataset,
     in the split's fixed order; the first `limit` only when given."""
-    from research.data import arrays
-
     loaded = arrays.load_split(clf.dataset, split, data_dir=data_dir, limit=limit)
     if list(loaded.class_names) != clf.class_names:
         raise ValueError(

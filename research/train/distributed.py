@@ -122,7 +122,7 @@ def any_process(flag: bool) -> bool:
     several processes it is a collective)."""
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # only with several processes
 
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
@@ -187,6 +187,6 @@ def to_host(x: jax.Array) -> np.ndarray:
     """The whole value of `x` as NumPy in every process (gathered when others hold parts)."""
     if x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # only with several processes
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
