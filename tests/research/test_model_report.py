@@ -157,7 +157,7 @@ def test_the_recipe_leaves_out_where_the_training_machine_kept_its_data():
     machine that trained (a GPU's scratch folder, say), not part of the recipe."""
     command = (
         "python -m research.train --dataset=cifar10 --input=device "
-        "--data_source=/tmp/gpurun/train --data_dir=/root/tfds --epochs=20.0"
+        "--data_source=/tmp/gpurun/train --data_dir=/srv/tfds --epochs=20.0"
     )
     assert model_report._portable(command) == (
         "python -m research.train --dataset=cifar10 --input=device --epochs=20.0"
