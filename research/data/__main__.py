@@ -91,7 +91,7 @@ def summarize(args: argparse.Namespace) -> int:
 
 def render_sample_grid(name: str, split: str, data_dir: str | None, columns: int = GRID_COLUMNS):
     """Returns a PIL image with the first ``columns`` images of each class, one row per class."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # only for the summary grid
 
     info = datasets.get_info(name, data_dir)
     samples: dict[int, list[np.ndarray]] = {label: [] for label in range(len(info.class_names))}

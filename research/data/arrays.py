@@ -97,7 +97,7 @@ def decode_image(
 ) -> np.ndarray:
     """uint8 HWC pixels of an image file (or its bytes), in `mode` ('L', 'RGB'; None: by the
     file's own mode), resized bicubically to `image_size` (height, width) when given."""
-    from PIL import Image
+    from PIL import Image  # only where image files are decoded (idx files need none)
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
         if mode is None:

@@ -391,7 +391,7 @@ class _progress:
     """A tqdm bar on a terminal; plain periodic lines when output is a file."""
 
     def __init__(self, start: int, total: int):
-        from tqdm import tqdm
+        from tqdm import tqdm  # the bar only where the loop runs
 
         self.bar = tqdm(
             initial=start,
@@ -416,6 +416,6 @@ def _normalization(config: Config) -> tuple[tuple[float, ...], tuple[float, ...]
         return tuple(config.mean), tuple(config.std)
     if (spec := configs.dataset_spec(config.dataset)) is not None:
         return spec.mean, spec.std
-    from research.data import pipeline
+    from research.data import pipeline  # TensorFlow: only to measure a new dataset
 
     return pipeline.measure_mean_std(config)
