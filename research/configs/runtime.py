@@ -55,6 +55,17 @@ def exec_with_malloc_tunables() -> None:
     os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
 
 
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held so far, in bytes (getrusage's
+    ru_maxrss: KiB on Linux, bytes on macOS); 0 where the system does not say."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def physical_memory() -> int:
     """Bytes of physical memory (0 where the system does not say)."""
     try:

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             f"done: {result['eval']['split'] if result['eval'] else 'eval'} accuracy "
             f"{accuracy:.4f} after {result['step']} steps ({result['wall_seconds']:.0f}s; "
             f"stepping {result['loop_seconds']:.1f}s, compiling "
-            f"{result.get('compile_seconds', 0):.1f}s)",
+            f"{result.get('compile_seconds', 0):.1f}s; peak memory "
+            f"{result.get('peak_rss_bytes', runtime.peak_rss_bytes()) / 2**30:.1f} GiB)",
             flush=True,
         )
     return 0

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from research import configs
-from research.configs import Config
+from research.configs import Config, runtime
 from research.data import device_input, sources
 from research.evaluation import calibrate
 from research.nets import layers, models
@@ -158,6 +158,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
                 f"{result['calibration']['unknown_threshold']:.4f}",
                 flush=True,
             )
+        # The whole run's, calibration included (what `/usr/bin/time -v` calls its maximum
+        # resident set size).
+        result["peak_rss_bytes"] = runtime.peak_rss_bytes()
         if main_process:
             (workdir / RESULTS_FILE).write_text(json.dumps(result, indent=2))
     return result

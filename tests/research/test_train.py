@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from research import configs, train
+from research.configs import runtime
 from research.nets import layers, models
 from research.serving import model_dir
 from research.serving.classifier import Classifier
@@ -39,6 +40,32 @@ def test_training_lowers_the_loss_and_overfits_the_tiny_set(trained):
     assert result["eval"]["loss"] < 0.5 * np.log(3)
     saved = json.loads((workdir / "results.json").read_text())
     assert saved["eval"]["accuracy"] == 1.0
+
+
+def test_a_run_records_its_peak_resident_memory(trained):
+    """results.json carries the run's peak resident memory (getrusage), in bytes."""
+    _, workdir, result = trained
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["peak_rss_bytes"] == result["peak_rss_bytes"]
+    assert 50 << 20 < saved["peak_rss_bytes"] <= runtime.peak_rss_bytes()
+
+
+def test_the_commands_last_line_states_the_peak_memory(monkeypatch, capsys):
+    """`done:` names the accuracy, the steps, the times and the peak memory in GiB."""
+    result = {
+        "interrupted": False,
+        "step": 12,
+        "eval": {"split": "validation", "accuracy": 0.9},
+        "wall_seconds": 61.0,
+        "loop_seconds": 50.0,
+        "compile_seconds": 3.0,
+        "peak_rss_bytes": 3 << 30,
+    }
+    monkeypatch.setattr(train_command, "train_and_evaluate", lambda config, workdir: result)
+    assert train_command.main(["--dataset=cifar10", "--workdir=unused"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done: validation accuracy 0.9000 after 12 steps")
+    assert last.endswith("peak memory 3.0 GiB)")
 
 
 def test_checkpoints_keep_the_latest_and_the_best(trained):
