@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install.sh  # .venv, exactly as uv.lock pins it
+# jemalloc, the allocator the training commands run with (research.configs.runtime); as root
+# with apt only, and optional: without it they keep the C library's malloc.
+if ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2 && [ "$(id -u)" = 0 ] &&
+  command -v apt-get >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -q --no-install-recommends libjemalloc2 ||
+    { apt-get update -q && apt-get install -y -q --no-install-recommends libjemalloc2; }; } \
+    >/dev/null 2>&1 || echo "note: jemalloc not installed; training keeps glibc's malloc" >&2
+fi
 
 export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-classifier_site.settings.dev}"
 # Debug off: friendly error pages and JSON errors under /api/, static files through WhiteNoise.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs on a fresh Debian machine, then runs it:
-# Chromium for the browser test, nginx for the front-server test and PostgreSQL (apt, as root),
-# a virtualenv with the project and its dev and postgres extras as uv.lock pins them, ruff,
-# import-linter and pytest; then the web suite a second time against a real PostgreSQL server (DATABASE_URL). Without root or
-# apt, what is missing is skipped with a note, never a failure. Safe to run again.
+# Chromium for the browser test, nginx for the front-server test, PostgreSQL and jemalloc (the
+# training commands' allocator) from apt, as root; a virtualenv with the project and its dev
+# and postgres extras as uv.lock pins them, ruff, import-linter and pytest; then the web suite
+# a second time against a real PostgreSQL server (DATABASE_URL). Without root or apt, what is
+# missing is skipped with a note, never a failure. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2 || missing+=(libjemalloc2)  # training's malloc
 if [ "${#missing[@]}" -gt 0 ]; then
   if is_root_with_apt; then
     export DEBIAN_FRONTEND=noninteractive

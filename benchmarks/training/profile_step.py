@@ -375,5 +375,5 @@ def _parse_args(argv: Sequence[str] | None):
 
 
 if __name__ == "__main__":
-    runtime.exec_with_malloc_tunables()  # what `python -m research.train` runs with
+    runtime.exec_with_allocator()  # what `python -m research.train` runs with
     sys.exit(main())

@@ -1,12 +1,12 @@
 """What every `python -m research.<command>` does first: INFO lines for people, and the
 libraries' own logs (TensorFlow's C++ notes, absl, Orbax, JAX) kept quiet; and, for the
-commands that train, glibc's allocator settings. No JAX or TensorFlow import here."""
+commands that train, jemalloc as the allocator. No JAX or TensorFlow import here."""
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import os
-import platform
 import sys
 
 NOISY_LOGGERS = ("absl", "orbax", "jax", "tensorflow")
@@ -20,16 +20,20 @@ def setup_logging(noisy_level: int = logging.ERROR, *, force: bool = False) -> N
         logging.getLogger(name).setLevel(noisy_level)
 
 
-# glibc malloc for XLA:CPU's train step: one arena, no mmap'd chunks, and freed memory kept.
-# XLA allocates the step's large temporaries (im2col patches, gradients: hundreds of MB each)
-# anew at every step; by default glibc serves them with mmap and unmaps them when freed, so
-# every step faults its ~4 GB back in page by page (1.1 million minor faults per airbench94
-# step on the 2-core CPU, half of the CPU's time in the kernel). Kept in one heap, the step
-# reuses the same pages: 0 faults, 5.1-6.0 -> 3.5-4.4 s a step (docs/benchmarks.md).
-# The cost is memory: the heap keeps its peak and fragments (the CIFAR-10 run held 17.8 GB
-# where glibc's defaults stay near 5.5 GB), so machines with less than MIN_MEMORY keep the
-# defaults.
-MIN_MEMORY = 20 << 30  # bytes of physical memory
+# The allocator for XLA:CPU's train step. XLA allocates the step's large temporaries (im2col
+# patches, gradients: hundreds of MB each) anew at every step. glibc's defaults serve them
+# with mmap and unmap them when freed, so every step faults them back in page by page; glibc
+# tuned to keep them (MALLOC_TUNABLES: one arena, no mmap, no trim) stops the faults but keeps
+# the heap at its peak. jemalloc reuses freed pages for a while (its dirty-page decay) and
+# returns them after. The default CIFAR-10 command for 10 steps on a 2-core Zen 4 CPU
+# (docs/benchmarks.md, "Memory"): glibc tuned 16.6 GB peak at 5.2 s a step, glibc's defaults
+# 5.5 GB at 4.1 s, tcmalloc 9.7 GB at 3.5 s, jemalloc 5.4 GB at 3.5 s. Training commands
+# therefore run under jemalloc where it is installed (Debian: libjemalloc2, which the README's
+# commands install).
+ALLOCATOR_ENV = "RESEARCH_ALLOCATOR"  # "system": keep the C library's malloc
+JEMALLOC = "jemalloc"
+# The glibc settings that were the default before jemalloc: the fastest step on some machines,
+# at the cost of a heap that keeps its peak. Opt in with GLIBC_TUNABLES=<this value>.
 MALLOC_TUNABLES = ":".join(
     (
         "glibc.malloc.arena_max=1",
@@ -40,19 +44,35 @@ MALLOC_TUNABLES = ":".join(
 )
 
 
-def exec_with_malloc_tunables() -> None:
-    """Runs this process's command again with `MALLOC_TUNABLES` (glibc reads them only at
-    start-up), the same PID, arguments and interpreter options; returns at once where glibc
-    is not the C library, the machine has less than `MIN_MEMORY`, or GLIBC_TUNABLES is
-    already set (even empty: a person's choice). Call first in a training command's
-    `if __name__ == "__main__"`, before any work."""
-    if "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
+def find_jemalloc() -> str | None:
+    """The shared library name of jemalloc (for LD_PRELOAD), or None where it is not
+    installed."""
+    return ctypes.util.find_library(JEMALLOC)
+
+
+def exec_with_allocator() -> None:
+    """Runs this process's command again with jemalloc preloaded (LD_PRELOAD: the allocator is
+    chosen only at start-up), the same PID, arguments and interpreter options. Returns at once
+    where jemalloc is already preloaded or not installed, where GLIBC_TUNABLES is set (a
+    person's choice of glibc settings), or where RESEARCH_ALLOCATOR=system. Call first in a
+    training command's `if __name__ == "__main__"`, before any work."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if JEMALLOC in preload or "GLIBC_TUNABLES" in os.environ:
         return
-    if physical_memory() < MIN_MEMORY:
+    if os.environ.get(ALLOCATOR_ENV, "").lower() == "system" or sys.platform != "linux":
+        return
+    library = find_jemalloc()
+    if library is None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})
+    env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, (library, preload)))}
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def allocator() -> str:
+    """Which malloc this process runs with: 'jemalloc' when preloaded, else 'system'."""
+    return JEMALLOC if JEMALLOC in os.environ.get("LD_PRELOAD", "") else "system"
 
 
 def peak_rss_bytes() -> int:
@@ -64,11 +84,3 @@ def peak_rss_bytes() -> int:
         return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def physical_memory() -> int:
-    """Bytes of physical memory (0 where the system does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 0

@@ -120,5 +120,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    runtime.exec_with_malloc_tunables()
+    runtime.exec_with_allocator()
     sys.exit(main())

@@ -154,12 +154,17 @@ def test_stem_init_is_the_variants_own():
 
 def test_cifar10_defaults_to_airbench94_at_12_epochs_evaluated_once_on_six_views():
     """The default CIFAR-10 run is airbench94's SGD recipe at 12 epochs (its warm-up still 23%
-    of the run), evaluated once, at the end, with the mirror and translate views."""
+    of the run), each step in four slices of 256 images, evaluated once, at the end, with the
+    mirror and translate views."""
     config = configs.get_config("cifar10")
     assert config == configs.get_config("cifar10", recipe="cifar10")
     airbench94 = configs.get_config("cifar10", recipe="airbench94")
     assert config == airbench94.replace(
-        epochs=12.0, warmup_epochs=0.23 * 12, translate_tta=True, eval_every_epochs=12.0
+        epochs=12.0,
+        warmup_epochs=0.23 * 12,
+        translate_tta=True,
+        eval_every_epochs=12.0,
+        microbatches=4,
     )
     assert config.optimizer == "sgd" and config.lookahead_every == 5
 
