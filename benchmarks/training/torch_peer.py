@@ -22,10 +22,9 @@ consecutive steps each, so that a drift in this machine's speed falls on all fou
 figure is the median images/s over the rounds. Both run on the same random uint8 batch of
 CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
 
-Both run with the glibc allocator settings `python -m research.train` runs with
-(research.configs.runtime.MALLOC_TUNABLES; `GLIBC_TUNABLES= python -m
-benchmarks.training.torch_peer` runs both
-without them).
+Both run under the allocator `python -m research.train` runs with (jemalloc where installed:
+research.configs.runtime.exec_with_allocator; `RESEARCH_ALLOCATOR=system python -m
+benchmarks.training.torch_peer` runs both with the C library's malloc).
 """
 
 from __future__ import annotations
