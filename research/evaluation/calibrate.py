@@ -1,27 +1,6 @@
-"""Calibrate an existing model and give it an "unknown" answer; store both in its record.
-
-    python -m research.calibrate --checkpoint models/cifar10
-    python -m research.calibrate --checkpoint models/fashion_mnist --dry_run
-
-What it fits, and on what (research.serving.calibration holds the definitions):
-- A dataset with a 'validation' split the model did not train on (CIFAR-10): the temperature
-  and the threshold are fitted on the whole validation split and stored; the figures reported
-  for them come from 2-fold cross-validation on that split (fit on one half, report on the
-  other, both ways, averaged), so no reported figure was fitted on the images it describes.
-- A dataset without one (Fashion-MNIST: train and test): they are fitted on the first
-  --train_images images of the training split, without augmentation, and reported on the
-  test split. The model saw those training images, so the fit leans towards over-confidence
-  (a temperature a little too low, a threshold a little too high); the test split is never
-  used for fitting.
-
-The "unknown" scores (max-softmax, energy, Mahalanobis on pooled features with class means and
-a shared covariance from the first --train_images training images) are each measured: AUROC of
-the in-distribution images against the other dataset (Fashion-MNIST test made RGB and 32x32
-for CIFAR-10; CIFAR-10 validation made grey and 28x28 for Fashion-MNIST, both through the
-serving preprocessing), seeded noise and seeded flat colours. With --score auto (default) the
-best score meeting the targets is stored (else the best), with its threshold accepting 95% of
-the fitting images. Writes calibration.json and reliability.png to --out (default:
-<checkpoint>/calibration), and the record of the chosen step unless --dry_run.
+"""Fitting a model's temperature and "unknown" threshold on stored outputs (`calibrate`), from
+its validation split (`collect_outputs`), and storing them in its record (`fit_and_store`, which
+training calls when it ends). The command, with the full method, is research.calibrate.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Example images shipped with a model: a few from its validation split, for the web's strip.
-
-    python -m research.examples --model models/cifar10 [--per_class 1] [--data_dir DIR]
-
-The rule, deterministic and blind to the model: for each class, in label order, the first
-``per_class`` images of that class in the validation split's file order (research.data.datasets
-reads
-splits in a fixed order). The model's answers play no part, and the test split is never read.
-They are written at the dataset's own size as PNG files to ``<model>/examples/`` with an
-``examples.json`` (file, true label). The web reads that file with `read_examples` (no
-TensorFlow); the writer imports TensorFlow only when it runs.
+"""Choosing and writing the example images a model ships (`pick_examples`, `write_examples`):
+the first images of each class in its validation split, blind to the model. Reading them is
+research.serving.model_dir's. The command is research.examples.
 """
 
 from __future__ import annotations

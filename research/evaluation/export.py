@@ -1,11 +1,6 @@
-"""Export a trained model for serving: inference weights, metadata and a model card.
-
-    python -m research.export --workdir workdirs/cifar10 --out models/cifar10 \\
-        --command "python -m research.train --dataset=cifar10" --notes "2-core Debian CPU"
-
-Takes the checkpoint research.serving.model_dir picks in the workdir (best evaluation accuracy, else
-latest; as Classifier.load does), writes its weights and serving record without optimizer
-state, and MODEL_CARD.md beside them, written from that record.
+"""Exporting a trained model for serving: the checkpoint research.serving.model_dir picks,
+without optimizer state, and its model card, written from the serving record. The command is
+research.export.
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
-"""Evaluate a trained model: accuracy, loss, per-class accuracy, a confusion matrix and
-calibration (ECE over 15 bins, NLL, Brier score) at T=1 and at the record's temperature.
-
-    python -m research.evaluate --checkpoint workdirs/cifar10              # its eval split
-    python -m research.evaluate --checkpoint models/fashion_mnist --split test
-    python -m research.evaluate --checkpoint models/cifar10 --image_folder ~/photos
-
-A tfds split goes through training's evaluation path (input_pipeline + train.evaluate_model);
-an image folder (class/image, or split/class/image, listed by research.data.folders) goes through
-research.serving.preprocess.preprocess_image, the serving preprocessing. Both apply the model's
-serving
-record (test-time flip, temperature) and write metrics.json, confusion.png and reliability.png
-(drawn by research.evaluation.plots) to --out (default: <checkpoint>/eval_<split>/). Calibration
-figures
-use research.serving.calibration's definitions, the ones research.calibrate fits with. With
---report,
-the same pass also writes <checkpoint>/report/, what the model's web page shows
-(research.model_report: per-class accuracy, confusion cells' examples, training curves).
+"""A model's figures on a tfds split (`evaluate_split`, training's evaluation path) or an image
+folder (`evaluate_folder`, the serving preprocessing): accuracy, loss, per-class accuracy, the
+confusion matrix and calibration at T=1 and at the record's temperature; and the files that
+report them (`write_results`). The command is research.evaluate.
 """
 
 from __future__ import annotations

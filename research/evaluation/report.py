@@ -1,34 +1,6 @@
-"""What a model's page shows, measured once on its validation split and written as files.
-
-    python -m research.model_report --model models/cifar10
-    python -m research.model_report --model models/fashion_mnist \\
-        --workdir workdirs/fashion_mnist_val
-    python -m research.evaluate --checkpoint models/cifar10 --split validation --report
-
-The model is evaluated through research.evaluate (the training evaluation path, at the
-serving record's flip and temperature: the figures research.evaluate prints), and the same
-pass keeps the most confident mistakes of each true/predicted pair. Written to
-``<model>/report/`` (replaced as a whole, so no stale file survives):
-
-    report.json     split, count, accuracy, per-class accuracy and count, confusion matrix,
-                    calibration, training curves (or why there are none), parameter count,
-                    size on disk, and each confusion cell's examples with their confidences
-    confusion.png   research.evaluation.plots.render_confusion
-    curves.png      research.evaluation.plots.render_curves, when the run recorded at least two
-    epochs
-    examples/<true>-<predicted>/<k>.png
-                    up to EXAMPLES_PER_CELL mistakes per cell, the most confident first, as
-                    the model saw them (its input size; 32x32 or 28x28 PNGs of 1-3 kB)
-
-Training curves come from what the run recorded: the metrics in the serving record of every
-kept checkpoint step (model directory and --workdir) and the scalars research.train writes to
-``<workdir>/tensorboard`` (and ``<workdir>/metrics.jsonl`` where the run wrote one). An
-exported model keeps only its final step, so without the training workdir its report says the
-curves are unavailable instead of inventing them.
-
-Examples and figures come from the validation split only (a test split is refused): what the
-site shows is chosen where nothing is reported. The web reads these files and never imports
-TensorFlow; this module does (through research.evaluate), lazily.
+"""The model report: a model's validation-split figures, training curves and most confident
+mistakes per confusion cell, written as files under the model directory's report folder (names
+in research.serving.artifacts) for the web's model page. The command is research.model_report.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
-"""Accuracy under common corruptions (issue 13's benchmark), through the serving seam.
-
-    python -m research.robustness --model models/cifar10                    # middle severity
-    python -m research.robustness --model models/fashion_mnist --severities all
-    python -m research.robustness --model workdirs/cifar10 --split validation --limit 1000
-
-Reads a tfds split of the model's dataset (default: the split training evaluated on, from the
-training run's --data_dir when it exists here), corrupts every image with each corruption of
-research.data.corruptions that applies (colour-only ones are skipped for grey models) at the chosen
-severities (seed --seed; image i of the split gets seed (seed, i)), and classifies the uint8
-images with `Classifier.predict_arrays`: the jitted forward serving uses, with the record's
-test-time flip. Split images are already uint8 at the model's size, so `preprocess_image` would
-return them unchanged. Prints a markdown table (accuracy per corruption and severity, the
-mean of issue 13's seven at severity 3, the mean over everything), writes it as JSON (--out,
-default <model>/robustness.json, or robustness_all.json for all severities) and a PNG of
-examples beside it (a green frame: classified right; red: wrong).
+"""Accuracy under common corruptions (research.data.corruptions) through the serving forward:
+loading a split's images (`load_images`), measuring (`measure`), the markdown table
+(`format_table`) and the examples PNG (`draw_examples`). The command is research.robustness.
 """
 
 from __future__ import annotations
