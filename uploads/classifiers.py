@@ -20,7 +20,7 @@ from django.conf import settings
 
 from research.configs import dataset_title
 from research.serving import model_dir  # JAX-free: reads model directories without loading a model
-from research.serving.batching import Batcher, run_in_buckets
+from research.serving.batching import BATCH_BUCKETS, Batcher, run_in_buckets
 from research.serving.record import ServingRecord
 from uploads import metrics
 
@@ -151,9 +151,8 @@ def get_classifier(name: str):
 def get_batcher(name: str) -> Batcher:
     """Return the process-wide batcher of a model (loading the model on first use): its
     submit(model_inputs) answers like Classifier.classify_arrays, sharing one forward pass
-    among concurrent requests (research.serving.batching). settings.CLASSIFIER_MAX_BATCH rows at
-    most
-    per pass, rounded down to a compiled batch bucket (0 or 1: no batching), and a leader
+    among concurrent requests (research.serving.batching). settings.CLASSIFIER_MAX_BATCH rows
+    at most per pass, rounded down to a compiled batch bucket (0 or 1: no batching), and a leader
     waits up to settings.CLASSIFIER_BATCH_WAIT_MS for more requests.
     """
     key = (name, str(get_model_dir(name)))
@@ -176,14 +175,10 @@ def get_batcher(name: str) -> Batcher:
 
 def _classify_in_buckets(classifier, batch):
     """classify_arrays in calls of compiled sizes with little padding (run_in_buckets)."""
-    from research.serving.batching import BATCH_BUCKETS
-
     return run_in_buckets(classifier.classify_arrays, batch, BATCH_BUCKETS)
 
 
 def _max_batch() -> int:
-    from research.serving.batching import BATCH_BUCKETS
-
     wanted = settings.CLASSIFIER_MAX_BATCH
     if wanted <= 1:
         return 0

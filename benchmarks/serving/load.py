@@ -8,9 +8,8 @@ settings' defaults), and prints per run: requests/s, p50/p95/p99 (all answers, a
 answers by status, errors that are not 4xx (must be 0), rows added against 201s, and at the
 end the files under MEDIA_ROOT that no row owns (must be 0).
 
-    python -m benchmarks.serving.load                              # 1, 8 and 32 users, 60 s each
-    python -m benchmarks.serving.load --users 1 8 32 --seconds 30  # batching off, then on: one
-    table
+    python -m benchmarks.serving.load                              # 1, 8, 32 users, 60 s each
+    python -m benchmarks.serving.load --users 1 8 32 --seconds 30  # off, then on: one table
     python -m benchmarks.serving.load --batching on                # one mode only
     python -m benchmarks.serving.load --users 8 --seconds 30 --max-requests 300   # workers recycle
     python -m benchmarks.serving.load --database-url postgres://user:pw@127.0.0.1/db   # empty db

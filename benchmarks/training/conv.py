@@ -1,7 +1,6 @@
 """Time forward+backward of one convolution layer: XLA's native conv against im2col + matmul.
 
-    python -m benchmarks.training.conv                 # airbench94 layer shapes, batch 256, 5 runs
-    each
+    python -m benchmarks.training.conv            # airbench94's layer shapes, batch 256, 5 runs
     python -m benchmarks.training.conv --batch 512 --runs 9
 
 Each row is jax.grad (w.r.t. input and kernel) of a sum over the layer's output, jitted, timed

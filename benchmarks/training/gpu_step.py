@@ -2,10 +2,9 @@
 convolutions: what `layers.xla_conv`'s bfloat16 product buys (GPU, TPU; on a CPU the step uses
 im2col unless `--conv_impl=xla`, and XLA:CPU widens bfloat16 convolutions to float32).
 
-    python -m benchmarks.training.gpu_step [--steps 60] [--rounds 3] [--recipes
-    airbench94,airbench94_muon]
-    python -m benchmarks.training.gpu_step --conv_impl=xla --batch_size=32 --steps=2  # CPU smoke
-    test
+    python -m benchmarks.training.gpu_step [--steps 60] [--rounds 3] \
+        [--recipes airbench94,airbench94_muon]
+    python -m benchmarks.training.gpu_step --conv_impl=xla --batch_size=32 --steps=2  # CPU test
 
 For each recipe (`--recipe` names; airbench94: batch 1024; airbench94_muon: 2,000 images in one
 pass) and each variant, the loop's compiled step (`train.device_train_step`, the

@@ -7,16 +7,14 @@
 
 Takes the same flags as `python -m research.train` (any Config field, --compute_dtype among them
 where the Config has it). Runs the training loop's compiled step (train.host_step) on the state
-training builds, exactly as benchmarks/training/train_speed.py times it, under
-`jax.profiler.trace`, with
-XLA's optimized HLO of the step dumped beside the trace. XLA:CPU records one trace event per
+training builds, exactly as benchmarks/training/train_speed.py times it, under `jax.profiler.trace`,
+with XLA's optimized HLO of the step dumped beside the trace. XLA:CPU records one trace event per
 thunk, and each thunk is an instruction of the HLO's entry computation: a fusion, a dot, a
-concatenate, a copy... Each is put in one class by what it computes (its opcode, the ops fused
-into it, the op name JAX gave it and the Python function it came from: research.nets.layers, flax's
-batch norm, optax...), and the classes' times are summed over every traced step. Prints ms per
-step and the share of each class, then the fusions that cost most. Thunks may overlap on the
-cores, so the summed op time can differ from the step's wall time; both are printed.
-"""
+concatenate, a copy... Each is put in one class by what it computes (its opcode, the ops fused into
+it, the op name JAX gave it and the Python function it came from: research.nets.layers, flax's batch
+norm, optax...), and the classes' times are summed over every traced step. Prints ms per step and
+the share of each class, then the fusions that cost most. Thunks may overlap on the cores, so the
+summed op time can differ from the step's wall time; both are printed."""
 
 from __future__ import annotations
 

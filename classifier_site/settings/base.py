@@ -216,12 +216,11 @@ CLASSIFIER_DEFAULT_MODEL = os.environ.get(
 )
 CLASSIFIER_TOP_K = 5
 # Batched serving (research.serving.batching): concurrent requests for one model share a forward
-# pass
-# of at most CLASSIFIER_MAX_BATCH images (a compiled batch size; 0 turns batching off); the
-# request that leads a batch waits up to CLASSIFIER_BATCH_WAIT_MS for others, never when it
-# finds the model idle. Off by default: on the 2-core CPU it was measured slower (0.83-0.95x
-# requests/s at 1-32 clients, docs/web.md); 8 where a pass has a fixed cost
-# to share (a GPU, many threads per worker).
+# pass of at most CLASSIFIER_MAX_BATCH images (a compiled batch size; 0 turns batching off); the
+# request that leads a batch waits up to CLASSIFIER_BATCH_WAIT_MS for others, never when it finds
+# the model idle. Off by default: on the 2-core CPU it was measured slower (0.83-0.95x requests/s at
+# 1-32 clients, docs/web.md); 8 where a pass has a fixed cost to share (a GPU, many threads per
+# worker).
 CLASSIFIER_MAX_BATCH = read_env_int("DJANGO_CLASSIFIER_MAX_BATCH", 0)
 CLASSIFIER_BATCH_WAIT_MS = read_env_int("DJANGO_CLASSIFIER_BATCH_WAIT_MS", 2)
 # /metrics (uploads.metrics) answers only `Authorization: Bearer <METRICS_TOKEN>` or a client

@@ -173,8 +173,7 @@ class Config:
     train_split: str = "train"
     eval_split: str | None = None  # None: 'validation' if the dataset has it, else 'test'
     # 'tfdata': the tf.data pipeline (research.data.pipeline); 'device': the split kept in
-    # device memory, batches gathered and augmented inside the jitted step
-    # (research.data.device_input)
+    # device memory, batches gathered and augmented inside the jitted step (device_input)
     input: str = "tfdata"
     # --input=device only: read the data without TensorFlow from an image folder, a .tar.gz of
     # one, or a folder of idx files (research.data.arrays); None: the prepared tfds dataset

@@ -21,8 +21,6 @@ from research.serving.errors import DataNotFoundError, NonFiniteLossError
 from research.train import distributed
 from research.train.loop import train_and_evaluate
 
-log = logging.getLogger("research.train")
-
 
 def _parse_value(text: str, annotation: str) -> Any:
     if text.lower() in ("none", "") and "None" in annotation:
