@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-from train_speed import STEPS_PER_EPOCH, measure_train
 
 from benchmarks.training import train_speed
+from benchmarks.training.train_speed import STEPS_PER_EPOCH, measure_train
 from research import configs, train
 from research.configs import runtime
 from research.train import __main__ as train_command

@@ -37,9 +37,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from train_speed import STEPS_PER_EPOCH, time_calls
-
 from benchmarks.training import train_speed
+from benchmarks.training.train_speed import STEPS_PER_EPOCH, time_calls
 from research import configs, train
 from research.configs import Config, runtime
 from research.nets import models
