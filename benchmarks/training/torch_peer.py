@@ -3,6 +3,7 @@
     pip install -e '.[bench]'        # CPU torch (2.13.0, taken from this machine's local wheel)
     python -m benchmarks.training.torch_peer                       # 3 rounds of 3 steps, batch 1024
     python -m benchmarks.training.torch_peer --steps=5 --repeats=5 --threads=2
+    python -m benchmarks.training.torch_peer --memory --threads=2  # peak memory of each step
 
 The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths
 64/256/256,
@@ -22,6 +23,10 @@ consecutive steps each, so that a drift in this machine's speed falls on all fou
 figure is the median images/s over the rounds. Both run on the same random uint8 batch of
 CIFAR-10's shape. XLA sizes its own thread pool (all cores); --threads sets PyTorch's.
 
+`--memory` runs each of the four steps alone in a fresh process (warm-up, then --steps x
+--repeats steps) and prints each process's peak resident memory as the kernel counts it for
+`/usr/bin/time -v` (wait4's ru_maxrss), beside PyTorch's for the same step.
+
 Both run under the allocator `python -m research.train` runs with (jemalloc where installed:
 research.configs.runtime.exec_with_allocator; `RESEARCH_ALLOCATOR=system python -m
 benchmarks.training.torch_peer` runs both with the C library's malloc).
@@ -33,6 +38,7 @@ import argparse
 import dataclasses
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -186,6 +192,55 @@ def interleaved_rates(
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
+STEP_NAMES = ("ours float32", "ours bfloat16", "torch float32", "torch bfloat16")
+
+
+def build_steps(
+    torch, names: Sequence[str], args: argparse.Namespace
+) -> dict[str, Callable[[], None]]:
+    """The steps called `names` (of STEP_NAMES), built and ready to call; only those are built,
+    so that a process measuring one step's memory holds nothing of the others."""
+    spec = configs.dataset_spec(DATASET)
+    image_shape, num_classes = spec.image_shape, spec.num_classes
+    config = configs.get_config(DATASET, RECIPE, batch_size=args.batch_size)
+    steps: dict[str, Callable[[], None]] = {}
+    our_params = None
+    for dtype in compute_dtypes():
+        if f"ours {dtype}" in names:
+            steps[f"ours {dtype}"], our_params = our_step(dtype, args, image_shape, num_classes)
+    if not any(name.startswith("torch") for name in names):
+        return steps
+    torch.manual_seed(config.seed)
+    net = build_torch_net(torch, config, in_channels=image_shape[-1], num_classes=num_classes)
+    torch_params = count_torch_params(torch, net)
+    if our_params is not None:
+        print(f"parameters: ours {our_params:,}, torch {torch_params:,}", flush=True)
+        assert torch_params == our_params, "the PyTorch net is not ours: parameter counts differ"
+    batch = train_speed._synthetic_batch(config, image_shape, num_classes)
+    for name, bf16 in (("float32", False), ("bfloat16", True)):
+        if f"torch {name}" in names:
+            steps[f"torch {name}"] = make_torch_step(torch, net, config, batch, bf16=bf16)
+    return steps
+
+
+def peak_memory(args: argparse.Namespace) -> dict[str, int]:
+    """Peak resident bytes of each step run alone in a fresh process (`--only NAME`)."""
+    peaks = {}
+    for name in STEP_NAMES:
+        if name.startswith("ours") and name.split()[1] not in compute_dtypes():
+            continue
+        command = [sys.executable, "-m", "benchmarks.training.torch_peer", "--only", name]
+        command += [f"--steps={args.steps}", f"--repeats={args.repeats}"]
+        command += [f"--threads={args.threads}", f"--batch_size={args.batch_size}"]
+        child = subprocess.Popen(command)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            raise SystemExit(f"error: {name} exited with {child.returncode}")
+        peaks[name] = usage.ru_maxrss * 1024  # KiB on Linux, as /usr/bin/time -v prints it
+    return peaks
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
@@ -195,30 +250,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     spec = configs.dataset_spec(DATASET)
-    image_shape, num_classes = spec.image_shape, spec.num_classes
     config = configs.get_config(DATASET, RECIPE, batch_size=args.batch_size)
+    if args.only:
+        steps = build_steps(torch, [args.only], args)
+        times = time_calls(steps[args.only], args.steps * args.repeats)
+        rate = statistics.median(rates(times, config.batch_size, args.steps))
+        print(f"{args.only}: {rate:.1f} images/s, peak {runtime.peak_rss_bytes() / 2**30:.2f} GiB")
+        return 0
     print(
         f"airbench94 {','.join(map(str, config.widths))}, batch {config.batch_size}, "
-        f"{image_shape} uint8, CPU ({os.cpu_count()} cores), torch {torch.__version__} on "
+        f"{spec.image_shape} uint8, CPU ({os.cpu_count()} cores), torch {torch.__version__} on "
         f"{args.threads} threads; median of {args.repeats} interleaved rounds of {args.steps} "
         f"steps after {WARMUP_STEPS} warm-up; "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
         flush=True,
     )
-    steps: dict[str, Callable[[], None]] = {}
-    our_params = None
-    for dtype in compute_dtypes():
-        steps[f"ours {dtype}"], our_params = our_step(dtype, args, image_shape, num_classes)
+    if args.memory:
+        peaks = peak_memory(args)
+        torch_fp32 = peaks["torch float32"]
+        print()
+        print("| step, alone in its process | peak resident GiB | / torch fp32 |")
+        print("|---|---:|---:|")
+        for name, peak in peaks.items():
+            print(f"| {name} | {peak / 2**30:.2f} | {peak / torch_fp32:.2f} |")
+        return 0
 
-    torch.manual_seed(config.seed)
-    net = build_torch_net(torch, config, in_channels=image_shape[-1], num_classes=num_classes)
-    torch_params = count_torch_params(torch, net)
-    print(f"parameters: ours {our_params:,}, torch {torch_params:,}", flush=True)
-    assert torch_params == our_params, "the PyTorch net is not ours: parameter counts differ"
-    batch = train_speed._synthetic_batch(config, image_shape, num_classes)
-    for name, bf16 in (("float32", False), ("bfloat16", True)):
-        steps[f"torch {name}"] = make_torch_step(torch, net, config, batch, bf16=bf16)
-
+    steps = build_steps(torch, STEP_NAMES, args)
     start = time.perf_counter()
     figures = interleaved_rates(steps, args, config.batch_size)
     for name, rate in figures.items():
@@ -257,6 +314,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=configs.AIRBENCH94_RECIPE["batch_size"],
         help="images per step (the recipe's by default)",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak resident memory of each step, each alone in a fresh process",
+    )
+    parser.add_argument("--only", choices=STEP_NAMES, help="run this one step (for --memory)")
     return parser.parse_args(argv)
 
 
