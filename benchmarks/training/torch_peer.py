@@ -4,6 +4,7 @@
     python -m benchmarks.training.torch_peer                       # 3 rounds of 3 steps, batch 1024
     python -m benchmarks.training.torch_peer --steps=5 --repeats=5 --threads=2
     python -m benchmarks.training.torch_peer --memory --threads=2  # peak memory of each step
+    python -m benchmarks.training.torch_peer --memory --threads=2 --microbatches=4
 
 The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths
 64/256/256,
@@ -158,6 +159,7 @@ def rates(times: Sequence[float], batch_size: int, steps: int) -> list[float]:
 def our_step(compute_dtype: str, args: argparse.Namespace, image_shape, num_classes: int):
     """(`step()`, waited for; params) of our training loop's step at `compute_dtype`."""
     overrides = {"compute_dtype": compute_dtype} if len(compute_dtypes()) > 1 else {}
+    overrides["microbatches"] = args.microbatches
     config = configs.get_config(DATASET, RECIPE, batch_size=args.batch_size, **overrides)
     spec = configs.dataset_spec(DATASET)
     state = train.create_train_state(
@@ -232,6 +234,7 @@ def peak_memory(args: argparse.Namespace) -> dict[str, int]:
         command = [sys.executable, "-m", "benchmarks.training.torch_peer", "--only", name]
         command += [f"--steps={args.steps}", f"--repeats={args.repeats}"]
         command += [f"--threads={args.threads}", f"--batch_size={args.batch_size}"]
+        command += [f"--microbatches={args.microbatches}"]
         child = subprocess.Popen(command)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -313,6 +316,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=configs.AIRBENCH94_RECIPE["batch_size"],
         help="images per step (the recipe's by default)",
+    )
+    parser.add_argument(
+        "--microbatches",
+        type=int,
+        default=1,
+        help="our step in this many slices of the batch, one after the other (the default "
+        "CIFAR-10 recipe uses 4); PyTorch's takes the batch whole",
     )
     parser.add_argument(
         "--memory",
