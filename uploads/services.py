@@ -184,9 +184,10 @@ def _classify(
         )
     model_name = model_name or classifiers.get_default_model_name()
     try:
-        classifier = classifiers.get_classifier(model_name)
+        served = classifiers.get_served(model_name)  # one version answers the whole request
     except classifiers.UnknownModelError as err:
         raise UploadRejected(str(err), code="unknown_model") from err
+    classifier = served.classifier
     top_k = _check_top_k(top_k, classifier.record.num_classes)
 
     draft_side = None if for_storage else DRAFT_FACTOR * max(classifier.record.image_shape[:2])
@@ -196,7 +197,7 @@ def _classify(
     # input is kept (a few KB) so the pages can show exactly what the model saw.
     model_inputs = np.stack([classifier.model_input(validated.image) for validated in images])
     # Through the model's batcher: concurrent requests share one forward pass.
-    classification = classifiers.get_batcher(model_name).submit(model_inputs)
+    classification = served.batcher.submit(model_inputs)
     probabilities = np.asarray(classification.probs)
     ranked = classifier.top_k(probabilities, top_k)
     inference_ms = (time.perf_counter() - inference_started) * 1000 / len(images)
