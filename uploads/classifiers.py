@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -31,7 +32,7 @@ from research.configs import dataset_title
 from research.serving import model_dir  # JAX-free: reads model directories without loading a model
 from research.serving.batching import BATCH_BUCKETS, Batcher, run_in_buckets
 from research.serving.record import ServingRecord
-from uploads import metrics, registry
+from uploads import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +132,11 @@ def get_default_model_name() -> str:
 def get_model_dir(name: str) -> Path:
     """Return the directory that serves a model now, or raise UnknownModelError: the version
     in use in this process, else the published one, else the settings' one."""
+    wanted = _wanted_dir(name)
     served = _served.get(name)
-    if served is not None and name in get_model_names():
+    if served is not None and name in _published:  # while a published version warms
         return served.directory
-    return _wanted_dir(name)
+    return wanted
 
 
 def _wanted_dir(name: str, *, poll: bool = True) -> Path:
@@ -146,6 +148,17 @@ def _wanted_dir(name: str, *, poll: bool = True) -> Path:
         valid = ", ".join(get_model_names()) or "none configured"
         raise UnknownModelError(f"Unknown model {name!r}; choose one of: {valid}.")
     return Path(directory)
+
+
+def _read_published() -> list[tuple[int, str, str]]:
+    """(pk, name, directory) of every published version being served (uploads.registry).
+
+    The model class is looked up, not imported: this module is imported before Django's apps
+    are ready (the WSGI module and gunicorn's hooks import it first).
+    """
+    served_model = apps.get_model("uploads", "ServedModel")
+    rows = served_model.objects.filter(active=True).order_by("pk")
+    return list(rows.values_list("pk", "name", "directory"))
 
 
 def _published_dirs() -> dict[str, str]:
@@ -160,7 +173,7 @@ def _published_dirs() -> dict[str, str]:
         return _published
     _published_checked = now
     try:
-        rows = registry.active_rows()
+        rows = _read_published()
     except DatabaseError as err:  # not migrated yet, or the database is down
         logger.warning("Published models not read (serving the last known): %s", err)
         return _published
@@ -190,14 +203,15 @@ def list_model_infos() -> list[ModelInfo]:
 def get_served(name: str) -> Served:
     """The version of a model that answers a request now: its classifier and batcher together.
 
-    The first use of a name loads it here (as before warm-up). Once a version serves, a newly
-    published directory is loaded and warmed in the background and swapped in when warm; this
-    returns the current version meanwhile. Raises as get_classifier.
+    The first use of a name loads it here (as before warm-up), as does a change of the settings'
+    directory. Once a version serves, a newly published directory is loaded and warmed in the
+    background and swapped in when warm; this returns the current version meanwhile. Raises as
+    get_classifier.
     """
     wanted = _wanted_dir(name)
     served = _served.get(name)
-    if served is None:
-        return _serve_now(name, wanted)
+    if served is None or (served.directory != wanted and name not in _published):
+        return _serve_now(name, wanted)  # the first version, or the settings changed
     if served.directory == wanted:
         _swapping.pop(name, None)  # back to this version: a failed one may be tried again later
     elif _swapping.get(name) != str(wanted):

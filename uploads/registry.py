@@ -84,12 +84,6 @@ def unpublish(*, name: str) -> int:
     return ServedModel.objects.filter(name=name, active=True).update(active=False)
 
 
-def active_rows() -> list[tuple[int, str, str]]:
-    """(pk, name, directory) of every served version: what the workers poll."""
-    served = ServedModel.objects.filter(active=True).order_by("pk")
-    return list(served.values_list("pk", "name", "directory"))
-
-
 def _activate(row: ServedModel) -> ServedModel:
     ServedModel.objects.filter(name=row.name, active=True).exclude(pk=row.pk).update(active=False)
     row.active = True

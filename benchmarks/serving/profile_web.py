@@ -11,13 +11,14 @@ CPU samples by stage: each sample goes to the innermost stage its stack passes t
     python -m benchmarks.serving.profile_web --endpoint classify --seconds 20 --clients 4
 
 Needs py-spy (the `profile` extra) and ptrace rights over the worker (root, or
-kernel.yama.ptrace_scope=0); sampling at 250 Hz without pausing the process (--nonblocking).
+kernel.yama.ptrace_scope=0); sampling at 100 Hz without pausing the process (--nonblocking).
 """
 
 import argparse
 import itertools
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -100,14 +101,12 @@ def drive(port: int, bodies: list[tuple[bytes, str]], path: str, clients: int, s
         for body, content_type in itertools.cycle(bodies):
             if time.perf_counter() > deadline:
                 break
-            start = time.perf_counter()
             client.connection.request(
                 "POST", path, body=body, headers={"Content-Type": content_type}
             )
             response = client.connection.getresponse()
             response.read()
             statuses.append(response.status)
-            del start
         client.close()
         with lock:
             results.extend(statuses)
@@ -128,10 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4, help="threads of the one worker")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--out", type=Path, default=Path("request-profile.svg"))
     args = parser.parse_args(argv)
-    py_spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     args.workers = 1
 
     workdir = Path(tempfile.mkdtemp(prefix="profile-web-"))
