@@ -95,7 +95,7 @@ def classify_uploads(
             for index, names in enumerate(stored_names):
                 prediction = _build(batch, index, names, owner=owner, latency_ms=latency_ms)
                 prediction.upload.save()
-                prediction.upload_id = prediction.upload.pk
+                prediction.upload = prediction.upload  # its id, and no query to read it back
                 prediction.save()
                 predictions.append(prediction)
         for _, write_derived_files in stored:  # the rows are in: their derived files may follow

@@ -48,7 +48,7 @@ STAGES = (
     ("display copy (EXIF, sRGB)", ("display_image",)),
     ("file writes", ("storage.py", "_store_files")),
     ("database", ("django/db/", "sqlite3")),
-    ("metrics", ("uploads/metrics.py", "prometheus_client")),
+    ("metrics", ("prometheus_client",)),
     ("render (serializer, JSON)", ("serializers", "renderers.py", "rest_framework/response")),
     ("multipart parsing", ("parsers.py", "multipartparser.py", "_predict_fields")),
     ("sha256", ("sha256",)),
@@ -56,11 +56,13 @@ STAGES = (
 
 
 def stage_of(stack: str) -> str:
-    """The innermost stage a collapsed stack ('outer;...;inner') passes through."""
+    """The innermost stage a collapsed stack ('outer;...;inner') passes through; work queued
+    for after the answer (uploads.deferred) is marked so."""
+    after = "after the answer: " if "uploads/deferred.py" in stack else ""
     for frame in reversed(stack.split(";")):
         for stage, needles in STAGES:
             if any(needle in frame for needle in needles):
-                return stage
+                return after + stage
     if "gunicorn" in stack and "handle" not in stack:
         return "gunicorn (accept, idle loop)"
     return "other (Django, middleware, WSGI)"
@@ -77,6 +79,13 @@ def split(collapsed: str) -> Counter:
             continue
         counts[stage_of(stack)] += int(number)
     return counts
+
+
+def print_split(counts: Counter) -> None:
+    total = sum(counts.values()) or 1
+    print(f"{'stage':<52}{'samples':>9}{'share':>8}")
+    for stage, count in counts.most_common():
+        print(f"{stage:<52}{count:>9}{100 * count / total:>7.1f}%")
 
 
 def worker_pid(master: int) -> int:
@@ -129,7 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--out", type=Path, default=Path("request-profile.svg"))
+    parser.add_argument("--split", type=Path, help="only print the split of collapsed stacks")
     args = parser.parse_args(argv)
+    if args.split:
+        print_split(split(args.split.read_text()))
+        return
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     args.workers = 1
 
@@ -163,12 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         server.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    total = sum(counts.values()) or 1
     print(f"POST {path}: {answers} answers in {args.seconds:g} s ({errors} errors), "
           f"{args.clients} clients, 1 worker x {args.threads} threads")  # fmt: skip
-    print(f"{'stage':<34}{'samples':>9}{'share':>8}")
-    for stage, count in counts.most_common():
-        print(f"{stage:<34}{count:>9}{100 * count / total:>7.1f}%")
+    print_split(counts)
     print(f"flame graph: {args.out}; collapsed stacks: {args.out.with_suffix('.txt')}")
 
 
