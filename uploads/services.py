@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,7 @@ from uploads import classifiers, metrics
 from uploads.deferred import after_response
 from uploads.feedback import live_accuracy
 from uploads.images import (
+    EncodedImage,
     UploadRejected,
     ValidatedImage,
     check_byte_size,
@@ -45,6 +47,8 @@ from uploads.models import Owner, Prediction, Upload
 
 logger = logging.getLogger(__name__)
 
+# Encode the copies to store beside the forward pass (per process; a few images at a time).
+_encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-encoder")
 MODEL_INPUTS_DIR = "model_inputs"  # the exact uint8 pixels the model saw, as PNG
 SALIENCY_DIR = "saliency"  # overlays, written on first request
 
@@ -80,13 +84,22 @@ def classify_uploads(
     rows are reachable by staff only.
     """
     started = time.perf_counter()
-    batch = _classify(files=files, model_name=model_name, top_k=top_k)
+    encodings: list[Future[EncodedImage]] = []
+
+    def start_encoding(images: list[ValidatedImage]) -> None:
+        # Pillow's encoder and XLA both release the GIL: the copy to store is encoded while
+        # the model runs.
+        encodings.extend(_encoders.submit(encode_for_storage, image) for image in images)
+
+    batch = _classify(files=files, model_name=model_name, top_k=top_k, on_decoded=start_encoding)
     owner = owner or Owner()
     written: list[str] = []
     try:
         stored = [
-            _store_files(validated, pixels, written)
-            for validated, pixels in zip(batch.images, batch.model_inputs, strict=True)
+            _store_files(validated, pixels, encoding.result(), written)
+            for validated, pixels, encoding in zip(
+                batch.images, batch.model_inputs, encodings, strict=True
+            )
         ]
         stored_names = [names for names, _ in stored]
         latency_ms = (time.perf_counter() - started) * 1000 / len(batch.images)
@@ -171,9 +184,11 @@ def _classify(
     model_name: str | None,
     top_k: int | None,
     for_storage: bool = True,
+    on_decoded: Callable[[list[ValidatedImage]], None] | None = None,
 ) -> _Classified:
     """Validate every file, then classify them all in one batch; writes nothing. Unless the
-    images are to be stored, JPEGs are decoded at a reduced scale (DRAFT_FACTOR)."""
+    images are to be stored, JPEGs are decoded at a reduced scale (DRAFT_FACTOR). `on_decoded`
+    is called with the images once all are decoded, before the model runs."""
     if not files:
         raise UploadRejected("Choose an image to classify.", code="no_file")
     if len(files) > settings.UPLOAD_MAX_FILES:
@@ -192,6 +207,8 @@ def _classify(
 
     draft_side = None if for_storage else DRAFT_FACTOR * max(classifier.record.image_shape[:2])
     images = [_read(file, draft_side=draft_side) for file in files]
+    if on_decoded is not None:
+        on_decoded(images)
     inference_started = time.perf_counter()
     # The decoded images as they came: the seam alone makes the model's input from them. The
     # input is kept (a few KB) so the pages can show exactly what the model saw.
@@ -336,13 +353,12 @@ def _read(file: UploadedFile, *, draft_side: int | None = None) -> ValidatedImag
 
 
 def _store_files(
-    validated: ValidatedImage, model_input: np.ndarray, written: list[str]
+    validated: ValidatedImage, model_input: np.ndarray, image: EncodedImage, written: list[str]
 ) -> tuple[tuple[str, str], Callable[[], None]]:
     """Save the re-encoded image under a generated name and note it; return the image's and
     the thumbnail's names, and the task that writes the derived files (the thumbnail, and the
     model's input under a name derived from the image's), which the answer does not wait for."""
     stem = f"{timezone.now():%Y/%m}/{uuid.uuid4().hex}"
-    image = encode_for_storage(validated)
     image_name = default_storage.save(f"images/{stem}.{image.extension}", ContentFile(image.data))
     written.append(image_name)
     extension = thumbnail_extension(validated)

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -206,7 +207,8 @@ METRICS_TOKEN = secrets.token_urlsafe(24)
 def start_server(
     args: argparse.Namespace, workdir: Path, port: int, batching: bool
 ) -> subprocess.Popen:
-    """Migrate a fresh SQLite database and start gunicorn with the production settings."""
+    """Migrate a fresh SQLite database and start gunicorn with the production settings, alone
+    or (--nginx) behind nginx as deploy/run-local.sh runs them, listening on `port`."""
     metrics_dir = workdir / "metrics"
     metrics_dir.mkdir()
     env = {
@@ -229,6 +231,23 @@ def start_server(
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # /metrics sums both workers
     }
     env["DJANGO_CLASSIFIER_MAX_BATCH"] = "8" if batching else "0"
+    if getattr(args, "nginx", False):
+        env.update(
+            {
+                "DJANGO_TRUSTED_PROXIES": HOST,
+                "GUNICORN_PORT": str(free_port()),
+                "PYTHON": sys.executable,
+                "RUN_COLLECTSTATIC": "0",
+            }
+        )
+        return subprocess.Popen(
+            ["bash", "deploy/run-local.sh", str(port), str(workdir / "run")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "run-local.log", "wb"),  # noqa: SIM115  (closed with it)
+            start_new_session=True,
+        )
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
         cwd=ROOT,
@@ -249,7 +268,20 @@ def start_server(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / "gunicorn.log", "wb"),  # noqa: SIM115  (closed with the process)
+        start_new_session=True,
     )
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (gunicorn, or run-local.sh with nginx)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def wait_until_ready(port: int, server: subprocess.Popen, workers: int) -> float:
@@ -324,11 +356,7 @@ def measure_mode(args: argparse.Namespace, images: dict, names: dict, batching: 
             throughput.append(run)
         scrape = scrape_metrics(port)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "batching": batching,
@@ -357,6 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--batching", choices=["both", "off", "on"], default="both", help="default: off, then on"
     )
+    parser.add_argument(
+        "--nginx", action="store_true", help="through nginx, as deploy/run-local.sh runs it"
+    )
     parser.add_argument("--show-scrape", action="store_true", help="print the batcher's metrics")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -369,8 +400,10 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [measure_mode(args, images, names, batching) for batching in modes]
     bare = measure_bare_predict(args.model_dir, images, args.requests)
 
+    front = "nginx -> " if args.nginx else ""
     results = {
-        "server": f"gunicorn {args.workers} workers x {args.threads} threads, SQLite, loopback",
+        "server": f"{front}gunicorn {args.workers} workers x {args.threads} threads, SQLite, "
+        "loopback",
         "cpus": os.cpu_count(),
         "runs": runs,
         "bare_predict": bare,
