@@ -10,7 +10,7 @@ asks the database which versions are published (one small query). A name whose d
 changed keeps being served by its current version while a background thread loads and warms the
 new one; then one assignment swaps in the new `Served` (classifier and batcher together), so a
 request, which takes one `Served` at its start, is answered by one whole model. A failed warm-up
-leaves the old version serving (the error is logged and shown by /healthz's detail in the log).
+is logged and leaves the old version serving.
 """
 
 import contextlib
@@ -163,8 +163,8 @@ def _read_published() -> list[tuple[int, str, str]]:
 
 def _published_dirs() -> dict[str, str]:
     """The published directories by name, read again at most every CLASSIFIER_REGISTRY_POLL_S
-    seconds (a query of the active rows' keys; their directories only when those changed).
-    Off (settings only) when the setting is negative; the last answer while the database fails.
+    seconds per process (one query of the few active rows). Off (settings only) when the
+    setting is negative; the last answer while the database fails.
     """
     global _published, _published_pks, _published_checked
     poll = getattr(settings, "CLASSIFIER_REGISTRY_POLL_S", 1.0)
