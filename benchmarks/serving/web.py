@@ -4,8 +4,9 @@ Starts the production stack (gunicorn with production settings, or with --nginx 
 as deploy/run-local.sh runs them; SQLite in a temporary folder) on loopback, waits for /healthz,
 then measures POST /api/predict (stored) and POST /api/classify (nothing stored) for a 32x32 PNG
 and a 1-megapixel JPEG (p50/p95 over sequential requests, and p50 over Classifier.predict on the
-same decoded image in this process: the overhead), and requests/s with p50/p95/p99 at 1, 8 and
-32 concurrent clients posting the PNG to /api/predict. It does so with batched serving off
+same decoded image in this process, one call after each request so both see the same load: the
+overhead), and requests/s with p50/p95/p99 at 1, 8 and 32 concurrent clients posting the PNG to
+/api/predict. It does so with batched serving off
 (DJANGO_CLASSIFIER_MAX_BATCH=0), then on (8), in one run, so the ratios compare like with like;
 the server's /metrics gives the mean images per forward pass. Everything is bounded.
 
@@ -22,6 +23,7 @@ images; >= 250 requests/s at 8 and 32 clients through nginx with zero errors; ba
 """
 
 import argparse
+import functools
 import http.client
 import io
 import json
@@ -36,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,15 +119,28 @@ ENDPOINTS = {"predict": ("/api/predict", 201), "classify": ("/api/classify", 200
 
 
 def measure_latency(
-    port: int, data: bytes, name: str, model: str, count: int, endpoint: str = "predict"
+    port: int,
+    data: bytes,
+    name: str,
+    model: str,
+    count: int,
+    endpoint: str = "predict",
+    bare: Callable[[], object] | None = None,
 ) -> dict:
-    """Sequential requests on one connection: p50/p95 in milliseconds."""
+    """Sequential requests on one connection: p50/p95 in milliseconds; with `bare`, one call of
+    it after each request, so that the two share the machine's state (its p50 beside)."""
     path, ok = ENDPOINTS[endpoint]
     body, content_type = encode_multipart(data, name, {"model": model})
     client = Client(port)
     for _ in range(5):  # first requests of a fresh connection/thread
         client.predict(body, content_type, path)
-    results = [client.predict(body, content_type, path) for _ in range(count)]
+    results, bare_times = [], []
+    for _ in range(count):
+        results.append(client.predict(body, content_type, path))
+        if bare is not None:
+            start = time.perf_counter()
+            bare()
+            bare_times.append((time.perf_counter() - start) * 1000)
     client.close()
     times = [ms for status, ms in results if status == ok]
     return {
@@ -132,6 +148,7 @@ def measure_latency(
         "errors": sum(status != ok for status, _ in results),
         "p50_ms": percentile(times, 50),
         "p95_ms": percentile(times, 95),
+        "bare_p50_ms": percentile(bare_times, 50),
     }
 
 
@@ -173,25 +190,20 @@ def measure_throughput(port: int, data: bytes, model: str, clients: int, seconds
     }
 
 
-def measure_bare_predict(model_dir: Path, images: dict[str, bytes], count: int) -> dict:
-    """Classifier.predict on the decoded image in this process, p50 in milliseconds."""
+def bare_predictors(model_dir: Path, images: dict[str, bytes]) -> dict[str, Callable]:
+    """Per image, a call of Classifier.predict on it, decoded, in this process (warm)."""
     from research.serving.classifier import Classifier
 
     classifier = Classifier.load(model_dir)
     classifier.warmup()
-    results = {}
+    calls = {}
     for key, data in images.items():
         image = Image.open(io.BytesIO(data))
         image.load()
+        calls[key] = functools.partial(classifier.predict, [image])
         for _ in range(5):
-            classifier.predict([image])
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            classifier.predict([image])
-            times.append((time.perf_counter() - start) * 1000)
-        results[key] = {"p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95)}
-    return results
+            calls[key]()
+    return calls
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -337,7 +349,9 @@ def images_per_pass(before: str, after: str) -> float:
     return images / passes if passes else float("nan")
 
 
-def measure_mode(args: argparse.Namespace, images: dict, names: dict, batching: bool) -> dict:
+def measure_mode(
+    args: argparse.Namespace, images: dict, names: dict, batching: bool, bare: dict
+) -> dict:
     """Start a server with batching on or off, measure, scrape /metrics, stop it."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     port = free_port()
@@ -346,7 +360,7 @@ def measure_mode(args: argparse.Namespace, images: dict, names: dict, batching: 
         startup_s = wait_until_ready(port, server, args.workers)
         latency = {
             f"{endpoint} {key}": measure_latency(
-                port, data, names[key], args.model, args.requests, endpoint
+                port, data, names[key], args.model, args.requests, endpoint, bare[key]
             )
             for endpoint in ENDPOINTS
             for key, data in images.items()
@@ -400,8 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     images = {"png_32x32": make_small_png(), "jpeg_1mp": make_megapixel_jpeg()}
     names = {"png_32x32": "small.png", "jpeg_1mp": "photo.jpg"}
     modes = {"both": [False, True], "off": [False], "on": [True]}[args.batching]
-    runs = [measure_mode(args, images, names, batching) for batching in modes]
-    bare = measure_bare_predict(args.model_dir, images, args.requests)
+    bare = bare_predictors(args.model_dir, images)  # timed between the requests
+    runs = [measure_mode(args, images, names, batching, bare) for batching in modes]
 
     front = "nginx -> " if args.nginx else ""
     results = {
@@ -409,7 +423,6 @@ def main(argv: list[str] | None = None) -> dict:
         "loopback",
         "cpus": os.cpu_count(),
         "runs": runs,
-        "bare_predict": bare,
     }
     if args.json:
         print(json.dumps(results, indent=2))
@@ -437,7 +450,7 @@ def print_report(results: dict, *, show_scrape: bool = False) -> None:
         mode = "on" if run["batching"] else "off"
         for key, row in run["latency"].items():
             endpoint, image = key.split(" ")
-            bare = results["bare_predict"][image]["p50_ms"]
+            bare = row["bare_p50_ms"]
             target = OVERHEAD_TARGETS[endpoint]
             print(
                 f"{mode:<9}{endpoint:<9}{image:<11}{row['p50_ms']:>8.1f}{row['p95_ms']:>8.1f}"
