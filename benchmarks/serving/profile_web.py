@@ -52,7 +52,11 @@ STAGES = (
     ("render (serializer, JSON)", ("serializers", "renderers.py", "rest_framework/response")),
     ("multipart parsing", ("parsers.py", "multipartparser.py", "_predict_fields")),
     ("sha256", ("sha256",)),
+    ("session (key, row, cookie)", ("django/contrib/sessions", "get_random_string", "Owner.of")),
+    ("sending the answer", ("gunicorn/util.py",)),
 )
+# A thread waiting for work (the store encoders' pool) is not the request's time.
+IDLE = ("concurrent/futures/thread.py:81",)
 
 
 def stage_of(stack: str) -> str:
@@ -75,7 +79,8 @@ def split(collapsed: str) -> Counter:
         stack, _, number = line.rpartition(" ")
         if not stack or not number.isdigit():
             continue
-        if "classifier-warmup" in stack:
+        innermost = stack.split(";")[-1]
+        if "classifier-warmup" in stack or any(idle in innermost for idle in IDLE):
             continue
         counts[stage_of(stack)] += int(number)
     return counts

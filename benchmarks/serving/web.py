@@ -242,6 +242,7 @@ def start_server(
         "GUNICORN_THREADS": str(args.threads),
         # Every client comes from 127.0.0.1: the per-client rate would answer 429s.
         "DJANGO_API_THROTTLE_RATE": "10000000/min",
+        "DJANGO_LIVE_THROTTLE_RATE": "10000000/min",  # /api/classify's own rate
         "DJANGO_METRICS_TOKEN": METRICS_TOKEN,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),  # /metrics sums both workers
     }
