@@ -32,7 +32,10 @@ def after_response(task: Callable[[], None]) -> None:
 
 
 def _open(**kwargs) -> None:
-    _local.queue = []
+    # Kept if already open: under ASGI, requests interleave on one thread, and a second
+    # request starting must not drop the first one's tasks (whichever finishes runs them).
+    if getattr(_local, "queue", None) is None:
+        _local.queue = []
 
 
 def _drain(**kwargs) -> None:
