@@ -68,7 +68,7 @@ def stage_of(stack: str) -> str:
             if any(needle in frame for needle in needles):
                 return after + stage
     if "gunicorn" in stack and "handle" not in stack:
-        return "gunicorn (accept, idle loop)"
+        return "gunicorn's loop (mostly waiting)"
     return "other (Django, middleware, WSGI)"
 
 
