@@ -197,3 +197,29 @@ def test_publishing_refuses_a_directory_without_a_model_and_a_reused_version(
     with pytest.raises(CommandError, match="no earlier published version"):
         call_command("publish_model", "--rollback", "cifar10")
     assert ServedModel.objects.count() == 1
+
+
+def test_staff_publish_a_directory_from_the_admin_and_see_it_served(
+    polling, admin_client, model_dirs
+):
+    """The admin's add form publishes a model directory; the list shows the served version."""
+    url = reverse("admin:uploads_servedmodel_add")
+    response = admin_client.post(
+        url, {"name": "cifar10", "directory": str(model_dirs["cifar10"]), "note": "first"}
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    row = ServedModel.objects.get()
+    assert row.active and row.version == classifiers.get_classifier("cifar10").version
+    page = admin_client.get(reverse("admin:uploads_servedmodel_changelist")).content.decode()
+    assert row.version in page
+
+
+def test_the_admin_refuses_a_directory_without_a_model_with_a_message(
+    polling, admin_client, tmp_path
+):
+    """A directory with no model: the form says so (200), and nothing is published."""
+    url = reverse("admin:uploads_servedmodel_add")
+    response = admin_client.post(url, {"name": "cifar10", "directory": str(tmp_path)})
+    assert response.status_code == 200
+    assert "holds no exported model" in response.content.decode()
+    assert not ServedModel.objects.exists()
