@@ -6,14 +6,16 @@ owner and are reachable here only); the Uploads list shows the media disk usage 
 
 import csv
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.html import format_html
 
-from uploads.models import Feedback, Prediction, PredictionQuerySet, Upload
+from uploads import registry
+from uploads.models import Feedback, Prediction, PredictionQuerySet, ServedModel, Upload
 from uploads.services import delete_uploads, measure_media_usage
 
 CSV_COLUMNS = [
@@ -366,3 +368,59 @@ class FeedbackAdmin(ReadOnlyAdmin):
     @admin.display(description="model", ordering="prediction__model_name")
     def model_name(self, feedback: Feedback) -> str:
         return feedback.prediction.model_name
+
+
+class PublishForm(forms.ModelForm):
+    """A model directory to publish: checked before anything is saved."""
+
+    class Meta:
+        model = ServedModel
+        fields = ["name", "directory", "note"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("directory"):
+            try:
+                registry.check(directory=data["directory"], name=data.get("name", ""))
+            except registry.PublishError as err:
+                raise forms.ValidationError(str(err)) from err
+        return data
+
+
+@admin.register(ServedModel)
+class ServedModelAdmin(admin.ModelAdmin):
+    """The served model versions: add one to publish it; actions serve or roll back. Each worker
+    swaps a version in once it is warm (uploads.registry)."""
+
+    form = PublishForm
+    list_display = ["name", "version", "dataset", "active", "directory", "activated_at", "note"]
+    list_filter = ["name", "active"]
+    search_fields = ["name", "version", "directory", "note"]
+    actions = ["serve_selected", "roll_back"]
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return obj is None  # the list (and its actions), not editing a published row
+
+    def save_model(self, request: HttpRequest, obj: ServedModel, form, change: bool) -> None:
+        row = registry.publish_model(directory=obj.directory, name=obj.name, note=obj.note)
+        obj.pk, obj.version, obj.active = row.pk, row.version, row.active
+
+    @admin.action(description="Serve the selected version (one per model)")
+    def serve_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        rows = list(queryset)
+        if len({row.name for row in rows}) != len(rows):
+            self.message_user(request, "Select one version per model.", messages.ERROR)
+            return
+        for row in rows:
+            registry.activate(row=row)
+            self.message_user(request, f"{row.name}: serving {row.version}.")
+
+    @admin.action(description="Roll back to the version served before")
+    def roll_back(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for name in sorted(set(queryset.values_list("name", flat=True))):
+            try:
+                row = registry.roll_back(name=name)
+            except registry.PublishError as err:
+                self.message_user(request, str(err), messages.ERROR)
+            else:
+                self.message_user(request, f"{name}: serving {row.version} again.")

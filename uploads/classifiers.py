@@ -1,8 +1,16 @@
 """The one accessor to the research classifiers: lazy, cached per process, thread-safe.
 
-Models are named in settings.CLASSIFIER_MODELS (name -> exported model directory). A model is
-loaded on first use (or by warm-up), never at import time or in AppConfig.ready(), and the
-same research.serving.classifier.Classifier instance then serves every thread of the process.
+Models are named in settings.CLASSIFIER_MODELS (name -> exported model directory), over which
+the published versions of uploads.registry take precedence. A model is loaded on first use (or
+by warm-up), never at import time or in AppConfig.ready(), and the same
+research.serving.classifier.Classifier instance then serves every thread of the process.
+
+Publishing without a restart: at most every settings.CLASSIFIER_REGISTRY_POLL_S seconds a request
+asks the database which versions are published (one small query). A name whose directory
+changed keeps being served by its current version while a background thread loads and warms the
+new one; then one assignment swaps in the new `Served` (classifier and batcher together), so a
+request, which takes one `Served` at its start, is answered by one whole model. A failed warm-up
+is logged and leaves the old version serving.
 """
 
 import contextlib
@@ -16,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
+from django.db import DatabaseError
 
 from research.configs import dataset_title
 from research.serving import model_dir  # JAX-free: reads model directories without loading a model
@@ -32,6 +42,11 @@ _batchers: dict[tuple[str, str], Batcher] = {}
 _warm: set[tuple[str, str]] = set()
 _errors: dict[tuple[str, str], str] = {}
 _warmup_thread: threading.Thread | None = None
+_served: dict[str, "Served"] = {}  # name -> what answers it now
+_swapping: dict[str, str] = {}  # name -> directory being warmed, or that failed to warm
+_published: dict[str, str] = {}  # name -> directory, from uploads.registry
+_published_pks: list[int] | None = None
+_published_checked = -float("inf")  # time.monotonic() of the last poll
 
 
 class UnknownModelError(ValueError):
@@ -92,9 +107,19 @@ class ModelInfo:
         return is_model_ready(self.name)
 
 
+@dataclass(frozen=True)
+class Served:
+    """One version of a model as a request uses it: all from one directory."""
+
+    name: str
+    directory: Path
+    classifier: Any
+    batcher: Batcher
+
+
 def get_model_names() -> list[str]:
-    """Return the configured model names in settings order."""
-    return list(settings.CLASSIFIER_MODELS)
+    """Return the configured model names in settings order, then the published ones."""
+    return list(dict.fromkeys([*settings.CLASSIFIER_MODELS, *_published_dirs()]))
 
 
 def get_default_model_name() -> str:
@@ -105,12 +130,58 @@ def get_default_model_name() -> str:
 
 
 def get_model_dir(name: str) -> Path:
-    """Return the directory of a configured model, or raise UnknownModelError."""
-    try:
-        return Path(settings.CLASSIFIER_MODELS[name])
-    except KeyError:
+    """Return the directory that serves a model now, or raise UnknownModelError: the version
+    in use in this process, else the published one, else the settings' one."""
+    wanted = _wanted_dir(name)
+    served = _served.get(name)
+    if served is not None and name in _published:  # while a published version warms
+        return served.directory
+    return wanted
+
+
+def _wanted_dir(name: str, *, poll: bool = True) -> Path:
+    """The directory a model should be served from: published, else in settings (without
+    poll: as last read)."""
+    published = _published_dirs() if poll else _published
+    directory = published.get(name) or settings.CLASSIFIER_MODELS.get(name)
+    if directory is None:
         valid = ", ".join(get_model_names()) or "none configured"
-        raise UnknownModelError(f"Unknown model {name!r}; choose one of: {valid}.") from None
+        raise UnknownModelError(f"Unknown model {name!r}; choose one of: {valid}.")
+    return Path(directory)
+
+
+def _read_published() -> list[tuple[int, str, str]]:
+    """(pk, name, directory) of every published version being served (uploads.registry).
+
+    The model class is looked up, not imported: this module is imported before Django's apps
+    are ready (the WSGI module and gunicorn's hooks import it first).
+    """
+    served_model = apps.get_model("uploads", "ServedModel")
+    rows = served_model.objects.filter(active=True).order_by("pk")
+    return list(rows.values_list("pk", "name", "directory"))
+
+
+def _published_dirs() -> dict[str, str]:
+    """The published directories by name, read again at most every CLASSIFIER_REGISTRY_POLL_S
+    seconds per process (one query of the few active rows). Off (settings only) when the
+    setting is negative; the last answer while the database fails.
+    """
+    global _published, _published_pks, _published_checked
+    poll = getattr(settings, "CLASSIFIER_REGISTRY_POLL_S", 1.0)
+    now = time.monotonic()
+    if poll < 0 or now - _published_checked < poll:
+        return _published
+    _published_checked = now
+    try:
+        rows = _read_published()
+    except DatabaseError as err:  # not migrated yet, or the database is down
+        logger.warning("Published models not read (serving the last known): %s", err)
+        return _published
+    pks = [pk for pk, _, _ in rows]
+    if pks != _published_pks:
+        _published = {name: directory for _, name, directory in rows}
+        _published_pks = pks
+    return _published
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -129,23 +200,32 @@ def list_model_infos() -> list[ModelInfo]:
     return [get_model_info(name) for name in get_model_names()]
 
 
-def get_classifier(name: str):
-    """Return the process-wide Classifier for a model name, loading it on first use.
+def get_served(name: str) -> Served:
+    """The version of a model that answers a request now: its classifier and batcher together.
 
-    Raises UnknownModelError for a name outside settings.CLASSIFIER_MODELS and
+    The first use of a name loads it here (as before warm-up), as does a change of the settings'
+    directory. Once a version serves, a newly published directory is loaded and warmed in the
+    background and swapped in when warm; this returns the current version meanwhile. Raises as
+    get_classifier.
+    """
+    wanted = _wanted_dir(name)
+    served = _served.get(name)
+    if served is None or (served.directory != wanted and name not in _published):
+        return _serve_now(name, wanted)  # the first version, or the settings changed
+    if served.directory == wanted:
+        _swapping.pop(name, None)  # back to this version: a failed one may be tried again later
+    elif _swapping.get(name) != str(wanted):
+        _start_swap(name, wanted)
+    return served
+
+
+def get_classifier(name: str):
+    """Return the process-wide Classifier serving a model name, loading it on first use.
+
+    Raises UnknownModelError for a name neither configured nor published and
     ModelUnavailableError, with the directory and the fix, when the model cannot be loaded.
     """
-    directory = get_model_dir(name)
-    key = (name, str(directory))
-    classifier = _classifiers.get(key)
-    if classifier is not None:
-        return classifier
-    with _lock:
-        classifier = _classifiers.get(key)
-        if classifier is None:
-            classifier = _load_classifier(name, directory)
-            _classifiers[key] = classifier
-    return classifier
+    return get_served(name).classifier
 
 
 def get_batcher(name: str) -> Batcher:
@@ -155,22 +235,69 @@ def get_batcher(name: str) -> Batcher:
     at most per pass, rounded down to a compiled batch bucket (0 or 1: no batching), and a leader
     waits up to settings.CLASSIFIER_BATCH_WAIT_MS for more requests.
     """
-    key = (name, str(get_model_dir(name)))
-    batcher = _batchers.get(key)
-    if batcher is not None:
-        return batcher
-    classifier = get_classifier(name)
+    return get_served(name).batcher
+
+
+def _serve_now(name: str, directory: Path) -> Served:
+    """Load a model's first version in this process (requests wait: nothing serves it yet)."""
     with _lock:
-        batcher = _batchers.get(key)
-        if batcher is None:
-            batcher = Batcher(
-                functools.partial(_classify_in_buckets, classifier),
-                max_batch=_max_batch(),
-                max_wait_s=max(0, settings.CLASSIFIER_BATCH_WAIT_MS) / 1000,
-                on_batch=metrics.observe_batch(name),
-            )
-            _batchers[key] = batcher
-    return batcher
+        served = _served.get(name)
+        if served is None or served.directory != directory:
+            served = _make_served(name, directory)
+            _served[name] = served
+    return served
+
+
+def _make_served(name: str, directory: Path) -> Served:
+    key = (name, str(directory))
+    classifier = _classifiers.get(key) or _load_classifier(name, directory)
+    _classifiers[key] = classifier
+    batcher = _batchers.get(key) or Batcher(
+        functools.partial(_classify_in_buckets, classifier),
+        max_batch=_max_batch(),
+        max_wait_s=max(0, settings.CLASSIFIER_BATCH_WAIT_MS) / 1000,
+        on_batch=metrics.observe_batch(name),
+    )
+    _batchers[key] = batcher
+    return Served(name=name, directory=directory, classifier=classifier, batcher=batcher)
+
+
+def _start_swap(name: str, directory: Path) -> None:
+    """Warm `directory` for `name` in a daemon thread, then serve it (once per directory)."""
+    with _lock:
+        if _swapping.get(name) == str(directory):
+            return
+        _swapping[name] = str(directory)
+    threading.Thread(
+        target=_swap, args=(name, directory), name=f"classifier-swap-{name}", daemon=True
+    ).start()
+
+
+def _swap(name: str, directory: Path) -> None:
+    key = (name, str(directory))
+    started = time.perf_counter()
+    try:
+        served = _make_served(name, directory)
+        served.classifier.warmup()
+    except Exception as err:  # the old version keeps serving; retried when the registry changes
+        _errors[key] = str(err)
+        logger.error("Model %r from %s failed to warm; the old version serves: %s", *key, err)
+        return
+    with _lock:
+        _warm.add(key)
+        _errors.pop(key, None)
+        if _swapping.get(name) == str(directory):
+            del _swapping[name]
+        if _wanted_dir(name, poll=False) != directory:  # rolled back meanwhile
+            return
+        _served[name] = served  # the swap: one assignment
+    logger.info(
+        "Model %r %s from %s serving (warmed in %.1f s)",
+        name,
+        served.classifier.version,
+        directory,
+        time.perf_counter() - started,
+    )
 
 
 def _classify_in_buckets(classifier, batch):
@@ -277,11 +404,15 @@ def get_health() -> dict[str, Any]:
 
 def clear_cache() -> None:
     """Forget every loaded model and warm-up state (for tests)."""
+    global _published, _published_pks, _published_checked
     with _lock:
         _classifiers.clear()
         _batchers.clear()
         _warm.clear()
         _errors.clear()
+        _served.clear()
+        _swapping.clear()
+        _published, _published_pks, _published_checked = {}, None, -float("inf")
 
 
 _cache_configured: str | None = None

@@ -158,11 +158,14 @@ def read_validated_image(
     max_bytes: int,
     max_pixels: int,
     max_side: int | None = None,
+    draft_side: int | None = None,
 ) -> ValidatedImage:
     """Validate and decode untrusted image bytes, or raise UploadRejected saying why.
 
     The decoded image is at most `max_side` (default: settings.UPLOAD_STORED_MAX_SIDE) pixels
-    on its longer side; larger ones are shrunk, keeping their proportions.
+    on its longer side; larger ones are shrunk, keeping their proportions. With `draft_side`, a
+    JPEG is decoded at the smallest DCT scale whose longer side is still >= draft_side (up to
+    8x fewer pixels decoded, for an answer that stores nothing).
     """
     original_name = clean_original_name(name)
     check_byte_size(len(data), name=original_name, max_bytes=max_bytes)
@@ -171,7 +174,7 @@ def read_validated_image(
     if max_side is None:
         max_side = getattr(settings, "UPLOAD_STORED_MAX_SIDE", STORED_MAX_SIDE)
     with _decode_slot():
-        image = _decode(data, original_name, max_pixels, max_side)
+        image = _decode(data, original_name, max_pixels, max_side, draft_side or max_side)
     return ValidatedImage(
         image=image,
         format=image_format,
@@ -189,14 +192,27 @@ def encode_for_storage(validated: ValidatedImage) -> EncodedImage:
     return EncodedImage(_save(image, "PNG", compress_level=3), "png")
 
 
-def encode_thumbnail(validated: ValidatedImage) -> EncodedImage | None:
-    """Return a small copy for listings, or None when the image is already small."""
+def thumbnail_extension(validated: ValidatedImage) -> str:
+    """The extension of the image's thumbnail ('jpg' or 'png'), '' when it needs none: known
+    before encoding, so the name can be stored before the file is written."""
     image = validated.display_image
     if image.width <= THUMBNAIL_SIZE[0] and image.height <= THUMBNAIL_SIZE[1]:
+        return ""
+    return "png" if image.mode == "RGBA" else "jpg"
+
+
+def encode_thumbnail(validated: ValidatedImage) -> EncodedImage | None:
+    """Return a small copy for listings, or None when the image is already small.
+
+    Shrunk by a whole factor with a box filter first, then bicubic to the size (reducing_gap
+    1.0): a third of the time of bicubic all the way, and no visible difference at 320 pixels.
+    """
+    extension = thumbnail_extension(validated)
+    if not extension:
         return None
-    thumbnail = image.copy()
-    thumbnail.thumbnail(THUMBNAIL_SIZE, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    if thumbnail.mode == "RGBA":
+    thumbnail = validated.display_image.copy()
+    thumbnail.thumbnail(THUMBNAIL_SIZE, Image.Resampling.BICUBIC, reducing_gap=1.0)
+    if extension == "png":
         return EncodedImage(_save(thumbnail, "PNG", compress_level=6), "png")
     return EncodedImage(_save(thumbnail, "JPEG", quality=85), "jpg")
 
@@ -250,13 +266,16 @@ def _decode_slot() -> Iterator[None]:
         yield
 
 
-def _decode(data: bytes, original_name: str, max_pixels: int, max_side: int) -> Image.Image:
-    """Decode the first frame (JPEGs at the smallest scale still >= max_side), then shrink it
-    to fit max_side; its pixels no longer read the bytes."""
+def _decode(
+    data: bytes, original_name: str, max_pixels: int, max_side: int, draft_side: int
+) -> Image.Image:
+    """Decode the first frame (JPEGs at the smallest scale still >= min(max_side, draft_side)),
+    then shrink it to fit max_side; its pixels no longer read the bytes."""
+    draft_side = min(max_side, draft_side)
     with _open_image(data, original_name, max_pixels) as image:
         try:
-            if image.format == "JPEG" and max(image.size) > max_side:
-                scale = max_side / max(image.size)  # draft keeps both sides >= the request
+            if image.format == "JPEG" and max(image.size) > draft_side:
+                scale = draft_side / max(image.size)  # draft keeps both sides >= the request
                 image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             image.load()
             return _shrink(image, max_side)

@@ -242,3 +242,31 @@ class Feedback(models.Model):
     def __str__(self) -> str:
         verdict = "right" if self.correct else f"wrong, is {self.label}"
         return f"{self.prediction}: {verdict}"
+
+
+class ServedModel(models.Model):
+    """A model directory published under a name (uploads.registry): the active row of a name
+    is what every worker serves for it, over settings.CLASSIFIER_MODELS, within a second or so
+    and without a restart. Earlier rows stay, so a rollback re-activates one."""
+
+    name = models.SlugField("model name", max_length=64)
+    directory = models.CharField("model directory", max_length=500)
+    version = models.CharField(max_length=100, editable=False)  # the export's serving record
+    dataset = models.CharField(max_length=64, editable=False)
+    active = models.BooleanField(default=False, db_index=True, editable=False)
+    note = models.CharField(max_length=200, blank=True)
+    published_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name", "-activated_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(active=True), name="one_served_version_per_model"
+            ),
+            # Prediction.model_version then names one export exactly.
+            models.UniqueConstraint(fields=["name", "version"], name="one_export_per_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}" + (" (served)" if self.active else "")

@@ -11,7 +11,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -29,8 +30,10 @@ from PIL import Image
 
 from research.serving.artifacts import CALIBRATION_DIR, RELIABILITY_FILE
 from uploads import classifiers, metrics
+from uploads.deferred import after_response
 from uploads.feedback import live_accuracy
 from uploads.images import (
+    EncodedImage,
     UploadRejected,
     ValidatedImage,
     check_byte_size,
@@ -38,11 +41,14 @@ from uploads.images import (
     encode_for_storage,
     encode_thumbnail,
     read_validated_image,
+    thumbnail_extension,
 )
 from uploads.models import Owner, Prediction, Upload
 
 logger = logging.getLogger(__name__)
 
+# Encode the copies to store beside the forward pass (per process; a few images at a time).
+_encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-encoder")
 MODEL_INPUTS_DIR = "model_inputs"  # the exact uint8 pixels the model saw, as PNG
 SALIENCY_DIR = "saliency"  # overlays, written on first request
 
@@ -78,23 +84,35 @@ def classify_uploads(
     rows are reachable by staff only.
     """
     started = time.perf_counter()
-    batch = _classify(files=files, model_name=model_name, top_k=top_k)
+    encodings: list[Future[EncodedImage]] = []
+
+    def start_encoding(images: list[ValidatedImage]) -> None:
+        # Pillow's encoder and XLA both release the GIL: the copy to store is encoded while
+        # the model runs.
+        encodings.extend(_encoders.submit(encode_for_storage, image) for image in images)
+
+    batch = _classify(files=files, model_name=model_name, top_k=top_k, on_decoded=start_encoding)
     owner = owner or Owner()
     written: list[str] = []
     try:
-        stored_names = [
-            _store_files(validated, pixels, written)
-            for validated, pixels in zip(batch.images, batch.model_inputs, strict=True)
+        stored = [
+            _store_files(validated, pixels, encoding.result(), written)
+            for validated, pixels, encoding in zip(
+                batch.images, batch.model_inputs, encodings, strict=True
+            )
         ]
+        stored_names = [names for names, _ in stored]
         latency_ms = (time.perf_counter() - started) * 1000 / len(batch.images)
         with transaction.atomic():
             predictions = []
             for index, names in enumerate(stored_names):
                 prediction = _build(batch, index, names, owner=owner, latency_ms=latency_ms)
                 prediction.upload.save()
-                prediction.upload_id = prediction.upload.pk
+                prediction.upload = prediction.upload  # its id, and no query to read it back
                 prediction.save()
                 predictions.append(prediction)
+        for _, write_derived_files in stored:  # the rows are in: their derived files may follow
+            after_response(write_derived_files)
         _count(predictions)
         return predictions
     except BaseException:
@@ -120,10 +138,11 @@ def classify_without_storing(
     """Validate and classify one image and store nothing (no row, no file): for a live camera.
 
     Returns an unsaved Prediction (its unsaved Upload describes the image) with the same answer
-    fields as a stored one; raises as classify_uploads.
+    fields as a stored one; raises as classify_uploads. Nothing being stored, a JPEG is decoded
+    at a reduced DCT scale still DRAFT_FACTOR times the model's input size (see _classify).
     """
     started = time.perf_counter()
-    batch = _classify(files=[file], model_name=model_name, top_k=top_k)
+    batch = _classify(files=[file], model_name=model_name, top_k=top_k, for_storage=False)
     latency_ms = (time.perf_counter() - started) * 1000
     prediction = _build(batch, 0, ("", ""), owner=Owner(), latency_ms=latency_ms)
     prediction.created_at = timezone.now()
@@ -153,10 +172,23 @@ class _Classified:
     answer: _ModelAnswer
 
 
+# An image that is not stored is decoded (JPEGs only) at least this many times the model's
+# input size: the bilinear shrink to the input then differs from a full decode's by at most a
+# level or so (benchmarks.serving.web's 1 MP JPEG: at most 1 of 255, 0.07 on average).
+DRAFT_FACTOR = 4
+
+
 def _classify(
-    *, files: Sequence[UploadedFile], model_name: str | None, top_k: int | None
+    *,
+    files: Sequence[UploadedFile],
+    model_name: str | None,
+    top_k: int | None,
+    for_storage: bool = True,
+    on_decoded: Callable[[list[ValidatedImage]], None] | None = None,
 ) -> _Classified:
-    """Validate every file, then classify them all in one batch; writes nothing."""
+    """Validate every file, then classify them all in one batch; writes nothing. Unless the
+    images are to be stored, JPEGs are decoded at a reduced scale (DRAFT_FACTOR). `on_decoded`
+    is called with the images once all are decoded, before the model runs."""
     if not files:
         raise UploadRejected("Choose an image to classify.", code="no_file")
     if len(files) > settings.UPLOAD_MAX_FILES:
@@ -167,18 +199,22 @@ def _classify(
         )
     model_name = model_name or classifiers.get_default_model_name()
     try:
-        classifier = classifiers.get_classifier(model_name)
+        served = classifiers.get_served(model_name)  # one version answers the whole request
     except classifiers.UnknownModelError as err:
         raise UploadRejected(str(err), code="unknown_model") from err
+    classifier = served.classifier
     top_k = _check_top_k(top_k, classifier.record.num_classes)
 
-    images = [_read(file) for file in files]
+    draft_side = None if for_storage else DRAFT_FACTOR * max(classifier.record.image_shape[:2])
+    images = [_read(file, draft_side=draft_side) for file in files]
+    if on_decoded is not None:
+        on_decoded(images)
     inference_started = time.perf_counter()
     # The decoded images as they came: the seam alone makes the model's input from them. The
     # input is kept (a few KB) so the pages can show exactly what the model saw.
     model_inputs = np.stack([classifier.model_input(validated.image) for validated in images])
     # Through the model's batcher: concurrent requests share one forward pass.
-    classification = classifiers.get_batcher(model_name).submit(model_inputs)
+    classification = served.batcher.submit(model_inputs)
     probabilities = np.asarray(classification.probs)
     ranked = classifier.top_k(probabilities, top_k)
     inference_ms = (time.perf_counter() - inference_started) * 1000 / len(images)
@@ -300,7 +336,7 @@ def _check_top_k(top_k: int | None, num_classes: int) -> int:
     return min(top_k, num_classes)
 
 
-def _read(file: UploadedFile) -> ValidatedImage:
+def _read(file: UploadedFile, *, draft_side: int | None = None) -> ValidatedImage:
     if file.size is not None:
         check_byte_size(
             file.size, name=clean_original_name(file.name), max_bytes=settings.UPLOAD_MAX_BYTES
@@ -312,30 +348,36 @@ def _read(file: UploadedFile) -> ValidatedImage:
         name=file.name,
         max_bytes=settings.UPLOAD_MAX_BYTES,
         max_pixels=settings.UPLOAD_MAX_PIXELS,
+        draft_side=draft_side,
     )
 
 
 def _store_files(
-    validated: ValidatedImage, model_input: np.ndarray, written: list[str]
-) -> tuple[str, str]:
-    """Save the re-encoded image (and thumbnail) under generated names, and the model's input
-    under a name derived from the image's; note each name."""
+    validated: ValidatedImage, model_input: np.ndarray, image: EncodedImage, written: list[str]
+) -> tuple[tuple[str, str], Callable[[], None]]:
+    """Save the re-encoded image under a generated name and note it; return the image's and
+    the thumbnail's names, and the task that writes the derived files (the thumbnail, and the
+    model's input under a name derived from the image's), which the answer does not wait for."""
     stem = f"{timezone.now():%Y/%m}/{uuid.uuid4().hex}"
-    image = encode_for_storage(validated)
     image_name = default_storage.save(f"images/{stem}.{image.extension}", ContentFile(image.data))
     written.append(image_name)
-    input_name = default_storage.save(
-        _model_input_name(image_name), ContentFile(encode_png(model_input))
-    )
-    written.append(input_name)
-    thumbnail = encode_thumbnail(validated)
-    if thumbnail is None:
-        return image_name, ""
-    thumbnail_name = default_storage.save(
-        f"thumbnails/{stem}.{thumbnail.extension}", ContentFile(thumbnail.data)
-    )
-    written.append(thumbnail_name)
-    return image_name, thumbnail_name
+    extension = thumbnail_extension(validated)
+    thumbnail_name = f"thumbnails/{stem}.{extension}" if extension else ""
+
+    def write_derived_files() -> None:
+        _save_derived(_model_input_name(image_name), encode_png(model_input))
+        thumbnail = encode_thumbnail(validated) if thumbnail_name else None
+        if thumbnail is not None:
+            _save_derived(thumbnail_name, thumbnail.data)
+
+    return (image_name, thumbnail_name), write_derived_files
+
+
+def _save_derived(name: str, data: bytes) -> None:
+    """Write a file derived from a stored image under its own name (one copy only)."""
+    saved = default_storage.save(name, ContentFile(data))
+    if saved != name:  # another writer got there first
+        default_storage.delete(saved)
 
 
 def _build(
@@ -403,10 +445,10 @@ class InputReport:
 def get_model_input_png(*, prediction: Prediction) -> bytes:
     """The exact pixels the model saw, as a PNG of the model's input size.
 
-    Stored at classification time; for older predictions, made again from the stored image by
-    the model (the same conversion, from the re-encoded copy). Raises
-    classifiers.UnknownModelError when the model is no longer configured, and
-    ModelUnavailableError when it cannot be loaded.
+    Written just after the answer is sent (uploads.deferred); until then, and for older
+    predictions, made again from the stored image by the model (the same conversion, from the
+    re-encoded copy). Raises classifiers.UnknownModelError when the model is no longer
+    configured, and ModelUnavailableError when it cannot be loaded.
     """
     try:
         with default_storage.open(_model_input_name(prediction.upload.image.name), "rb") as file:

@@ -215,6 +215,9 @@ CLASSIFIER_DEFAULT_MODEL = os.environ.get(
     "DJANGO_CLASSIFIER_DEFAULT_MODEL", next(iter(CLASSIFIER_MODELS), "")
 )
 CLASSIFIER_TOP_K = 5
+# How often (seconds) a worker asks the database which model versions are published
+# (uploads.registry, `manage.py publish_model`); negative: never, settings only.
+CLASSIFIER_REGISTRY_POLL_S = float(os.environ.get("DJANGO_CLASSIFIER_REGISTRY_POLL_S", "1"))
 # Batched serving (research.serving.batching): concurrent requests for one model share a forward
 # pass of at most CLASSIFIER_MAX_BATCH images (a compiled batch size; 0 turns batching off); the
 # request that leads a batch waits up to CLASSIFIER_BATCH_WAIT_MS for others, never when it finds

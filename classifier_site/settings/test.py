@@ -39,3 +39,7 @@ REST_FRAMEWORK = {  # noqa: F405
 # Batched serving is off by default (slower on a 2-core CPU); the tests run the web through it,
 # so the batcher's path (and its metrics) is what they exercise.
 CLASSIFIER_MAX_BATCH = read_env_int("DJANGO_CLASSIFIER_MAX_BATCH", 8)  # noqa: F405
+
+# Published model versions (uploads.registry) are read from the database; most tests touch the
+# models without one, so only tests/web/test_publish.py turns the poll on.
+CLASSIFIER_REGISTRY_POLL_S = -1.0
