@@ -48,6 +48,8 @@ from uploads.serializers import (
     PredictRequestSerializer,
     read_whole_number,
 )
+from uploads.sessions import commit_session
+from uploads.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,13 @@ def handle_exception(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, classifiers.ModelUnavailableError):
         logger.error("%s", exc)
         exc = ApiError(exc.public_message, code="model_unavailable", status_code=503)
+    elif isinstance(exc, StorageUnavailable):
+        response = drf_exception_handler(
+            ApiError(exc.public_message, code=exc.code, status_code=exc.status), context
+        )
+        response.data = {"error": exc.public_message, "code": exc.code}
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     elif isinstance(exc, TooManyFilesSent):  # Django's parser limit, far above one image
         exc = ApiError(
             "Too many files in one request; send one image per request.",
@@ -145,6 +154,7 @@ class PredictView(APIView):
             model_name=fields.get("model"),
             top_k=fields.get("top_k"),
             owner=Owner.of(request, create=True),
+            commit_with=commit_session(request),
         )
         return Response(
             PredictionSerializer(prediction, context={"request": request}).data,

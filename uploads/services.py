@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -40,6 +40,7 @@ from uploads.images import (
     read_validated_image,
 )
 from uploads.models import Owner, Prediction, Upload
+from uploads.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -67,25 +68,31 @@ def classify_uploads(
     model_name: str | None = None,
     top_k: int | None = None,
     owner: Owner | None = None,
+    commit_with: Callable[[], None] | None = None,
 ) -> list[Prediction]:
     """Validate, classify and store uploaded images for `owner`, all or nothing.
 
     Every file is validated before anything is written; the stored image is the re-encoded
     pixels under a generated name (never the uploaded bytes). Uploads and predictions are
-    created in one transaction, and the files written for them are deleted if it fails.
-    Raises UploadRejected (a human message, a code and an HTTP status) for bad input, and
-    classifiers.ModelUnavailableError when the model cannot be loaded. Without an owner the
-    rows are reachable by staff only.
+    created in one transaction, with `commit_with` (what the owner's access depends on: the
+    visitor's session), and the files written for them are deleted if any of it fails.
+    Raises UploadRejected (a human message, a code and an HTTP status) for bad input,
+    classifiers.ModelUnavailableError when the model cannot be loaded, and StorageUnavailable
+    when the disk refuses a file. Without an owner the rows are reachable by staff only.
     """
     started = time.perf_counter()
     batch = _classify(files=files, model_name=model_name, top_k=top_k)
     owner = owner or Owner()
     written: list[str] = []
     try:
-        stored_names = [
-            _store_files(validated, pixels, written)
-            for validated, pixels in zip(batch.images, batch.model_inputs, strict=True)
-        ]
+        try:
+            stored_names = [
+                _store_files(validated, pixels, written)
+                for validated, pixels in zip(batch.images, batch.model_inputs, strict=True)
+            ]
+        except OSError as err:
+            logger.error("Storing an upload failed: %s", err)
+            raise StorageUnavailable(err) from err
         latency_ms = (time.perf_counter() - started) * 1000 / len(batch.images)
         with transaction.atomic():
             predictions = []
@@ -95,6 +102,8 @@ def classify_uploads(
                 prediction.upload_id = prediction.upload.pk
                 prediction.save()
                 predictions.append(prediction)
+            if commit_with is not None:
+                commit_with()
         _count(predictions)
         return predictions
     except BaseException:
@@ -109,9 +118,12 @@ def classify_upload(
     model_name: str | None = None,
     top_k: int | None = None,
     owner: Owner | None = None,
+    commit_with: Callable[[], None] | None = None,
 ) -> Prediction:
     """Validate, classify and store one uploaded image (see classify_uploads)."""
-    return classify_uploads(files=[file], model_name=model_name, top_k=top_k, owner=owner)[0]
+    return classify_uploads(
+        files=[file], model_name=model_name, top_k=top_k, owner=owner, commit_with=commit_with
+    )[0]
 
 
 def classify_without_storing(
@@ -442,7 +454,11 @@ def get_saliency_png(*, prediction: Prediction) -> bytes:
         prediction.pk,
         1000 * (time.perf_counter() - started),
     )
-    saved = default_storage.save(name, ContentFile(buffer.getvalue()))
+    try:
+        saved = default_storage.save(name, ContentFile(buffer.getvalue()))
+    except OSError as err:  # a cache: answer without keeping it (the storage left nothing)
+        logger.warning("Saliency for prediction %s not cached: %s", prediction.pk, err)
+        return buffer.getvalue()
     if saved != name:  # another request wrote it meanwhile: keep one copy
         default_storage.delete(saved)
     return buffer.getvalue()
