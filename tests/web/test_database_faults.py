@@ -1,33 +1,15 @@
 """Database outages: every route answers 503 with Retry-After (JSON under /api/, a page
 elsewhere), nothing is kept whose client was told it failed, and the site recovers by itself."""
 
-import contextlib
-
 import pytest
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
-from django.db import OperationalError, connection
+from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
 
+from tests.web.conftest import database_unreachable
 from uploads.models import Prediction, Upload
 from uploads.sessions import SessionStore
-
-
-@contextlib.contextmanager
-def database_unreachable():
-    """Point the connection at a database that does not exist (a real connection failure, on
-    SQLite and PostgreSQL alike), then back."""
-    connection.close()
-    saved = connection.settings_dict["NAME"]
-    if connection.vendor == "sqlite":
-        connection.settings_dict["NAME"] = "/nonexistent-directory/db.sqlite3"
-    else:
-        connection.settings_dict["NAME"] = "no_such_database_for_this_test"
-    try:
-        yield
-    finally:
-        connection.close()
-        connection.settings_dict["NAME"] = saved
 
 
 @pytest.mark.django_db
