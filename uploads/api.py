@@ -518,6 +518,21 @@ class HealthView(APIView):
         return response
 
 
+class ReadinessView(HealthView):
+    """GET /readyz: the same answer as /healthz, under the name orchestrators expect."""
+
+    @extend_schema(
+        operation_id="readiness",
+        summary="Readiness (as /healthz): 200 when this worker can take an upload",
+        responses={
+            200: OpenApiResponse(HealthSerializer, description="Ready"),
+            503: OpenApiResponse(HealthSerializer, description="Not ready: see /healthz"),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+
 class LivenessView(APIView):
     """GET /livez: liveness, what a supervisor probes before restarting a process. Always 200
     from a process that answers; it reads neither the database nor the disk."""
