@@ -148,6 +148,9 @@ DATABASES = {
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Where a sign-in goes when it names no destination, or one refused as off-site: only staff
+# sign in (through the admin), so the admin's index (Django's default page does not exist here).
+LOGIN_REDIRECT_URL = "admin:index"
 # Database sessions that an upload saves inside its own transaction (uploads.sessions).
 SESSION_ENGINE = "uploads.sessions"
 
