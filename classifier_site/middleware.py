@@ -5,14 +5,19 @@ limits that hold before a view runs."""
 
 import functools
 import ipaddress
+import logging
 import math
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework.throttling import AnonRateThrottle
 
+from uploads import throttling
 from uploads.images import request_pixel_budget
+
+logger = logging.getLogger(__name__)
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -110,7 +115,32 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 class ClientRateThrottle(AnonRateThrottle):
     """The 'anon' rate per client address, for everyone (signed in or not), on the API and the
     HTML form alike. The address is REMOTE_ADDR: classifier_site.middleware has already put the
-    client forwarded by a trusted proxy there and dropped X-Forwarded-For from anyone else."""
+    client forwarded by a trusted proxy there and dropped X-Forwarded-For from anyone else.
+
+    Counted in the database (uploads.throttling), so the rate holds across every worker; while
+    the database is unavailable, each process counts on its own (DRF's cache-based log).
+    """
+
+    _decision: "throttling.Decision | None" = None
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self._decision = None
+        key = self.get_cache_key(request, view)
+        try:
+            self._decision = throttling.admit(
+                key, limit=self.num_requests, duration=self.duration, now=self.timer()
+            )
+        except DatabaseError as err:
+            logger.warning("Throttling per process while the database is unavailable: %s", err)
+            return super().allow_request(request, view)
+        return self._decision.allowed
+
+    def wait(self) -> float | None:
+        if self._decision is None:
+            return super().wait()
+        return self._decision.wait_s
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
