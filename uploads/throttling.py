@@ -17,9 +17,8 @@ import random
 import time
 from dataclasses import dataclass
 
+from django.apps import apps
 from django.db import connection
-
-from uploads.models import RateCount
 
 CLEANUP_ONE_IN = 200  # requests; each cleanup drops windows older than the longest rate
 LONGEST_WINDOW_S = 24 * 3600  # DRF's rates go up to a day
@@ -35,10 +34,11 @@ def admit(key: str, *, limit: int, duration: float, now: float | None = None) ->
     """Admit one request of `key` if fewer than `limit` were admitted in the last `duration`
     seconds (sliding), counting it. Raises django.db.DatabaseError when the database is
     unavailable."""
+    rate_count = apps.get_model("uploads", "RateCount")  # not imported: settings read this early
     now = time.time() if now is None else now
     start = int(now // duration * duration)
     elapsed = (now - start) / duration
-    table = connection.ops.quote_name(RateCount._meta.db_table)
+    table = connection.ops.quote_name(rate_count._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT bucket, hits FROM {table} WHERE key = %s AND bucket IN (%s, %s)",  # noqa: S608
@@ -57,7 +57,7 @@ def admit(key: str, *, limit: int, duration: float, now: float | None = None) ->
             )
             row = cursor.fetchone()
     if random.randrange(CLEANUP_ONE_IN) == 0:
-        RateCount.objects.filter(bucket__lt=now - LONGEST_WINDOW_S).delete()
+        rate_count.objects.filter(bucket__lt=now - LONGEST_WINDOW_S).delete()
     if row is not None:
         return Decision(True, 0.0)
     current = counts.get(start, 0)
@@ -73,4 +73,3 @@ def _wait(limit: int, duration: float, elapsed: float, current: int, previous: i
         return to_window_end
     needed = 1 - (limit - current - 1) / previous  # the elapsed share that makes room
     return max(0.0, min(to_window_end, (needed - elapsed) * duration))
-
