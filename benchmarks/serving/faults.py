@@ -246,23 +246,12 @@ def run_database(workdir: Path) -> dict:
     )
     subprocess.run(["pg_ctlcluster", *cluster, "start"], check=True)
     try:
-        sql = f"CREATE ROLE {PG_ROLE} LOGIN CREATEDB PASSWORD '{PG_ROLE}'; CREATE DATABASE {PG_ROLE} OWNER {PG_ROLE};"
-        for statement in sql.split("; "):
-            subprocess.run(
-                [
-                    "runuser",
-                    "-u",
-                    "postgres",
-                    "--",
-                    "psql",
-                    "-q",
-                    "-p",
-                    str(PG_PORT),
-                    "-c",
-                    statement,
-                ],
-                check=True,
-            )
+        psql = ["runuser", "-u", "postgres", "--", "psql", "-q", "-p", str(PG_PORT)]
+        for statement in (
+            f"CREATE ROLE {PG_ROLE} LOGIN CREATEDB PASSWORD '{PG_ROLE}'",
+            f"CREATE DATABASE {PG_ROLE} OWNER {PG_ROLE}",
+        ):
+            subprocess.run([*psql, "-c", statement], check=True)
         url = f"postgres://{PG_ROLE}:{PG_ROLE}@{HOST}:{PG_PORT}/{PG_ROLE}"
         with Stack(workdir, {"DATABASE_URL": url}) as stack:
             before = stack.rows()
