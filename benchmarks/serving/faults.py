@@ -116,7 +116,6 @@ class Stack:
             "GUNICORN_PORT": str(free_port()),
             "GUNICORN_WORKERS": "2",
             "GUNICORN_THREADS": "4",
-            "RUN_COLLECTSTATIC": "0",
             "RUN_WARMUP": "1",
             "PYTHON": sys.executable,
             **env,
@@ -301,9 +300,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", nargs="+", choices=list(FAULTS), default=list(FAULTS))
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--keep", action="store_true", help="Keep each run's folder (logs).")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
+        if args.keep:
+            tmp = tempfile.mkdtemp(prefix="faults-")
+            print(f"runs in {tmp}", flush=True)
         for name in args.faults:
             workdir = Path(tmp) / name
             workdir.mkdir()
