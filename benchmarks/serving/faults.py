@@ -172,14 +172,24 @@ class Stack:
         return sum(int(count) for count in counts)
 
     def worker_pids(self) -> list[int]:
-        gunicorn = subprocess.run(
-            ["pgrep", "-P", str(self.server.pid), "-f", "gunicorn"], capture_output=True, text=True
-        ).stdout.split()
-        return [int(pid) for master in gunicorn for pid in _children(int(master))]
+        """gunicorn's workers: the children of run-local.sh's gunicorn master (from /proc)."""
+        masters = [pid for pid in _children(self.server.pid) if _is_gunicorn(pid)]
+        return [pid for master in masters for pid in _children(master)]
 
 
-def _children(pid: int) -> list[str]:
-    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+def _children(pid: int) -> list[int]:
+    """A process's children, from /proc (no procps needed)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _is_gunicorn(pid: int) -> bool:
+    try:
+        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def load(port: int, *, clients: int, seconds: float, side: int, fault, fault_at: float) -> dict:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -150,18 +151,25 @@ def _reconcile(env: dict, *args: str) -> str:
     ).stdout
 
 
+def _children(pid: int) -> list[int]:
+    """A process's children, from /proc (no procps needed)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _is_gunicorn(pid: int) -> bool:
+    try:
+        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _workers(server: subprocess.Popen) -> list[int]:
     """The gunicorn workers: the children of run-local.sh's gunicorn master."""
-    masters = subprocess.run(
-        ["pgrep", "-P", str(server.pid), "-f", "gunicorn"], capture_output=True, text=True
-    ).stdout.split()
-    return [
-        int(pid)
-        for master in masters
-        for pid in subprocess.run(
-            ["pgrep", "-P", master], capture_output=True, text=True
-        ).stdout.split()
-    ]
+    masters = [pid for pid in _children(server.pid) if _is_gunicorn(pid)]
+    return [pid for master in masters for pid in _children(master)]
 
 
 @needs_nginx
