@@ -1,24 +1,44 @@
 """Site-wide middleware: forwarded headers trusted only from the configured proxy (and the
 per-client throttle that relies on it, for the API and the form), a strict
-Content-Security-Policy for the site's own pages (the admin brings its own), and the upload
+Content-Security-Policy for the site's own pages (and one for the admin's), and the upload
 limits that hold before a view runs."""
 
 import functools
 import ipaddress
+import logging
 import math
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework.throttling import AnonRateThrottle
 
+from uploads import throttling
 from uploads.images import request_pixel_budget
+
+logger = logging.getLogger(__name__)
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
         "img-src 'self' blob: data:",
         "style-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+# The admin's pages: Django's admin has no inline script, so scripts stay 'self'; its change
+# pages carry thumbnails with inline style attributes (uploads.admin), hence styles inline.
+ADMIN_CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "img-src 'self' data:",
+        "style-src 'self' 'unsafe-inline'",
         "script-src 'self'",
         "object-src 'none'",
         "base-uri 'none'",
@@ -95,7 +115,32 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 class ClientRateThrottle(AnonRateThrottle):
     """The 'anon' rate per client address, for everyone (signed in or not), on the API and the
     HTML form alike. The address is REMOTE_ADDR: classifier_site.middleware has already put the
-    client forwarded by a trusted proxy there and dropped X-Forwarded-For from anyone else."""
+    client forwarded by a trusted proxy there and dropped X-Forwarded-For from anyone else.
+
+    Counted in the database (uploads.throttling), so the rate holds across every worker; while
+    the database is unavailable, each process counts on its own (DRF's cache-based log).
+    """
+
+    _decision: "throttling.Decision | None" = None
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self._decision = None
+        key = self.get_cache_key(request, view)
+        try:
+            self._decision = throttling.admit(
+                key, limit=self.num_requests, duration=self.duration, now=self.timer()
+            )
+        except DatabaseError as err:
+            logger.warning("Throttling per process while the database is unavailable: %s", err)
+            return super().allow_request(request, view)
+        return self._decision.allowed
+
+    def wait(self) -> float | None:
+        if self._decision is None:
+            return super().wait()
+        return self._decision.wait_s
 
     def get_cache_key(self, request, view) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
@@ -121,15 +166,20 @@ def throttle_wait(request) -> int | None:
 
 
 class ContentSecurityPolicyMiddleware:
-    """Add a Content-Security-Policy header to responses that do not set their own."""
+    """Add a Content-Security-Policy header (the admin's under /admin/) to responses that do
+    not set their own."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if not request.path.startswith("/admin/"):
-            response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        policy = (
+            ADMIN_CONTENT_SECURITY_POLICY
+            if request.path.startswith("/admin/")
+            else CONTENT_SECURITY_POLICY
+        )
+        response.headers.setdefault("Content-Security-Policy", policy)
         return response
 
 

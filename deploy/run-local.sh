@@ -14,8 +14,9 @@
 # gunicorn listens on loopback TCP, not a unix socket: REMOTE_ADDR is then nginx's 127.0.0.1,
 # which DJANGO_TRUSTED_PROXIES names, so the app takes the client from X-Forwarded-For.
 # Defaults for a local run: DJANGO_SECURE_SSL_REDIRECT=0 (plain HTTP on loopback),
-# DJANGO_TRUSTED_PROXIES=127.0.0.1 (nginx), a random DJANGO_SECRET_KEY. Stops both servers on
-# SIGTERM/SIGINT, or when either exits.
+# DJANGO_TRUSTED_PROXIES=127.0.0.1 (nginx), a random DJANGO_SECRET_KEY. On SIGTERM/SIGINT it
+# drains (nginx finishes what it holds, then gunicorn stops); either server exiting stops both.
+# media is reconciled with the rows at start-up and every RECONCILE_INTERVAL_S seconds (3600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -64,6 +65,9 @@ sed -e "s|@RUN_DIR@|$RUN_DIR|g" \
 "$NGINX_BIN" -t -q -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/logs/error.log"
 
 "$PYTHON" manage.py migrate --noinput -v 0
+# What a killed worker or a full disk left (files without rows, unfinished writes, rows without
+# their image): removed before any worker serves, so no age limit is needed here.
+"$PYTHON" manage.py reconcile_media --repair --min-age 0
 if [ "${RUN_COLLECTSTATIC:-1}" = 1 ]; then  # 0: only for API-only runs (pages need it)
   "$PYTHON" manage.py collectstatic --noinput -v 0
 fi
@@ -71,23 +75,37 @@ if [ "${RUN_WARMUP:-0}" = 1 ]; then
   "$PYTHON" manage.py warmup_models
 fi
 
-pids=()
+gunicorn_pid= nginx_pid= reconcile_pid=
 stop() {
   trap - TERM INT EXIT
-  kill -TERM "${pids[@]}" 2>/dev/null || true
+  # Drain, front first: nginx stops accepting and finishes every request it holds (QUIT is its
+  # graceful stop), then gunicorn, which nothing reaches any more, stops (TERM: graceful, within
+  # graceful_timeout). Stopping both at once answered in-flight requests with 502.
+  kill -QUIT "$nginx_pid" 2>/dev/null || true
+  wait "$nginx_pid" 2>/dev/null || true
+  kill -TERM "$gunicorn_pid" "$reconcile_pid" 2>/dev/null || true
   wait || true
 }
-trap stop TERM INT EXIT
+trap 'stop; exit 0' TERM INT  # asked to stop: a clean drain is a success
+trap stop EXIT
 
 # gunicorn 27's control socket defaults to one path per user: keep each run's apart.
 "$PYTHON" -m gunicorn -c "${GUNICORN_CONF:-deploy/gunicorn_conf.py}" --control-socket "$RUN_DIR/gunicorn.ctl" \
   >"$RUN_DIR/logs/gunicorn.log" 2>&1 &
-pids+=($!)
+gunicorn_pid=$!
 "$NGINX_BIN" -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -e "$RUN_DIR/logs/error.log" &
-pids+=($!)
+nginx_pid=$!
+# Reconciliation on a schedule (RECONCILE_INTERVAL_S, default an hour; 0: off), leaving files
+# younger than its --min-age to the uploads in flight. Under systemd: deploy/reconcile-media.timer.
+if [ "${RECONCILE_INTERVAL_S:-3600}" -gt 0 ]; then
+  while sleep "${RECONCILE_INTERVAL_S:-3600}"; do
+    "$PYTHON" manage.py reconcile_media --repair >>"$RUN_DIR/logs/reconcile.log" 2>&1 || true
+  done &
+  reconcile_pid=$!
+fi
 echo "serving http://127.0.0.1:$PORT/ (nginx -> $GUNICORN_BIND); logs in $RUN_DIR/logs" >&2
 
 # Either server exiting stops the other.
 status=0
-wait -n || status=$?
+wait -n "$gunicorn_pid" "$nginx_pid" || status=$?
 exit "$status"

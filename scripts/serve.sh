@@ -21,6 +21,7 @@ export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-classifier_site.setting
 # DJANGO_DEBUG=1 bash scripts/serve.sh turns Django's debug pages on for development.
 export DJANGO_DEBUG="${DJANGO_DEBUG:-0}"
 .venv/bin/python manage.py migrate --noinput
+.venv/bin/python manage.py reconcile_media --repair --min-age 0  # leftovers of a killed run
 .venv/bin/python manage.py warmup_models  # fails here, clearly, if a shipped model is missing
 
 cat <<MSG

@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from classifier_site.middleware import LiveRateThrottle
-from uploads import classifiers, services
+from uploads import classifiers, health, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.images import UploadRejected
 from uploads.models import Owner, Prediction
@@ -43,11 +43,14 @@ from uploads.serializers import (
     FeedbackRequestSerializer,
     FeedbackSerializer,
     HealthSerializer,
+    LivenessSerializer,
     ModelListSerializer,
     PredictionSerializer,
     PredictRequestSerializer,
     read_whole_number,
 )
+from uploads.sessions import commit_session
+from uploads.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,13 @@ def handle_exception(exc: Exception, context: dict) -> Response | None:
     elif isinstance(exc, classifiers.ModelUnavailableError):
         logger.error("%s", exc)
         exc = ApiError(exc.public_message, code="model_unavailable", status_code=503)
+    elif isinstance(exc, StorageUnavailable):
+        response = drf_exception_handler(
+            ApiError(exc.public_message, code=exc.code, status_code=exc.status), context
+        )
+        response.data = {"error": exc.public_message, "code": exc.code}
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     elif isinstance(exc, TooManyFilesSent):  # Django's parser limit, far above one image
         exc = ApiError(
             "Too many files in one request; send one image per request.",
@@ -145,6 +155,7 @@ class PredictView(APIView):
             model_name=fields.get("model"),
             top_k=fields.get("top_k"),
             owner=Owner.of(request, create=True),
+            commit_with=commit_session(request),
         )
         return Response(
             PredictionSerializer(prediction, context={"request": request}).data,
@@ -482,24 +493,62 @@ class ModelListView(APIView):
 
 
 class HealthView(APIView):
-    """GET /healthz: 200 once every model is loaded and compiled, 503 before."""
+    """GET /readyz (and /healthz): readiness, what a load balancer probes. 200 once every
+    model is loaded and compiled and the database and media storage take writes; else 503."""
 
     http_method_names = ["get", "head"]
     throttle_classes = []  # load balancers and orchestrators poll it
 
     @extend_schema(
         operation_id="health",
-        summary="Readiness: 200 once every model is loaded and compiled",
+        summary="Readiness: 200 when this worker can take an upload",
         responses={
             200: OpenApiResponse(HealthSerializer, description="Ready"),
             503: OpenApiResponse(
-                HealthSerializer, description="Still warming up, or a model failed to load"
+                HealthSerializer,
+                description="Still warming up, a model failed to load, or the database or the "
+                "media storage cannot be written",
             ),
         },
     )
     def get(self, request: Request) -> Response:
-        health = classifiers.get_health()  # status: ready, starting or error
-        return Response(health, status=200 if health["ready"] else 503)
+        readiness = health.check_readiness()
+        response = Response(readiness, status=200 if readiness["ready"] else 503)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class ReadinessView(HealthView):
+    """GET /readyz: the same answer as /healthz, under the name orchestrators expect."""
+
+    @extend_schema(
+        operation_id="readiness",
+        summary="Readiness (as /healthz): 200 when this worker can take an upload",
+        responses={
+            200: OpenApiResponse(HealthSerializer, description="Ready"),
+            503: OpenApiResponse(HealthSerializer, description="Not ready: see /healthz"),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+
+class LivenessView(APIView):
+    """GET /livez: liveness, what a supervisor probes before restarting a process. Always 200
+    from a process that answers; it reads neither the database nor the disk."""
+
+    http_method_names = ["get", "head"]
+    throttle_classes = []
+
+    @extend_schema(
+        operation_id="liveness",
+        summary="Liveness: 200 while the process answers",
+        responses={200: LivenessSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        response = Response(health.check_liveness())
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class SchemaView(SpectacularJSONAPIView):

@@ -270,3 +270,19 @@ class ServedModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}" + (" (served)" if self.active else "")
+
+
+class RateCount(models.Model):
+    """Requests one client made in one window of a throttle rate, counted in the database so
+    that every worker shares the count (uploads.throttling)."""
+
+    key = models.CharField(max_length=200)
+    bucket = models.BigIntegerField("window start (seconds since the epoch)")
+    hits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["key", "bucket"], name="unique_rate_count")]
+        indexes = [models.Index(fields=["bucket"], name="rate_count_bucket")]
+
+    def __str__(self) -> str:
+        return f"{self.key} @ {self.bucket}: {self.hits}"

@@ -247,6 +247,16 @@ class HealthSerializer(serializers.Serializer):
         child=serializers.CharField(), help_text="Per model: ready, loading or 'error: ...'"
     )
     status = serializers.ChoiceField(
-        choices=["ready", "starting", "error"],
-        help_text="error: a model is missing or failed to load (it will not become ready)",
+        choices=["ready", "starting", "unavailable", "error"],
+        help_text="starting: models still loading; unavailable: the database or the media "
+        "storage fails now; error: a model is missing or failed to load (it will not become "
+        "ready)",
     )
+    database = serializers.ChoiceField(choices=["ok", "read-only", "error"])
+    media = serializers.ChoiceField(
+        choices=["ok", "full", "error"], help_text="full: below the free space it needs"
+    )
+
+
+class LivenessSerializer(serializers.Serializer):
+    alive = serializers.BooleanField()

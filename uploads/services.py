@@ -44,6 +44,7 @@ from uploads.images import (
     thumbnail_extension,
 )
 from uploads.models import Owner, Prediction, Upload
+from uploads.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +74,17 @@ def classify_uploads(
     model_name: str | None = None,
     top_k: int | None = None,
     owner: Owner | None = None,
+    commit_with: Callable[[], None] | None = None,
 ) -> list[Prediction]:
     """Validate, classify and store uploaded images for `owner`, all or nothing.
 
     Every file is validated before anything is written; the stored image is the re-encoded
     pixels under a generated name (never the uploaded bytes). Uploads and predictions are
-    created in one transaction, and the files written for them are deleted if it fails.
-    Raises UploadRejected (a human message, a code and an HTTP status) for bad input, and
-    classifiers.ModelUnavailableError when the model cannot be loaded. Without an owner the
-    rows are reachable by staff only.
+    created in one transaction, with `commit_with` (what the owner's access depends on: the
+    visitor's session), and the files written for them are deleted if any of it fails.
+    Raises UploadRejected (a human message, a code and an HTTP status) for bad input,
+    classifiers.ModelUnavailableError when the model cannot be loaded, and StorageUnavailable
+    when the disk refuses a file. Without an owner the rows are reachable by staff only.
     """
     started = time.perf_counter()
     encodings: list[Future[EncodedImage]] = []
@@ -95,12 +98,16 @@ def classify_uploads(
     owner = owner or Owner()
     written: list[str] = []
     try:
-        stored = [
-            _store_files(validated, pixels, encoding.result(), written)
-            for validated, pixels, encoding in zip(
-                batch.images, batch.model_inputs, encodings, strict=True
-            )
-        ]
+        try:
+            stored = [
+                _store_files(validated, pixels, encoding.result(), written)
+                for validated, pixels, encoding in zip(
+                    batch.images, batch.model_inputs, encodings, strict=True
+                )
+            ]
+        except OSError as err:
+            logger.error("Storing an upload failed: %s", err)
+            raise StorageUnavailable(err) from err
         stored_names = [names for names, _ in stored]
         latency_ms = (time.perf_counter() - started) * 1000 / len(batch.images)
         with transaction.atomic():
@@ -111,6 +118,8 @@ def classify_uploads(
                 prediction.upload = prediction.upload  # its id, and no query to read it back
                 prediction.save()
                 predictions.append(prediction)
+            if commit_with is not None:
+                commit_with()
         for _, write_derived_files in stored:  # the rows are in: their derived files may follow
             after_response(write_derived_files)
         _count(predictions)
@@ -127,9 +136,12 @@ def classify_upload(
     model_name: str | None = None,
     top_k: int | None = None,
     owner: Owner | None = None,
+    commit_with: Callable[[], None] | None = None,
 ) -> Prediction:
     """Validate, classify and store one uploaded image (see classify_uploads)."""
-    return classify_uploads(files=[file], model_name=model_name, top_k=top_k, owner=owner)[0]
+    return classify_uploads(
+        files=[file], model_name=model_name, top_k=top_k, owner=owner, commit_with=commit_with
+    )[0]
 
 
 def classify_without_storing(
@@ -484,7 +496,11 @@ def get_saliency_png(*, prediction: Prediction) -> bytes:
         prediction.pk,
         1000 * (time.perf_counter() - started),
     )
-    saved = default_storage.save(name, ContentFile(buffer.getvalue()))
+    try:
+        saved = default_storage.save(name, ContentFile(buffer.getvalue()))
+    except OSError as err:  # a cache: answer without keeping it (the storage left nothing)
+        logger.warning("Saliency for prediction %s not cached: %s", prediction.pk, err)
+        return buffer.getvalue()
     if saved != name:  # another request wrote it meanwhile: keep one copy
         default_storage.delete(saved)
     return buffer.getvalue()

@@ -35,7 +35,9 @@ urlpatterns = [
     path("api/models", api.ModelListView.as_view(), name="api-models"),
     path("api/openapi.json", api.SchemaView.as_view(), name="api-openapi"),
     path("api/docs/", api.DocsView.as_view(), name="api-docs"),
-    path("healthz", api.HealthView.as_view(), name="healthz"),
+    path("healthz", api.HealthView.as_view(), name="healthz"),  # = readyz, kept for old probes
+    path("readyz", api.ReadinessView.as_view(), name="readyz"),
+    path("livez", api.LivenessView.as_view(), name="livez"),
     path("metrics", metrics.serve_metrics, name="metrics"),
     # Browsers ask for /favicon.ico on pages without an icon link (the admin's).
     path("favicon.ico", views.favicon, name="favicon"),

@@ -6,16 +6,19 @@ reaches others only through its share link, /s/<token>/, read-only.
 
 import logging
 import re
+import sys
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import (
     RequestDataTooBig,
     SuspiciousFileOperation,
     TooManyFilesSent,
 )
 from django.core.files.storage import default_storage
+from django.db import InterfaceError, OperationalError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
@@ -31,6 +34,8 @@ from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
 from uploads.images import STORED_CONTENT_TYPES, UploadRejected
 from uploads.models import Owner, Prediction
+from uploads.sessions import commit_session
+from uploads.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ _MEDIA_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; san
 @require_http_methods(["GET", "POST"])
 def classify(request: HttpRequest) -> HttpResponse:
     """The home page: the upload form; a valid POST redirects to its result."""
-    status = 200
+    status, retry_after = 200, None
     if request.method == "POST":
         wait = throttle_wait(request)
         if wait is not None:
@@ -58,10 +63,14 @@ def classify(request: HttpRequest) -> HttpResponse:
                     files=form.cleaned_data["images"],
                     model_name=form.cleaned_data["model"],
                     owner=Owner.of(request, create=True),
+                    commit_with=commit_session(request),
                 )
             except UploadRejected as err:
                 form.add_error("images", err.message)
                 status = err.status
+            except StorageUnavailable as err:
+                form.add_error("images", err.public_message)
+                status, retry_after = err.status, err.retry_after
             except classifiers.ModelUnavailableError as err:
                 logger.error("%s", err)
                 form.add_error("model", err.public_message)
@@ -76,7 +85,10 @@ def classify(request: HttpRequest) -> HttpResponse:
         "max_files": settings.UPLOAD_MAX_FILES,
         "live_models": _describe_live_models(),
     }
-    return render(request, "uploads/classify.html", context, status=status)
+    response = render(request, "uploads/classify.html", context, status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 def _describe_live_models() -> list[dict]:
@@ -320,15 +332,32 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     return _error(request, 404, "not_found", "There is nothing at this address.")
 
 
+DATABASE_RETRY_AFTER_S = 5  # a restarting database is back within seconds
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500, which every uncaught exception reaches (a view's, a middleware's: the
+    session's save included): a database that cannot be reached answers 503 with Retry-After,
+    anything else 500."""
+    if isinstance(sys.exception(), OperationalError | InterfaceError):
+        logger.error("Database unavailable: %s", sys.exception())
+        message = "The service is briefly unavailable; nothing was stored. Please try again."
+        response = _error(request, 503, "database_unavailable", message, database=False)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response
     return _error(request, 500, "server_error", "Something went wrong on our side.")
 
 
-def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
-    """JSON for API clients, a page for people."""
-    if request.path.startswith(("/api/", "/healthz")):
+def _error(
+    request: HttpRequest, status: int, code: str, message: str, *, database: bool = True
+) -> HttpResponse:
+    """JSON for API clients, a page for people; without `database`, a page that reads neither
+    the visitor nor their messages (both live in the database)."""
+    if request.path.startswith(("/api/", "/healthz", "/livez", "/readyz")):
         return JsonResponse({"error": message, "code": code}, status=status)
     context = {"status": status, "message": message}
+    if not database:
+        context.update(user=AnonymousUser(), messages=[])
     return render(request, "uploads/error.html", context, status=status)
 
 

@@ -11,7 +11,7 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_TRUSTED_PROXIES (comma-separated addresses or networks),
     DJANGO_UPLOAD_RETENTION_DAYS (empty: keep forever), DJANGO_LOG_LEVEL,
     DJANGO_CLASSIFIER_MAX_BATCH, DJANGO_CLASSIFIER_BATCH_WAIT_MS, DJANGO_METRICS_TOKEN,
-    DJANGO_METRICS_ALLOW (comma-separated addresses or networks).
+    DJANGO_METRICS_ALLOW (comma-separated addresses or networks), DJANGO_HEALTH_MIN_FREE_MB.
 """
 
 import ipaddress
@@ -148,6 +148,11 @@ DATABASES = {
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Where a sign-in goes when it names no destination, or one refused as off-site: only staff
+# sign in (through the admin), so the admin's index (Django's default page does not exist here).
+LOGIN_REDIRECT_URL = "admin:index"
+# Database sessions that an upload saves inside its own transaction (uploads.sessions).
+SESSION_ENGINE = "uploads.sessions"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -166,7 +171,8 @@ STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Every file written whole or not at all (a temporary name, then linked into place).
+    "default": {"BACKEND": "uploads.storage.AtomicFileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
@@ -185,6 +191,9 @@ UPLOAD_MAX_FILES = read_env_int("DJANGO_UPLOAD_MAX_FILES", 10)
 DATA_UPLOAD_MAX_NUMBER_FILES = 100
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+# Readiness (/readyz, /healthz) fails when less than this much space is left for media.
+HEALTH_MEDIA_MIN_FREE_BYTES = read_env_int("DJANGO_HEALTH_MIN_FREE_MB", 8) * 2**20
 
 # Uploads older than this many days are deleted by `manage.py purge_uploads` (run it from cron
 # or a timer); None keeps them forever.

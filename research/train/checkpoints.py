@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,14 +141,13 @@ def restore_checkpoint(
         try:
             _restore_step(mngr, step, config, model, opt, lookahead)
         except _UnreadableCheckpoint as error:
-            cause = error.__cause__ or error
-            broken.append(f"step {step} ({path}: {type(cause).__name__}: {cause})")
+            cause = describe_cause(error.__cause__ or error)
+            broken.append(f"step {step} ({path}: {cause})")
             log.warning(
-                "Checkpoint step %d at %s is unreadable (%s: %s); trying an older one.",
+                "Checkpoint step %d at %s is unreadable (%s); trying an older one.",
                 step,
                 path,
-                type(cause).__name__,
-                str(cause)[:300],
+                cause,
             )
             continue
         if broken:
@@ -159,6 +159,28 @@ def restore_checkpoint(
         + ("; ".join(broken) if broken else "no steps")
         + ". Move the broken steps away to start afresh, or use another --workdir."
     )
+
+
+# An object's repr where a message should be ("<bound method ...>", "<x object at 0x...>").
+_REPR = re.compile(r"<(?:bound method|built-in method|function|[\w.]+ object at 0x)[^<>]*>")
+_CAUSE_CHARS = 300
+
+
+def describe_cause(error: BaseException) -> str:
+    """'TypeName: message' of the first error in `error`'s chain whose message says something
+    (reprs of objects removed, whitespace folded, at most 300 characters); else its type."""
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        message, count = str(current), 1
+        while count:  # innermost first: reprs nest ("<bound method f of <x object at 0x..>>")
+            message, count = _REPR.subn("", message)
+        message = " ".join(message.split()).strip(" :;,()")
+        if message:
+            return f"{type(current).__name__}: {message[:_CAUSE_CHARS]}"
+        current = current.__cause__ or current.__context__
+    return f"{type(error).__name__} (no message)"
 
 
 class _UnreadableCheckpoint(Exception):  # noqa: N818  (internal: always carries the cause)

@@ -94,7 +94,13 @@ def create_train_state(
     lookahead = Lookahead(model, config.lookahead_every) if config.lookahead_every else None
     step = 0
     if resume:
-        step = checkpoints.restore_checkpoint(mngr, config, model, opt, lookahead)
+        try:
+            step = checkpoints.restore_checkpoint(mngr, config, model, opt, lookahead)
+        except BaseException:
+            # Closed here, not by the garbage collector at exit, where Orbax's pending
+            # coroutines printed "Exception ignored in: <coroutine ...>" after the real error.
+            mngr.close()
+            raise
         log.info("Resumed from %s at step %d.", mngr.directory, step)
     replicated = NamedSharding(mesh, P())
     _replicate(replicated, model, opt, metrics)

@@ -385,6 +385,7 @@ def test_no_readable_checkpoint_is_an_error_naming_each(trained, tmp_path):
         train.create_train_state(config, run, **_state_kwargs(workdir))
     for step in steps:
         assert f"step {step} ({run / 'checkpoints' / str(step)}" in str(error.value)
+    assert "bound method" not in str(error.value) and " object at 0x" not in str(error.value)
     assert model_dir.list_steps(run / "checkpoints") == steps  # nothing moved or deleted
 
 

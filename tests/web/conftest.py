@@ -1,5 +1,6 @@
 """Web fixtures: the tiny shared models, a temporary MEDIA_ROOT, image and upload factories."""
 
+import contextlib
 import io
 import uuid
 from collections.abc import Callable
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from PIL import Image
 
 from uploads import classifiers
@@ -109,3 +111,20 @@ def own(client) -> Owner:
 def owner(client) -> Owner:
     """The Owner of the `client` fixture's visitor: pass it to services.classify_upload."""
     return own(client)
+
+
+@contextlib.contextmanager
+def database_unreachable():
+    """Point the connection at a database that does not exist (a real connection failure, on
+    SQLite and PostgreSQL alike), then back."""
+    connection.close()
+    saved = connection.settings_dict["NAME"]
+    if connection.vendor == "sqlite":
+        connection.settings_dict["NAME"] = "/nonexistent-directory/db.sqlite3"
+    else:
+        connection.settings_dict["NAME"] = "no_such_database_for_this_test"
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict["NAME"] = saved

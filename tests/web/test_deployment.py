@@ -150,6 +150,7 @@ def test_migrations_are_committed():
     call_command("makemigrations", "uploads", "--check", "--dry-run", stdout=io.StringIO())
 
 
+@pytest.mark.django_db  # readiness also checks the database
 def test_healthz_reports_a_missing_model_generically(client, settings, tmp_path):
     """A model whose directory is missing is 'error: not installed' at /healthz, with no path
     or setting name in the public answer (the detail is in the server log)."""

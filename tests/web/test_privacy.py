@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from classifier_site.middleware import ClientRateThrottle
 from uploads import services
-from uploads.models import Prediction, Upload
+from uploads.models import Prediction, RateCount, Upload
 
 from .conftest import own
 
@@ -304,7 +304,7 @@ def test_the_form_is_throttled_per_client_with_a_429_page(client, upload_file, r
 def test_feedback_form_counts_against_the_same_rate(client, upload_file, rate):
     """The form's feedback is throttled with the uploads (one budget per client)."""
     prediction = upload_through_the_form(client, upload_file)
-    cache.clear()  # forget the upload: the budget below is the feedback's alone
+    RateCount.objects.all().delete()  # forget the upload: the budget below is the feedback's
     rate("1/min")
     url = reverse("uploads:feedback", args=[prediction.pk])
     assert client.post(url, {"verdict": "right"}).status_code == 302
