@@ -74,18 +74,26 @@ def test_a_write_failing_part_way_leaves_no_file(monkeypatch, media_files):
     assert media_files() == []
 
 
-def test_api_answers_507_with_retry_after_when_the_disk_is_full(
-    client, upload_file, image_bytes, media_files, monkeypatch
-):
-    """The model input's write fails after the image was written: 507 JSON, no row, no file."""
+def _failing_saves(monkeypatch, prefix: str, after: int = 0) -> None:
+    """Storage saves of names under `prefix` fail with ENOSPC, after `after` succeeded."""
     real_save = AtomicFileSystemStorage._save
+    done = []
 
-    def fail_model_inputs(self, name, content):
-        if name.startswith("model_inputs/"):
-            _enospc()
+    def save(self, name, content):
+        if name.startswith(prefix):
+            if len(done) >= after:
+                _enospc()
+            done.append(name)
         return real_save(self, name, content)
 
-    monkeypatch.setattr(AtomicFileSystemStorage, "_save", fail_model_inputs)
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", save)
+
+
+def test_api_answers_507_with_retry_after_when_the_disk_is_full(
+    client, upload_file, media_files, monkeypatch
+):
+    """The stored image's write fails: 507 JSON with Retry-After, no row, no file."""
+    _failing_saves(monkeypatch, "images/")
     response = client.post(reverse("uploads:api-predict"), {"image": upload_file()})
     assert response.status_code == 507
     assert response.json()["code"] == "storage_full"
@@ -93,6 +101,37 @@ def test_api_answers_507_with_retry_after_when_the_disk_is_full(
     assert "/" not in response.json()["error"]  # no path in the public message
     assert Upload.objects.count() == Prediction.objects.count() == 0
     assert media_files() == []
+
+
+def test_a_batch_failing_at_its_second_image_removes_the_first(
+    client, upload_file, media_files, monkeypatch
+):
+    """The second image of a form batch finds the disk full after the first was written: the
+    first file is removed, no row stays, and the page says why."""
+    _failing_saves(monkeypatch, "images/", after=1)
+    response = client.post(
+        reverse("uploads:classify"),
+        {"images": [upload_file(), upload_file()], "model": "cifar10"},
+    )
+    assert response.status_code == 507
+    assert Upload.objects.count() == Prediction.objects.count() == 0
+    assert media_files() == []
+
+
+def test_a_derived_file_failing_after_the_answer_keeps_the_upload_whole(
+    client, upload_file, media_files, monkeypatch, caplog
+):
+    """The model-input PNG is written after the answer: when the disk refuses it the client
+    already has its 201, the upload and its image stay, no partial file is left, and the
+    failure is logged (the reconciliation reports the missing derived file)."""
+    _failing_saves(monkeypatch, "model_inputs/")
+    response = client.post(reverse("uploads:api-predict"), {"image": upload_file()})
+    assert response.status_code == 201
+    assert Upload.objects.count() == Prediction.objects.count() == 1
+    files = [path.as_posix() for path in media_files()]
+    assert any("/images/" in name for name in files)
+    assert not any("/model_inputs/" in name or ".tmp-" in name for name in files)
+    assert "No space left on device" in caplog.text
 
 
 def test_api_answers_503_when_the_disk_fails_otherwise(
