@@ -150,6 +150,10 @@ class Prediction(models.Model):
     temperature = models.FloatField(default=1.0)
     unknown_score = models.FloatField(null=True, blank=True)
     unknown = models.BooleanField(null=True, blank=True, db_index=True)
+    # The conformal prediction set (class names, most probable first) and the share of
+    # in-distribution images whose set holds the true class (null: made before sets).
+    prediction_set = models.JSONField(default=list, blank=True)
+    set_coverage = models.FloatField(null=True, blank=True)
     inference_ms = models.FloatField("classifier time (ms)")
     latency_ms = models.FloatField("total processing time (ms)")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -168,6 +172,11 @@ class Prediction(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("uploads:detail", args=[self.pk])
+
+    @property
+    def answer(self) -> "Answer":
+        """The answer in words people act on (see Answer)."""
+        return Answer.of(self)
 
     def get_share_url(self) -> str:
         return reverse("uploads:share", args=[self.share_token])
@@ -204,6 +213,65 @@ class Prediction(models.Model):
             },
             "created_at": self.created_at.isoformat(),
         }
+
+
+# A single answer at least this probable is "sure"; below it, hedged ("probably").
+SURE_PROBABILITY = 0.9
+# A set of up to this many classes is worth naming ("cat or dog"); a larger one is "not sure".
+MAX_NAMED_SET = 3
+VERDICTS = ("sure", "likely", "one_of", "not_sure", "unknown")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the page, the share card and the API say about one prediction.
+
+    verdict: 'unknown' (the "unknown" score says none of the classes), 'sure' (a set of one
+    class at >= 90%), 'likely' (a set of one class, less probable: hedged), 'one_of' (two or
+    three classes) or 'not_sure' (more). Predictions made before prediction sets had none:
+    their set is the top class alone, and its probability alone decides."""
+
+    verdict: str
+    classes: list[str]
+    coverage: float | None
+
+    @classmethod
+    def of(cls, prediction: "Prediction") -> "Answer":
+        classes = list(prediction.prediction_set or [prediction.label])
+        if prediction.unknown:
+            verdict = "unknown"
+        elif len(classes) > MAX_NAMED_SET or (
+            not prediction.prediction_set and prediction.confidence < 0.5
+        ):
+            verdict = "not_sure"
+        elif len(classes) > 1:
+            verdict = "one_of"
+        elif prediction.confidence >= SURE_PROBABILITY:
+            verdict = "sure"
+        else:
+            verdict = "likely"
+        return cls(verdict=verdict, classes=classes, coverage=prediction.set_coverage)
+
+    @property
+    def headline(self) -> str:
+        """'cat', 'probably cat', 'cat or dog', 'not sure', 'none of the classes I know'."""
+        if self.verdict == "unknown":
+            return "None of the classes I know"
+        if self.verdict == "not_sure":
+            return "Not sure"
+        if self.verdict == "likely":
+            return f"Probably {self.classes[0]}"
+        return self.either
+
+    @property
+    def either(self) -> str:
+        """The classes as 'cat', 'cat or dog', 'cat, dog or bird'."""
+        names = self.classes
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+    @property
+    def is_hedged(self) -> bool:
+        return self.verdict != "sure"
 
 
 class FeedbackQuerySet(models.QuerySet):

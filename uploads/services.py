@@ -58,6 +58,7 @@ class _ModelAnswer:
     class_names: list[str]
     temperature: float
     has_threshold: bool
+    set_coverage: float | None  # None: the model has no prediction sets
     inference_ms: float
 
 
@@ -149,6 +150,7 @@ class _Classified:
     model_inputs: np.ndarray
     probabilities: np.ndarray
     ranked: list[list[tuple[str, float]]]
+    sets: list[list[str]]
     verdicts: list["_Verdict"]
     answer: _ModelAnswer
 
@@ -191,13 +193,15 @@ def _classify(
         class_names=list(record.class_names),
         temperature=float(record.temperature),
         has_threshold=record.unknown_threshold is not None,
+        set_coverage=record.set_coverage if record.set_threshold is not None else None,
         inference_ms=inference_ms,
     )
     verdicts = [
         _Verdict(score=_finite_or_none(score), unknown=bool(unknown))
         for score, unknown in zip(classification.scores, classification.unknown, strict=True)
     ]
-    return _Classified(images, model_inputs, probabilities, ranked, verdicts, answer)
+    sets = classifier.prediction_sets(probabilities)
+    return _Classified(images, model_inputs, probabilities, ranked, sets, verdicts, answer)
 
 
 def delete_uploads(*, uploads: QuerySet[Upload]) -> int:
@@ -378,6 +382,8 @@ def _build(
         temperature=answer.temperature,
         unknown_score=verdict.score,
         unknown=verdict.unknown if answer.has_threshold else None,
+        prediction_set=batch.sets[index] if answer.set_coverage is not None else [],
+        set_coverage=answer.set_coverage,
         inference_ms=answer.inference_ms,
         latency_ms=latency_ms,
     )

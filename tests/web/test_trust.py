@@ -23,7 +23,7 @@ from .conftest import encode_image, make_image
 
 pytestmark = pytest.mark.django_db
 
-NOT_SURE = "Not sure: this does not look like any of the classes I know"
+NOT_SURE = "None of the classes I know"
 # Far outside any score's range: every image is "unknown" under the first, none under the second.
 ALWAYS_UNKNOWN, NEVER_UNKNOWN = 1e9, -1e9
 

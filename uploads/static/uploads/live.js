@@ -130,9 +130,13 @@
     function showAnswer(answer, heading, ms, continuous) {
       showResult(true);
       resultHeading.textContent = heading || "The model sees";
-      resultLabel.textContent = answer.unknown
-        ? "Not sure (closest: " + answer.label + ")"
-        : answer.label + " · " + percent(answer.confidence);
+      // The answer in words (the API's answer.headline): "cat", "probably cat", "cat or dog",
+      // "Not sure", "None of the classes I know"; a number only beside a sure single answer.
+      var words = answer.answer || { verdict: answer.unknown ? "unknown" : "sure", headline: answer.label };
+      resultLabel.textContent = words.verdict === "sure"
+        ? words.headline + " · " + percent(answer.confidence)
+        : words.headline;
+      resultLabel.setAttribute("data-verdict", words.verdict);
       bars.textContent = "";
       answer.top_k.slice(0, 3).forEach(function (item, index) {
         var li = document.createElement("li");
@@ -230,7 +234,8 @@
         var began = performance.now();
         grabFrame(CAMERA_MAX_SIDE, "image/jpeg", 0.85).then(function (blob) {
           if (!blob) return null;
-          return classify(blob, "The camera sees", true, began);
+          // After "Stop camera" (or a change of mode) an answer on its way is dropped.
+          return classify(blob, "The camera sees", true, began, function () { return running; });
         }).then(function () {
           inFlight = false;
           showError("", "camera");
