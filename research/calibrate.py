@@ -49,6 +49,7 @@ from research.evaluation.calibrate import (
     collect_outputs,
     format_summary,
     missed_targets,
+    sets_at_temperature,
 )
 from research.serving import calibration, model_dir
 from research.serving.artifacts import (
@@ -102,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
         seconds=round(time.monotonic() - started, 1),
         command=args.command,
     )
+    if args.sets_only:
+        # The stored temperature and threshold stay: the sets are fitted at that temperature.
+        result["sets"] = sets_at_temperature(outputs, record.temperature)
+        result["sets"]["temperature"] = record.temperature
     print(f"{record.name} ({record.version})")
     print(format_summary(result, chosen))
     (out / CALIBRATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -116,7 +121,15 @@ def _run(args: argparse.Namespace) -> int:
         result["risk_coverage"], f"{record.name}: answering only the surest images"
     ).save(out / RISK_COVERAGE_FILE)
     sets = result["sets"]
-    if not args.dry_run:
+    if args.sets_only and not args.dry_run:
+        updated = record.replace(
+            set_method=sets["method"],
+            set_threshold=sets["thresholds"][sets["method"]],
+            set_coverage=sets["coverage"],
+        )
+        model_dir.write_record(directory, step, updated)
+        print(f"stored the {sets['method']} set threshold only in {directory / str(step)}")
+    elif not args.dry_run:
         updated = record.replace(
             temperature=result["temperature"],
             unknown_score=chosen,
@@ -167,6 +180,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="output folder (default: <checkpoint>/calibration)")
     parser.add_argument("--dry_run", action="store_true", help="measure, do not store")
+    parser.add_argument(
+        "--sets_only",
+        action="store_true",
+        help="store only the prediction sets, fitted at the stored temperature; keep the "
+        "temperature, threshold and statistics (so the model's answers do not change)",
+    )
     parser.add_argument(
         "--reuse_outputs",
         action="store_true",

@@ -151,6 +151,27 @@ def fit_sets(
     return {"coverage": coverage, "thresholds": thresholds, "fit_size": sizes, "method": chosen}
 
 
+def sets_at_temperature(outputs: dict[str, np.ndarray], temperature: float) -> dict[str, Any]:
+    """Prediction sets fitted and reported as `calibrate` does, but at a temperature already
+    fitted (a model's stored one): fitted on the whole validation split, reported by 2-fold
+    cross-validation on it, or on the test split when there is one."""
+    logits, labels = outputs["validation/logits"], outputs["validation/labels"]
+    sets = fit_sets(logits, labels, temperature)
+    if "test/logits" in outputs:
+        test = outputs["test/logits"], outputs["test/labels"]
+        sets["reported"] = _set_reports(sets, *test, temperature)
+        sets["report_split"] = "test"
+        return sets
+    reports = []
+    a, b = _halves(len(labels))
+    for fit, report in ((a, b), (b, a)):
+        fitted = fit_sets(logits[fit], labels[fit], temperature)
+        reports.append(_set_reports(fitted, logits[report], labels[report], temperature))
+    sets["reported"] = {m: _mean_sets([r[m] for r in reports]) for m in conformal.METHODS}
+    sets["report_split"] = "validation (2-fold: fit on one half, reported on the other)"
+    return sets
+
+
 def _set_reports(
     fitted: dict[str, Any], logits: np.ndarray, labels: np.ndarray, temperature: float
 ) -> dict[str, Any]:

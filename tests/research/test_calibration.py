@@ -257,6 +257,27 @@ def test_the_calibrate_command_fits_on_validation_and_stores_the_record(trained,
     assert accepted.mean() >= 0.95
 
 
+def test_sets_only_stores_the_sets_and_keeps_every_answer(trained, tmp_path):
+    """research.calibrate --sets_only adds the prediction set at the stored temperature and
+    leaves the temperature, the "unknown" score and its threshold as they were."""
+    config, workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    directory, step, before = model_dir.pick_checkpoint(copy)
+    model_dir.write_record(directory, step, before.replace(temperature=2.5))
+    argv = ["--checkpoint", str(copy), "--data_dir", config.data_dir, "--out", str(tmp_path)]
+    assert calibrate.main([*argv, "--train_images", "30", "--sets_only"]) == 0
+    after = Classifier.load(copy).record
+    assert after.temperature == 2.5
+    assert (after.unknown_score, after.unknown_threshold) == (
+        before.unknown_score,
+        before.unknown_threshold,
+    )
+    sets = json.loads((tmp_path / "calibration.json").read_text())["sets"]
+    assert sets["temperature"] == 2.5
+    assert after.set_threshold == pytest.approx(sets["thresholds"][after.set_method])
+
+
 def test_evaluate_reports_calibration_at_t1_and_the_record_temperature(trained, tmp_path):
     """research.evaluate reports ECE/NLL/Brier before (T=1) and after (the record's T) and
     draws the reliability diagram."""
