@@ -24,6 +24,8 @@ from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
 from research.serving.artifacts import (
+    CALIBRATION_DIR,
+    CALIBRATION_FILE,
     CARD_FILE,
     CONFUSION_FILE,
     CURVES_FILE,
@@ -31,6 +33,7 @@ from research.serving.artifacts import (
     REPORT_EXAMPLES_DIR,
     REPORT_FILE,
     REPORT_FORMAT,
+    RISK_COVERAGE_FILE,
     ROBUSTNESS_FILE,
 )
 from uploads import classifiers, services
@@ -117,6 +120,20 @@ class Robustness:
     html: SafeString | None = None  # research.robustness's own markdown table, rendered
 
 
+@dataclass(frozen=True)
+class AnswerSets:
+    """How the model's prediction sets did where they were measured (calibration.json)."""
+
+    coverage: float  # the promised share of sets holding the true class
+    measured_coverage: float
+    mean_size: float
+    single: float  # share of images answered with one class
+    single_accuracy: float | None
+    count: int
+    split: str  # 'test', or the validation folds
+    has_risk_coverage: bool
+
+
 @dataclass
 class ModelPage:
     summary: services.ModelSummary
@@ -124,6 +141,7 @@ class ModelPage:
     card_html: SafeString
     robustness: Robustness | None
     facts: list[tuple[str, str]] = field(default_factory=list)
+    sets: AnswerSets | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,40 @@ def read_report_data(name: str) -> dict[str, Any] | None:
         log.warning("Ignoring the report of model %s (%s): %s", name, path, error)
         return None
     return data
+
+
+def read_answer_sets(name: str) -> AnswerSets | None:
+    """The prediction sets' measured coverage and size from the model's calibration.json, or
+    None when it has none (or an unreadable one: logged)."""
+    directory = classifiers.get_model_dir(name) / CALIBRATION_DIR
+    path = directory / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        sets = json.loads(path.read_text())["sets"]
+        reported = sets["reported"][sets["method"]]
+        split = str(sets["report_split"])
+        return AnswerSets(
+            coverage=float(sets["coverage"]),
+            measured_coverage=float(reported["coverage"]),
+            mean_size=float(reported["mean_size"]),
+            single=float(reported["single"]),
+            single_accuracy=reported.get("single_accuracy"),
+            count=int(reported["count"]),
+            split="test" if split == "test" else "validation",
+            has_risk_coverage=(directory / RISK_COVERAGE_FILE).is_file(),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("Ignoring the prediction-set figures of model %s (%s): %s", name, path, error)
+        return None
+
+
+def risk_coverage_file(*, name: str) -> Path:
+    """The model's risk-coverage PNG (NoSuchFile when it has none)."""
+    path = classifiers.get_model_dir(name) / CALIBRATION_DIR / RISK_COVERAGE_FILE
+    if not path.is_file():
+        raise NoSuchFile(RISK_COVERAGE_FILE)
+    return path
 
 
 def load_report(name: str) -> Report | None:
@@ -334,6 +386,7 @@ def model_page(*, name: str) -> ModelPage:
         report=report,
         card_html=read_card(name),
         robustness=read_robustness(name),
+        sets=read_answer_sets(name),
     )
     if report is not None:
         page.facts = [

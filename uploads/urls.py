@@ -14,6 +14,11 @@ urlpatterns = [
     path("models/<str:name>/", views.model_detail, name="model"),
     path("models/<str:name>/reliability.png", views.model_reliability, name="model-reliability"),
     path(
+        "models/<str:name>/risk-coverage.png",
+        views.model_risk_coverage,
+        name="model-risk-coverage",
+    ),
+    path(
         "models/<str:name>/confusion/<int:true_index>/<int:predicted_index>/",
         views.model_confusion,
         name="model-confusion",

@@ -278,6 +278,20 @@ def model_reliability(request: HttpRequest, name: str) -> FileResponse:
 
 
 @require_GET
+def model_risk_coverage(request: HttpRequest, name: str) -> FileResponse:
+    """The risk-coverage curve research.calibrate wrote beside the model, if any."""
+    try:
+        path = model_pages.risk_coverage_file(name=name)
+    except (classifiers.UnknownModelError, model_pages.NoSuchFile) as err:
+        raise Http404("This model has no risk-coverage curve.") from err
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = _MEDIA_CSP
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@require_GET
 def serve_media(request: HttpRequest, name: str) -> FileResponse:
     """Serve a stored image with a fixed image type, inline, never sniffed or scripted."""
     match = _MEDIA_NAME.fullmatch(name)

@@ -1,5 +1,9 @@
 """Answers in words people act on: the prediction set, its verdict and its guarantee."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -104,3 +108,37 @@ def test_the_unknown_card_leads_with_its_verdict_not_a_class_name(client, upload
     headline = html.split("data-result-label>", 1)[1].split("<", 1)[0]
     assert headline == "None of the classes I know"
     assert "<title>None of the classes I know" in html
+
+
+SHIPPED_CALIBRATION = Path(__file__).resolve().parents[2] / "models" / "cifar10" / "calibration"
+
+
+@pytest.fixture
+def calibrated_model(settings, tiny_model_dir, tmp_path):
+    """The tiny model with the shipped CIFAR-10 model's calibration folder beside it."""
+    directory = copy_model(tiny_model_dir, tmp_path / "calibrated")
+    shutil.copytree(SHIPPED_CALIBRATION, directory / "calibration")
+    settings.CLASSIFIER_MODELS = {**settings.CLASSIFIER_MODELS, "calibrated": directory}
+    return directory
+
+
+def test_the_model_page_states_the_promise_and_the_measured_coverage(client, calibrated_model):
+    """The page states the 95% promise, the coverage and set size measured on the folds not
+    used for fitting, and shows the risk-coverage curve."""
+    sets = json.loads((calibrated_model / "calibration" / "calibration.json").read_text())["sets"]
+    measured = sets["reported"][sets["method"]]
+    html = client.get(reverse("uploads:model", args=["calibrated"])).content.decode()
+    assert "at least <strong>95%</strong>" in html
+    assert f"<strong>{measured['coverage'] * 100:.1f}%</strong>" in html
+    assert f"naming {measured['mean_size']:.2f} classes on average" in html
+    curve = reverse("uploads:model-risk-coverage", args=["calibrated"])
+    assert curve in html
+    response = client.get(curve)
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+
+
+def test_a_model_without_sets_has_no_promise_and_no_curve(client):
+    """The tiny model has no calibration folder: no promise on its page, a 404 for the curve."""
+    html = client.get(reverse("uploads:model", args=["cifar10"])).content.decode()
+    assert "data-answer-sets" not in html
+    assert client.get(reverse("uploads:model-risk-coverage", args=["cifar10"])).status_code == 404
