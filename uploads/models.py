@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.urls import reverse
+from django.utils.http import urlencode
 
 SESSION_OWNER_KEY = "uploads_owner"  # the session's owner key, in the session's data
 SHARE_TOKEN_BYTES = 24  # 192 bits: secrets.token_urlsafe gives 32 characters
@@ -45,6 +46,12 @@ class Owner:
         return cls(key=key, user_id=user_id)
 
 
+class UploadQuerySet(models.QuerySet):
+    def of_media(self, name: str) -> "UploadQuerySet":
+        """The upload a stored file (image or thumbnail) belongs to."""
+        return self.filter(Q(image=name) | Q(thumbnail=name))
+
+
 class Upload(models.Model):
     """One validated image, stored re-encoded under a generated name, and who uploaded it.
 
@@ -71,11 +78,24 @@ class Upload(models.Model):
         related_name="uploads",
     )
 
+    objects = UploadQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.original_name} ({self.width}×{self.height} {self.format})"
+
+    def is_owned_by(self, owner: Owner) -> bool:
+        return bool(owner.key and self.owner_key == owner.key) or (
+            owner.user_id is not None and self.user_id == owner.user_id
+        )
+
+    def may_be_seen(self, *, owner: Owner, share_token: str = "", staff: bool = False) -> bool:
+        """Its files are for its owner, staff, and whoever holds one of its share links."""
+        if staff or self.is_owned_by(owner):
+            return True
+        return bool(share_token) and self.predictions.filter(share_token=share_token).exists()
 
     def get_image_url(self) -> str:
         return reverse("uploads:media", args=[self.image.name])
@@ -180,6 +200,10 @@ class Prediction(models.Model):
 
     def get_share_url(self) -> str:
         return reverse("uploads:share", args=[self.share_token])
+
+    def get_shared_image_url(self) -> str:
+        """The image's address for someone holding the share link (the token grants it)."""
+        return f"{self.upload.get_image_url()}?{urlencode({'share': self.share_token})}"
 
     def is_owned_by(self, owner: Owner) -> bool:
         upload = self.upload

@@ -20,6 +20,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic import DetailView, ListView
 
@@ -30,7 +31,7 @@ from uploads import classifiers, model_pages, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
 from uploads.images import STORED_CONTENT_TYPES, UploadRejected
-from uploads.models import Owner, Prediction
+from uploads.models import Owner, Prediction, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
         "prediction": prediction,
         "is_owner": prediction.is_owned_by(Owner.of(request)),
         "page_url": request.build_absolute_uri(prediction.get_share_url()),
-        "image_url": request.build_absolute_uri(prediction.upload.get_image_url()),
+        "image_url": request.build_absolute_uri(prediction.get_shared_image_url()),
     }
     response = render(request, "uploads/share.html", context)
     response["Referrer-Policy"] = "no-referrer"  # the token stays out of other sites' logs
@@ -297,6 +298,15 @@ def serve_media(request: HttpRequest, name: str) -> FileResponse:
     match = _MEDIA_NAME.fullmatch(name)
     if match is None:
         raise Http404("No such file.")
+    # Only the owner, staff, or a holder of the share link: others get the same 404 as for a
+    # file that does not exist, so a name reveals nothing.
+    upload = Upload.objects.of_media(name).first()
+    if upload is None or not upload.may_be_seen(
+        owner=Owner.of(request),
+        share_token=request.GET.get("share", ""),
+        staff=request.user.is_staff,
+    ):
+        raise Http404("No such file.")
     try:
         file = default_storage.open(name, "rb")
     except (FileNotFoundError, SuspiciousFileOperation) as err:
@@ -307,7 +317,9 @@ def serve_media(request: HttpRequest, name: str) -> FileResponse:
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = _MEDIA_CSP
     response["Cross-Origin-Resource-Policy"] = "same-origin"
-    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    # Private: a browser may keep it, a shared cache (a proxy, a CDN) never.
+    response["Cache-Control"] = "private, max-age=3600"
+    patch_vary_headers(response, ["Cookie"])
     return response
 
 

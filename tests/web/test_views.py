@@ -130,12 +130,13 @@ def test_history_filters_by_label_and_model(client, upload_file, owner):
 
 
 def test_history_shows_thumbnails_labels_and_confidence(client, upload_file, owner):
-    """Each history card has the thumbnail, label and confidence."""
+    """Each history card has the thumbnail, the answer in words, the top class and its
+    probability to one decimal, as the result page gives it (never 100% for 99.9%)."""
     prediction = classify(upload_file, owner=owner)[0]
     page = client.get(reverse("uploads:history")).content.decode()
     assert prediction.upload.get_thumbnail_url() in page
-    assert prediction.label in page
-    assert f"{prediction.confidence * 100:.0f}%" in page
+    assert prediction.answer.headline in page
+    assert f"{prediction.label} {prediction.confidence * 100:.1f}%" in page
 
 
 def test_empty_history_invites_a_first_upload(client):
