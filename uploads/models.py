@@ -324,12 +324,17 @@ class Feedback(models.Model):
     correct = models.BooleanField(db_index=True)
     label = models.CharField("true label", max_length=100, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)  # when the vote was last changed
 
     objects = FeedbackQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "feedback"
+        # One vote per prediction (its owner's), which a later vote replaces.
+        constraints = [
+            models.UniqueConstraint(fields=["prediction"], name="one_vote_per_prediction")
+        ]
 
     def __str__(self) -> str:
         verdict = "right" if self.correct else f"wrong, is {self.label}"

@@ -9,7 +9,6 @@ import re
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.contrib import messages
 from django.core.exceptions import (
     RequestDataTooBig,
     SuspiciousFileOperation,
@@ -207,15 +206,13 @@ def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     form = FeedbackForm(request.POST, prediction=prediction)
     if form.is_valid():
         try:
-            feedback = record_feedback(prediction=prediction, **form.feedback_kwargs())
+            record_feedback(prediction=prediction, **form.feedback_kwargs())
         except FeedbackError as err:
             form.add_error(None, str(err))
         else:
-            if feedback.correct:
-                messages.success(request, "Thank you: recorded as right.")
-            else:
-                messages.success(request, f"Thank you: recorded as “{feedback.label}”.")
-            return redirect(f"{prediction.get_absolute_url()}#feedback")
+            # Confirmed in place: the form says what was recorded (see _feedback.html), and
+            # the fragment brings the reader back to it.
+            return redirect(f"{prediction.get_absolute_url()}#feedback-status")
     context = {
         "prediction": prediction,
         "feedback_form": form,

@@ -375,9 +375,23 @@ def test_feedback_form_round_trip_with_csrf(client, prediction):
     )
 
     assert response.status_code == 302
-    assert response["Location"] == f"{prediction.get_absolute_url()}#feedback"
+    assert response["Location"] == f"{prediction.get_absolute_url()}#feedback-status"
     assert Feedback.objects.get().correct is True
-    assert "Thank you: recorded as right." in browser.get(response["Location"]).content.decode()
+    page = browser.get(response["Location"]).content.decode()
+    form = page.split("data-feedback-form", 1)[1].split("</form>", 1)[0]
+    assert 'id="feedback-status"' in form and "Thank you: recorded as right." in form
+
+
+def test_a_second_vote_replaces_the_first_and_the_form_says_so(client, prediction):
+    """Yes, then No with a class: one vote remains, the correction, and the form shows it."""
+    url = reverse("uploads:feedback", args=[prediction.pk])
+    label = other_label(prediction)
+    assert client.post(url, {"verdict": "right", "label": ""}).status_code == 302
+    assert client.post(url, {"verdict": "wrong", "label": label}).status_code == 302
+    vote = Feedback.objects.get()
+    assert (vote.correct, vote.label) == (False, label)
+    page = client.get(prediction.get_absolute_url()).content.decode()
+    assert f"Thank you: recorded as “{label}”. You can change your answer below." in page
 
 
 def test_feedback_form_records_a_correction(client, prediction):

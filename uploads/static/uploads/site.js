@@ -139,7 +139,16 @@
     });
   }
 
+  // After a vote the page comes back at #feedback-status: focus it, so a screen reader reads
+  // the confirmation and the form is in view.
+  function focusFeedbackStatus() {
+    if (window.location.hash !== "#feedback-status") return;
+    var status = document.getElementById("feedback-status");
+    if (status) status.focus();
+  }
+
   function start() {
+    focusFeedbackStatus();
     init();
     initSaliency();
     initShare();
