@@ -7,6 +7,7 @@ uploads.api, so the description and the behaviour cannot drift apart.
 import re
 
 from django.core.files.uploadedfile import UploadedFile
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -70,6 +71,21 @@ class TopKField(serializers.IntegerField):
         return value
 
 
+class ModelNameField(serializers.CharField):
+    """A configured model's name; the OpenAPI schema lists them and the default
+    (ModelNameFieldExtension), so Swagger UI offers a menu instead of "string"."""
+
+
+class ModelNameFieldExtension(OpenApiSerializerFieldExtension):
+    """Read when the schema is generated, so the enum follows the configured models."""
+
+    target_class = ModelNameField
+
+    def map_serializer_field(self, auto_schema, direction):
+        names = list(classifiers.get_model_names())
+        return {"type": "string", "enum": names, "default": classifiers.get_default_model_name()}
+
+
 class PredictRequestSerializer(serializers.Serializer):
     """POST /api/predict: one image, and optionally the model and how many classes to return."""
 
@@ -77,7 +93,7 @@ class PredictRequestSerializer(serializers.Serializer):
         help_text=f"{describe_allowed_formats()}; one file, within the server's byte and pixel "
         "limits (10 MB and 25 megapixels by default)."
     )
-    model = serializers.CharField(
+    model = ModelNameField(
         required=False,
         allow_blank=True,
         help_text="A model name from GET /api/models; the default model when omitted.",
