@@ -73,7 +73,7 @@ def test_upload_through_the_page_and_read_the_result(browser, live_server, tmp_p
     )
     prediction = Prediction.objects.get()
     assert browser.current_url == live_server.url + prediction.get_absolute_url()
-    assert label.text.lower() == prediction.label.lower()
+    assert label.text.lower() == prediction.answer.headline.lower()
     assert len(browser.find_elements(By.CSS_SELECTOR, "meter.bar-meter")) == 5
     image = browser.find_element(By.CSS_SELECTOR, "img.result-image")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 48
