@@ -428,7 +428,9 @@ def render_markdown(text: str) -> SafeString:
             while i < len(lines) and not _FENCE.match(lines[i]):
                 block.append(lines[i])
                 i += 1
-            out.append(f"<pre><code>{html.escape(chr(10).join(block))}</code></pre>")
+            # Focusable, so a keyboard can scroll a wide block (axe: scrollable-region-focusable).
+            code = html.escape(chr(10).join(block))
+            out.append(f'<pre tabindex="0"><code>{code}</code></pre>')
             i += 1
             continue
         heading = _HEADING.match(line)
@@ -449,7 +451,7 @@ def render_markdown(text: str) -> SafeString:
                 "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body
             )
             out.append(
-                f'<div class="table-scroll"><table><thead><tr>{head}</tr></thead>'
+                f'<div class="table-scroll" tabindex="0"><table><thead><tr>{head}</tr></thead>'
                 f"<tbody>{rows}</tbody></table></div>"
             )
             continue
