@@ -95,7 +95,9 @@ class Upload(models.Model):
         """Its files are for its owner, staff, and whoever holds one of its share links."""
         if staff or self.is_owned_by(owner):
             return True
-        return bool(share_token) and self.predictions.filter(share_token=share_token).exists()
+        if not share_token:
+            return False
+        return self.predictions.filter(share_token=share_token, share_enabled=True).exists()
 
     def get_image_url(self) -> str:
         return reverse("uploads:media", args=[self.image.name])
@@ -181,6 +183,8 @@ class Prediction(models.Model):
     share_token = models.CharField(
         max_length=64, unique=True, default=make_share_token, editable=False
     )
+    # False once the owner revokes the link: /s/<token>/ and the image behind it are 404s.
+    share_enabled = models.BooleanField(default=True)
 
     objects = PredictionQuerySet.as_manager()
 
@@ -200,6 +204,18 @@ class Prediction(models.Model):
 
     def get_share_url(self) -> str:
         return reverse("uploads:share", args=[self.share_token])
+
+    def renew_share_link(self) -> None:
+        """A new share link; the old one stops working at once."""
+        self.share_token = make_share_token()
+        self.share_enabled = True
+        self.save(update_fields=["share_token", "share_enabled"])
+
+    def revoke_share_link(self) -> None:
+        """No share link: the old one stops working (a later renewal makes a new one)."""
+        self.share_token = make_share_token()
+        self.share_enabled = False
+        self.save(update_fields=["share_token", "share_enabled"])
 
     def get_shared_image_url(self) -> str:
         """The image's address for someone holding the share link (the token grants it)."""

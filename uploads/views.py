@@ -9,6 +9,7 @@ import re
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib import messages
 from django.core.exceptions import (
     RequestDataTooBig,
     SuspiciousFileOperation,
@@ -176,14 +177,17 @@ class PredictionDetailView(DetailView):
         context = super().get_context_data(**kwargs)
         context.setdefault("feedback_form", FeedbackForm(prediction=self.object))
         context.update(_describe_input(self.object))
-        context["share_link"] = self.request.build_absolute_uri(self.object.get_share_url())
+        if self.object.share_enabled:
+            context["share_link"] = self.request.build_absolute_uri(self.object.get_share_url())
         return context
 
 
 @require_GET
 def shared(request: HttpRequest, token: str) -> HttpResponse:
     """A shared result, read-only, for anyone with the link; with Open Graph / Twitter tags."""
-    prediction = get_object_or_404(Prediction.objects.recent(), share_token=token)
+    prediction = get_object_or_404(
+        Prediction.objects.recent(), share_token=token, share_enabled=True
+    )
     context = {
         "prediction": prediction,
         "is_owner": prediction.is_owned_by(Owner.of(request)),
@@ -216,10 +220,39 @@ def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "prediction": prediction,
         "feedback_form": form,
-        "share_link": request.build_absolute_uri(prediction.get_share_url()),
+        "share_link": (
+            request.build_absolute_uri(prediction.get_share_url())
+            if prediction.share_enabled
+            else ""
+        ),
         **_describe_input(prediction),
     }
     return render(request, "uploads/detail.html", context, status=400)
+
+
+@require_POST
+def delete_prediction(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete one's own upload: its rows, its files and every image derived from it."""
+    prediction = get_object_or_404(_own_predictions(request), pk=pk)
+    services.delete_uploads(uploads=Upload.objects.filter(pk=prediction.upload_id))
+    messages.success(request, "Deleted: the image, its answer and everything made from it.")
+    return redirect("uploads:history")
+
+
+@require_POST
+def change_share_link(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke the share link of one's own result ("revoke"), or make a new one ("renew")."""
+    prediction = get_object_or_404(_own_predictions(request), pk=pk)
+    action = request.POST.get("action")
+    if action == "revoke":
+        prediction.revoke_share_link()
+        messages.success(request, "The share link no longer works.")
+    elif action == "renew":
+        prediction.renew_share_link()
+        messages.success(request, "A new share link: the old one no longer works.")
+    else:
+        return _error(request, 400, "bad_request", "Choose whether to revoke or renew the link.")
+    return redirect(f"{prediction.get_absolute_url()}#share")
 
 
 @require_GET
