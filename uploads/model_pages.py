@@ -367,14 +367,30 @@ def _cell_text(value: Any) -> str:
     return str(value)
 
 
+# Card sections the page already shows in its own words: left out of the rendered card.
+SHOWN_ELSEWHERE = ("Robustness to common corruptions",)
+
+
 def read_card(name: str) -> SafeString:
-    """MODEL_CARD.md beside the model, rendered to HTML (escaped: see `render_markdown`)."""
+    """MODEL_CARD.md beside the model, rendered to HTML (escaped: see `render_markdown`),
+    without the sections the page shows itself (SHOWN_ELSEWHERE)."""
     path = classifiers.get_model_dir(name) / CARD_FILE
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return mark_safe("")
-    return render_markdown(text)
+    return render_markdown(_without_sections(text, SHOWN_ELSEWHERE))
+
+
+def _without_sections(text: str, titles: tuple[str, ...]) -> str:
+    """Markdown `text` less each '## <title>' section (up to the next '## ' heading)."""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            skipping = line[3:].strip() in titles
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def model_page(*, name: str) -> ModelPage:

@@ -431,8 +431,8 @@ def test_feedback_form_for_an_unknown_prediction_is_a_404(client):
 
 
 def test_model_page_shows_accuracy_live_accuracy_and_calibration(client, api_client, prediction):
-    """/models/<name>/: expectations, accuracy with its split, live accuracy, temperature and
-    threshold."""
+    """/models/<name>/: expectations, accuracy with its split, live accuracy, and whether its
+    percentages are calibrated and it can say "none of the classes I know", in words."""
     api_client.post(feedback_url(prediction), {"correct": True}, format="json")
     response = client.get(reverse("uploads:model", args=["cifar10"]))
     html = response.content.decode()
@@ -442,14 +442,16 @@ def test_model_page_shows_accuracy_live_accuracy_and_calibration(client, api_cli
     assert escape(expectations.expects(record)) in html
     assert re.search(r"Accuracy on test</dt><dd data-accuracy>10\.0%", html)
     assert re.search(r"data-live-accuracy>100\.0% <span[^>]*>on 1 answer people", html)
-    assert "data-temperature>1<" in html.replace(" ", "")
-    assert "No threshold" in html
+    assert "Not adjusted: they may overstate" in html  # temperature 1, in words
+    assert "Never said: it always picks a class" in html  # no threshold, in words
 
 
 def test_model_page_shows_the_threshold(client, threshold_models):
-    """A model with a threshold names it."""
+    """A model with a threshold says when it answers "none of the classes I know", in words
+    (no score names or raw thresholds)."""
     html = client.get(reverse("uploads:model", args=["lenient"])).content.decode()
-    assert "-1e+09" in html and "(max-softmax score)" in html
+    assert "Said when an image looks unlike the images it learnt from" in html
+    assert "-1e+09" not in html and "max-softmax" not in html
 
 
 def test_every_answer_links_to_its_model_page(client, prediction):
