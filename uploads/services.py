@@ -294,6 +294,29 @@ def _measure_directory(path: str) -> tuple[int, int]:
     return files, size
 
 
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file of a batch that could not be classified, and why, in words."""
+
+    name: str
+    reason: str
+
+
+def sort_files(*, files: Sequence[UploadedFile]) -> tuple[list[UploadedFile], list[RejectedFile]]:
+    """Split a batch into the files that are valid images and those that are not (each named
+    with its reason), so the good ones are classified and the bad ones reported."""
+    accepted, rejected = [], []
+    for file in files:
+        try:
+            _read(file)
+        except UploadRejected as err:
+            rejected.append(RejectedFile(name=clean_original_name(file.name), reason=err.message))
+        else:
+            file.seek(0)
+            accepted.append(file)
+    return accepted, rejected
+
+
 def _check_top_k(top_k: int | None, num_classes: int) -> int:
     if top_k is None:
         return min(settings.CLASSIFIER_TOP_K, num_classes)

@@ -54,9 +54,18 @@ def classify(request: HttpRequest) -> HttpResponse:
         form = ClassifyForm(request.POST, request.FILES)
         status = 400
         if form.is_valid():
+            files, rejected = form.cleaned_data["images"], []
+            if len(files) > 1:  # a batch: classify the good files, name the bad ones
+                files, rejected = services.sort_files(files=files)
             try:
+                if not files:
+                    raise UploadRejected(
+                        "None of the files could be classified: "
+                        + "; ".join(f"{r.name}: {r.reason}" for r in rejected),
+                        code="no_valid_file",
+                    )
                 predictions = services.classify_uploads(
-                    files=form.cleaned_data["images"],
+                    files=files,
                     model_name=form.cleaned_data["model"],
                     owner=Owner.of(request, create=True),
                 )
@@ -68,6 +77,8 @@ def classify(request: HttpRequest) -> HttpResponse:
                 form.add_error("model", err.public_message)
                 status = 503
             else:
+                for bad in rejected:
+                    messages.error(request, f"Not classified: {bad.name}: {bad.reason}")
                 return redirect(_result_url(predictions))
     else:
         form = ClassifyForm()

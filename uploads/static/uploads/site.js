@@ -147,7 +147,15 @@
     if (status) status.focus();
   }
 
+  // Errors the server reports about a batch (files it could not classify) are announced and
+  // focused, so they are seen even below the fold.
+  function focusErrors() {
+    var errors = document.querySelector("[data-focus-on-load]");
+    if (errors) errors.focus();
+  }
+
   function start() {
+    focusErrors();
     focusFeedbackStatus();
     init();
     initSaliency();
