@@ -86,6 +86,7 @@ def classify(request: HttpRequest) -> HttpResponse:
         "form": form,
         "recent": _own_predictions(request)[:8],
         "max_files": settings.UPLOAD_MAX_FILES,
+        "max_bytes": settings.UPLOAD_MAX_BYTES,
         "live_models": _describe_live_models(),
     }
     return render(request, "uploads/classify.html", context, status=status)
