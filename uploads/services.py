@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from uploads.images import (
     encode_for_storage,
     encode_thumbnail,
     read_validated_image,
+    request_pixel_budget,
 )
 from uploads.models import Owner, Prediction, Upload
 
@@ -308,7 +310,10 @@ def sort_files(*, files: Sequence[UploadedFile]) -> tuple[list[UploadedFile], li
     accepted, rejected = [], []
     for file in files:
         try:
-            _read(file)
+            # One image at a time, outside the request's pixel budget: classify_uploads
+            # charges the accepted files against it when it decodes them again.
+            with request_pixel_budget(sys.maxsize):
+                _read(file)
         except UploadRejected as err:
             rejected.append(RejectedFile(name=clean_original_name(file.name), reason=err.message))
         else:
