@@ -319,3 +319,13 @@ def test_favicon_ico_redirects_to_the_site_icon(client):
     """/favicon.ico (asked for by the admin's pages) is not a 404."""
     response = client.get("/favicon.ico")
     assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
+@pytest.mark.django_db
+def test_the_intro_offers_drawing_only_with_the_model_that_draws(client):
+    """The default (CIFAR-10) model has no Draw mode, so the intro ties drawing to Fashion-MNIST
+    rather than promising it for every model."""
+    html = client.get(reverse("uploads:classify")).content.decode()
+    lead = html.split('class="lead">', 1)[1].split("</p>", 1)[0]
+    assert "(with the Fashion-MNIST model) draw a garment" in lead
+    assert "point your camera, draw," not in lead
