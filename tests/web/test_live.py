@@ -166,6 +166,34 @@ def test_an_answer_arriving_after_stop_camera_is_dropped(live_browser, live_serv
 
 @needs_chromium
 @pytest.mark.django_db(transaction=True)
+def test_on_a_phone_the_camera_answer_is_on_screen_with_the_video(live_browser, live_server):
+    """At 390x844 the running camera's video and its answer are both within the screen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    live_browser.set_window_size(*PHONE)
+    try:
+        open_classify(live_browser, live_server, "cifar10")
+        live_browser.find_element(By.CSS_SELECTOR, '[data-mode="camera"]').click()
+        WebDriverWait(live_browser, 90).until(
+            lambda driver: driver.execute_script("return window.liveStats.answers") >= 1
+        )
+        time.sleep(0.3)
+        video, label, height = live_browser.execute_script(
+            """
+            const box = (s) => document.querySelector(s).getBoundingClientRect().toJSON();
+            return [box("[data-camera]"), box("[data-live-label]"), window.innerHeight];
+            """
+        )
+        assert video["top"] >= 0 and video["top"] < height / 2
+        assert label["top"] >= 0 and label["bottom"] <= height
+    finally:
+        live_browser.find_element(By.CSS_SELECTOR, "[data-camera-stop]").click()
+        live_browser.set_window_size(1280, 900)
+
+
+@needs_chromium
+@pytest.mark.django_db(transaction=True)
 def test_without_camera_permission_the_page_says_so_and_shows_the_upload_form(
     live_browser, live_server
 ):

@@ -65,7 +65,13 @@
       showError("");
       saved.hidden = true;
       showResult(false);
-      if (name === "camera") startCamera();
+      if (name === "camera") {
+        startCamera();
+        // On a phone the camera sits below the form: bring it to the top of the screen.
+        if (window.matchMedia && window.matchMedia("(max-width: 859px)").matches) {
+          form.querySelector('[data-mode-panel="camera"]').scrollIntoView({ block: "start" });
+        }
+      }
       if (name === "draw") { sketch = sketch || createSketch(); sketch.redraw(); }
     }
 
