@@ -20,7 +20,13 @@ the in-distribution images against the other dataset (Fashion-MNIST test made RG
 for CIFAR-10; CIFAR-10 validation made grey and 28x28 for Fashion-MNIST, both through the
 serving preprocessing), seeded noise and seeded flat colours. With --score auto (default) the
 best score meeting the targets is stored (else the best), with its threshold accepting 95% of
-the fitting images. Writes calibration.json and reliability.png to --out (default:
+the fitting images.
+
+Conformal prediction sets (research.serving.conformal) at 95% coverage are fitted like the
+temperature: on the whole validation split for the stored threshold, on one half for each
+reported fold (CIFAR-10), or on validation and reported on test (--report_split test). Of
+'lac' and 'aps', the method with the smaller mean set size on the fitting images is stored.
+Writes calibration.json, reliability.png and risk_coverage.png to --out (default:
 <checkpoint>/calibration), and the record of the chosen step unless --dry_run.
 """
 
@@ -43,9 +49,15 @@ from research.evaluation.calibrate import (
     collect_outputs,
     format_summary,
     missed_targets,
+    sets_at_temperature,
 )
 from research.serving import calibration, model_dir
-from research.serving.artifacts import CALIBRATION_DIR, CALIBRATION_FILE, RELIABILITY_FILE
+from research.serving.artifacts import (
+    CALIBRATION_DIR,
+    CALIBRATION_FILE,
+    RELIABILITY_FILE,
+    RISK_COVERAGE_FILE,
+)
 from research.serving.classifier import Classifier
 from research.serving.errors import DataNotFoundError, ModelNotFoundError
 
@@ -91,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
         seconds=round(time.monotonic() - started, 1),
         command=args.command,
     )
+    if args.sets_only:
+        # The stored temperature and threshold stay: the sets are fitted at that temperature.
+        result["sets"] = sets_at_temperature(outputs, record.temperature)
+        result["sets"]["temperature"] = record.temperature
     print(f"{record.name} ({record.version})")
     print(format_summary(result, chosen))
     (out / CALIBRATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -101,18 +117,36 @@ def _run(args: argparse.Namespace) -> int:
         title,
         temperature=result["temperature"],
     ).save(out / RELIABILITY_FILE)
-    if not args.dry_run:
+    plots.render_risk_coverage(
+        result["risk_coverage"], f"{record.name}: answering only the surest images"
+    ).save(out / RISK_COVERAGE_FILE)
+    sets = result["sets"]
+    if args.sets_only and not args.dry_run:
+        updated = record.replace(
+            set_method=sets["method"],
+            set_threshold=sets["thresholds"][sets["method"]],
+            set_coverage=sets["coverage"],
+        )
+        model_dir.write_record(directory, step, updated)
+        print(f"stored the {sets['method']} set threshold only in {directory / str(step)}")
+    elif not args.dry_run:
         updated = record.replace(
             temperature=result["temperature"],
             unknown_score=chosen,
             unknown_threshold=result["threshold"],
+            set_method=sets["method"],
+            set_threshold=sets["thresholds"][sets["method"]],
+            set_coverage=sets["coverage"],
         )
         if calibration.needed_statistics(chosen):
             needed = calibration.needed_statistics(chosen)
             kept = {k: v for k, v in stats[chosen].items() if k in needed}
             model_dir.write_statistics(directory, step, kept)
         model_dir.write_record(directory, step, updated)
-        print(f"stored temperature, '{chosen}' threshold in {directory / str(step)}")
+        print(
+            f"stored temperature, '{chosen}' threshold and {sets['method']} set threshold in "
+            f"{directory / str(step)}"
+        )
     print(f"wrote {out / CALIBRATION_FILE} and {out / RELIABILITY_FILE} ({result['seconds']}s)")
     return 0
 
@@ -146,6 +180,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="output folder (default: <checkpoint>/calibration)")
     parser.add_argument("--dry_run", action="store_true", help="measure, do not store")
+    parser.add_argument(
+        "--sets_only",
+        action="store_true",
+        help="store only the prediction sets, fitted at the stored temperature; keep the "
+        "temperature, threshold and statistics (so the model's answers do not change)",
+    )
     parser.add_argument(
         "--reuse_outputs",
         action="store_true",

@@ -100,6 +100,9 @@ class PredictionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
+    # Only "View" (the admin page): a "View on site" beside it read "View View on site", and
+    # the result page is its owner's, not staff's.
+    view_on_site = False
     fields = ["label", "confidence_percent", "model_name", "model_version", "latency"]
     readonly_fields = fields
 

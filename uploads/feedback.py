@@ -27,6 +27,7 @@ def record_feedback(
 ) -> Feedback:
     """Record that a prediction was right (`correct=True`) or should have been `label`.
 
+    A prediction has one vote (only its owner may give it): a later one replaces it.
     Exactly one of the two is given. A label equal to the predicted one counts as a
     confirmation; any other label must be one of the model's classes (the keys of the stored
     probabilities, which hold every class). Raises FeedbackError otherwise.
@@ -47,8 +48,9 @@ def record_feedback(
             )
     true_label = prediction.label if label is None else label
     with transaction.atomic():
-        feedback = Feedback.objects.create(
-            prediction=prediction, correct=true_label == prediction.label, label=true_label
+        feedback, _ = Feedback.objects.update_or_create(
+            prediction=prediction,
+            defaults={"correct": true_label == prediction.label, "label": true_label},
         )
     metrics.count_feedback(prediction.model_name, correct=feedback.correct)
     return feedback

@@ -24,6 +24,8 @@ from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
 from research.serving.artifacts import (
+    CALIBRATION_DIR,
+    CALIBRATION_FILE,
     CARD_FILE,
     CONFUSION_FILE,
     CURVES_FILE,
@@ -31,6 +33,7 @@ from research.serving.artifacts import (
     REPORT_EXAMPLES_DIR,
     REPORT_FILE,
     REPORT_FORMAT,
+    RISK_COVERAGE_FILE,
     ROBUSTNESS_FILE,
 )
 from uploads import classifiers, services
@@ -117,6 +120,20 @@ class Robustness:
     html: SafeString | None = None  # research.robustness's own markdown table, rendered
 
 
+@dataclass(frozen=True)
+class AnswerSets:
+    """How the model's prediction sets did where they were measured (calibration.json)."""
+
+    coverage: float  # the promised share of sets holding the true class
+    measured_coverage: float
+    mean_size: float
+    single: float  # share of images answered with one class
+    single_accuracy: float | None
+    count: int
+    split: str  # 'test', or the validation folds
+    has_risk_coverage: bool
+
+
 @dataclass
 class ModelPage:
     summary: services.ModelSummary
@@ -124,6 +141,7 @@ class ModelPage:
     card_html: SafeString
     robustness: Robustness | None
     facts: list[tuple[str, str]] = field(default_factory=list)
+    sets: AnswerSets | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,40 @@ def read_report_data(name: str) -> dict[str, Any] | None:
         log.warning("Ignoring the report of model %s (%s): %s", name, path, error)
         return None
     return data
+
+
+def read_answer_sets(name: str) -> AnswerSets | None:
+    """The prediction sets' measured coverage and size from the model's calibration.json, or
+    None when it has none (or an unreadable one: logged)."""
+    directory = classifiers.get_model_dir(name) / CALIBRATION_DIR
+    path = directory / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        sets = json.loads(path.read_text())["sets"]
+        reported = sets["reported"][sets["method"]]
+        split = str(sets["report_split"])
+        return AnswerSets(
+            coverage=float(sets["coverage"]),
+            measured_coverage=float(reported["coverage"]),
+            mean_size=float(reported["mean_size"]),
+            single=float(reported["single"]),
+            single_accuracy=reported.get("single_accuracy"),
+            count=int(reported["count"]),
+            split="test" if split == "test" else "validation",
+            has_risk_coverage=(directory / RISK_COVERAGE_FILE).is_file(),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("Ignoring the prediction-set figures of model %s (%s): %s", name, path, error)
+        return None
+
+
+def risk_coverage_file(*, name: str) -> Path:
+    """The model's risk-coverage PNG (NoSuchFile when it has none)."""
+    path = classifiers.get_model_dir(name) / CALIBRATION_DIR / RISK_COVERAGE_FILE
+    if not path.is_file():
+        raise NoSuchFile(RISK_COVERAGE_FILE)
+    return path
 
 
 def load_report(name: str) -> Report | None:
@@ -315,14 +367,30 @@ def _cell_text(value: Any) -> str:
     return str(value)
 
 
+# Card sections the page already shows in its own words: left out of the rendered card.
+SHOWN_ELSEWHERE = ("Robustness to common corruptions",)
+
+
 def read_card(name: str) -> SafeString:
-    """MODEL_CARD.md beside the model, rendered to HTML (escaped: see `render_markdown`)."""
+    """MODEL_CARD.md beside the model, rendered to HTML (escaped: see `render_markdown`),
+    without the sections the page shows itself (SHOWN_ELSEWHERE)."""
     path = classifiers.get_model_dir(name) / CARD_FILE
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return mark_safe("")
-    return render_markdown(text)
+    return render_markdown(_without_sections(text, SHOWN_ELSEWHERE))
+
+
+def _without_sections(text: str, titles: tuple[str, ...]) -> str:
+    """Markdown `text` less each '## <title>' section (up to the next '## ' heading)."""
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            skipping = line[3:].strip() in titles
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
 
 
 def model_page(*, name: str) -> ModelPage:
@@ -334,6 +402,7 @@ def model_page(*, name: str) -> ModelPage:
         report=report,
         card_html=read_card(name),
         robustness=read_robustness(name),
+        sets=read_answer_sets(name),
     )
     if report is not None:
         page.facts = [
@@ -375,7 +444,9 @@ def render_markdown(text: str) -> SafeString:
             while i < len(lines) and not _FENCE.match(lines[i]):
                 block.append(lines[i])
                 i += 1
-            out.append(f"<pre><code>{html.escape(chr(10).join(block))}</code></pre>")
+            # Focusable, so a keyboard can scroll a wide block (axe: scrollable-region-focusable).
+            code = html.escape(chr(10).join(block))
+            out.append(f'<pre tabindex="0"><code>{code}</code></pre>')
             i += 1
             continue
         heading = _HEADING.match(line)
@@ -396,7 +467,7 @@ def render_markdown(text: str) -> SafeString:
                 "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body
             )
             out.append(
-                f'<div class="table-scroll"><table><thead><tr>{head}</tr></thead>'
+                f'<div class="table-scroll" tabindex="0"><table><thead><tr>{head}</tr></thead>'
                 f"<tbody>{rows}</tbody></table></div>"
             )
             continue

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Count, OuterRef, Q, Subquery
 from django.urls import reverse
+from django.utils.http import urlencode
 
 SESSION_OWNER_KEY = "uploads_owner"  # the session's owner key, in the session's data
 SHARE_TOKEN_BYTES = 24  # 192 bits: secrets.token_urlsafe gives 32 characters
@@ -45,6 +46,12 @@ class Owner:
         return cls(key=key, user_id=user_id)
 
 
+class UploadQuerySet(models.QuerySet):
+    def of_media(self, name: str) -> "UploadQuerySet":
+        """The upload a stored file (image or thumbnail) belongs to."""
+        return self.filter(Q(image=name) | Q(thumbnail=name))
+
+
 class Upload(models.Model):
     """One validated image, stored re-encoded under a generated name, and who uploaded it.
 
@@ -71,11 +78,26 @@ class Upload(models.Model):
         related_name="uploads",
     )
 
+    objects = UploadQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.original_name} ({self.width}×{self.height} {self.format})"
+
+    def is_owned_by(self, owner: Owner) -> bool:
+        return bool(owner.key and self.owner_key == owner.key) or (
+            owner.user_id is not None and self.user_id == owner.user_id
+        )
+
+    def may_be_seen(self, *, owner: Owner, share_token: str = "", staff: bool = False) -> bool:
+        """Its files are for its owner, staff, and whoever holds one of its share links."""
+        if staff or self.is_owned_by(owner):
+            return True
+        if not share_token:
+            return False
+        return self.predictions.filter(share_token=share_token, share_enabled=True).exists()
 
     def get_image_url(self) -> str:
         return reverse("uploads:media", args=[self.image.name])
@@ -150,6 +172,10 @@ class Prediction(models.Model):
     temperature = models.FloatField(default=1.0)
     unknown_score = models.FloatField(null=True, blank=True)
     unknown = models.BooleanField(null=True, blank=True, db_index=True)
+    # The conformal prediction set (class names, most probable first) and the share of
+    # in-distribution images whose set holds the true class (null: made before sets).
+    prediction_set = models.JSONField(default=list, blank=True)
+    set_coverage = models.FloatField(null=True, blank=True)
     inference_ms = models.FloatField("classifier time (ms)")
     latency_ms = models.FloatField("total processing time (ms)")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -157,6 +183,8 @@ class Prediction(models.Model):
     share_token = models.CharField(
         max_length=64, unique=True, default=make_share_token, editable=False
     )
+    # False once the owner revokes the link: /s/<token>/ and the image behind it are 404s.
+    share_enabled = models.BooleanField(default=True)
 
     objects = PredictionQuerySet.as_manager()
 
@@ -169,8 +197,29 @@ class Prediction(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("uploads:detail", args=[self.pk])
 
+    @property
+    def answer(self) -> "Answer":
+        """The answer in words people act on (see Answer)."""
+        return Answer.of(self)
+
     def get_share_url(self) -> str:
         return reverse("uploads:share", args=[self.share_token])
+
+    def renew_share_link(self) -> None:
+        """A new share link; the old one stops working at once."""
+        self.share_token = make_share_token()
+        self.share_enabled = True
+        self.save(update_fields=["share_token", "share_enabled"])
+
+    def revoke_share_link(self) -> None:
+        """No share link: the old one stops working (a later renewal makes a new one)."""
+        self.share_token = make_share_token()
+        self.share_enabled = False
+        self.save(update_fields=["share_token", "share_enabled"])
+
+    def get_shared_image_url(self) -> str:
+        """The image's address for someone holding the share link (the token grants it)."""
+        return f"{self.upload.get_image_url()}?{urlencode({'share': self.share_token})}"
 
     def is_owned_by(self, owner: Owner) -> bool:
         upload = self.upload
@@ -206,6 +255,65 @@ class Prediction(models.Model):
         }
 
 
+# A single answer at least this probable is "sure"; below it, hedged ("probably").
+SURE_PROBABILITY = 0.9
+# A set of up to this many classes is worth naming ("cat or dog"); a larger one is "not sure".
+MAX_NAMED_SET = 3
+VERDICTS = ("sure", "likely", "one_of", "not_sure", "unknown")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the page, the share card and the API say about one prediction.
+
+    verdict: 'unknown' (the "unknown" score says none of the classes), 'sure' (a set of one
+    class at >= 90%), 'likely' (a set of one class, less probable: hedged), 'one_of' (two or
+    three classes) or 'not_sure' (more). Predictions made before prediction sets had none:
+    their set is the top class alone, and its probability alone decides."""
+
+    verdict: str
+    classes: list[str]
+    coverage: float | None
+
+    @classmethod
+    def of(cls, prediction: "Prediction") -> "Answer":
+        classes = list(prediction.prediction_set or [prediction.label])
+        if prediction.unknown:
+            verdict = "unknown"
+        elif len(classes) > MAX_NAMED_SET or (
+            not prediction.prediction_set and prediction.confidence < 0.5
+        ):
+            verdict = "not_sure"
+        elif len(classes) > 1:
+            verdict = "one_of"
+        elif prediction.confidence >= SURE_PROBABILITY:
+            verdict = "sure"
+        else:
+            verdict = "likely"
+        return cls(verdict=verdict, classes=classes, coverage=prediction.set_coverage)
+
+    @property
+    def headline(self) -> str:
+        """'cat', 'probably cat', 'cat or dog', 'not sure', 'none of the classes I know'."""
+        if self.verdict == "unknown":
+            return "None of the classes I know"
+        if self.verdict == "not_sure":
+            return "Not sure"
+        if self.verdict == "likely":
+            return f"Probably {self.classes[0]}"
+        return self.either
+
+    @property
+    def either(self) -> str:
+        """The classes as 'cat', 'cat or dog', 'cat, dog or bird'."""
+        names = self.classes
+        return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+    @property
+    def is_hedged(self) -> bool:
+        return self.verdict != "sure"
+
+
 class FeedbackQuerySet(models.QuerySet):
     def latest_per_prediction(self) -> "FeedbackQuerySet":
         """Keep only the newest feedback on each prediction (later verdicts replace earlier)."""
@@ -232,12 +340,17 @@ class Feedback(models.Model):
     correct = models.BooleanField(db_index=True)
     label = models.CharField("true label", max_length=100, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)  # when the vote was last changed
 
     objects = FeedbackQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "feedback"
+        # One vote per prediction (its owner's), which a later vote replaces.
+        constraints = [
+            models.UniqueConstraint(fields=["prediction"], name="one_vote_per_prediction")
+        ]
 
     def __str__(self) -> str:
         verdict = "right" if self.correct else f"wrong, is {self.label}"

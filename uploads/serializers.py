@@ -7,12 +7,14 @@ uploads.api, so the description and the behaviour cannot drift apart.
 import re
 
 from django.core.files.uploadedfile import UploadedFile
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from uploads import classifiers
 from uploads.images import describe_allowed_formats
+from uploads.models import VERDICTS
 
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 MAX_TOP_K = 10**6  # any larger top_k means "every class" too
@@ -69,6 +71,21 @@ class TopKField(serializers.IntegerField):
         return value
 
 
+class ModelNameField(serializers.CharField):
+    """A configured model's name; the OpenAPI schema lists them and the default
+    (ModelNameFieldExtension), so Swagger UI offers a menu instead of "string"."""
+
+
+class ModelNameFieldExtension(OpenApiSerializerFieldExtension):
+    """Read when the schema is generated, so the enum follows the configured models."""
+
+    target_class = ModelNameField
+
+    def map_serializer_field(self, auto_schema, direction):
+        names = list(classifiers.get_model_names())
+        return {"type": "string", "enum": names, "default": classifiers.get_default_model_name()}
+
+
 class PredictRequestSerializer(serializers.Serializer):
     """POST /api/predict: one image, and optionally the model and how many classes to return."""
 
@@ -76,7 +93,7 @@ class PredictRequestSerializer(serializers.Serializer):
         help_text=f"{describe_allowed_formats()}; one file, within the server's byte and pixel "
         "limits (10 MB and 25 megapixels by default)."
     )
-    model = serializers.CharField(
+    model = ModelNameField(
         required=False,
         allow_blank=True,
         help_text="A model name from GET /api/models; the default model when omitted.",
@@ -149,6 +166,28 @@ class IsoDateTimeField(serializers.DateTimeField):
         return value.isoformat()
 
 
+class AnswerSerializer(serializers.Serializer):
+    """The answer in words: how sure the model is, and the classes it cannot tell apart."""
+
+    verdict = serializers.ChoiceField(
+        choices=VERDICTS,
+        help_text="sure: one class, at least 90% probable; likely: one class, less probable "
+        "(say 'probably'); one_of: two or three classes (say 'cat or dog'); not_sure: more "
+        "than three; unknown: the image looks like none of the classes the model knows",
+    )
+    classes = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The prediction set, most probable first: it holds the true class for at "
+        "least `coverage` of images like the model's validation images",
+    )
+    coverage = serializers.FloatField(
+        allow_null=True,
+        help_text="The stated coverage of the set (0.95); null when the model has no "
+        "prediction sets or the prediction predates them (the set is then the top class)",
+    )
+    headline = serializers.CharField(help_text="What the page says, e.g. 'cat or dog'")
+
+
 class ClassificationSerializer(serializers.Serializer):
     """What a model said about one image: the answer fields every endpoint returns."""
 
@@ -171,6 +210,7 @@ class ClassificationSerializer(serializers.Serializer):
         help_text="How much the image looks like the known classes (higher: more); "
         "null for predictions made before scores were recorded",
     )
+    answer = AnswerSerializer()
 
 
 class PredictionSerializer(ClassificationSerializer):

@@ -9,6 +9,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from uploads.images import (
     encode_for_storage,
     encode_thumbnail,
     read_validated_image,
+    request_pixel_budget,
     thumbnail_extension,
 )
 from uploads.models import Owner, Prediction, Upload
@@ -65,6 +67,7 @@ class _ModelAnswer:
     class_names: list[str]
     temperature: float
     has_threshold: bool
+    set_coverage: float | None  # None: the model has no prediction sets
     inference_ms: float
 
 
@@ -180,6 +183,7 @@ class _Classified:
     model_inputs: np.ndarray
     probabilities: np.ndarray
     ranked: list[list[tuple[str, float]]]
+    sets: list[list[str]]
     verdicts: list["_Verdict"]
     answer: _ModelAnswer
 
@@ -239,13 +243,15 @@ def _classify(
         class_names=list(record.class_names),
         temperature=float(record.temperature),
         has_threshold=record.unknown_threshold is not None,
+        set_coverage=record.set_coverage if record.set_threshold is not None else None,
         inference_ms=inference_ms,
     )
     verdicts = [
         _Verdict(score=_finite_or_none(score), unknown=bool(unknown))
         for score, unknown in zip(classification.scores, classification.unknown, strict=True)
     ]
-    return _Classified(images, model_inputs, probabilities, ranked, verdicts, answer)
+    sets = classifier.prediction_sets(probabilities)
+    return _Classified(images, model_inputs, probabilities, ranked, sets, verdicts, answer)
 
 
 def delete_uploads(*, uploads: QuerySet[Upload]) -> int:
@@ -336,6 +342,32 @@ def _measure_directory(path: str) -> tuple[int, int]:
                 continue
             files += 1
     return files, size
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file of a batch that could not be classified, and why, in words."""
+
+    name: str
+    reason: str
+
+
+def sort_files(*, files: Sequence[UploadedFile]) -> tuple[list[UploadedFile], list[RejectedFile]]:
+    """Split a batch into the files that are valid images and those that are not (each named
+    with its reason), so the good ones are classified and the bad ones reported."""
+    accepted, rejected = [], []
+    for file in files:
+        try:
+            # One image at a time, outside the request's pixel budget: classify_uploads
+            # charges the accepted files against it when it decodes them again.
+            with request_pixel_budget(sys.maxsize):
+                _read(file)
+        except UploadRejected as err:
+            rejected.append(RejectedFile(name=clean_original_name(file.name), reason=err.message))
+        else:
+            file.seek(0)
+            accepted.append(file)
+    return accepted, rejected
 
 
 def _check_top_k(top_k: int | None, num_classes: int) -> int:
@@ -432,6 +464,8 @@ def _build(
         temperature=answer.temperature,
         unknown_score=verdict.score,
         unknown=verdict.unknown if answer.has_threshold else None,
+        prediction_set=batch.sets[index] if answer.set_coverage is not None else [],
+        set_coverage=answer.set_coverage,
         inference_ms=answer.inference_ms,
         latency_ms=latency_ms,
     )

@@ -10,9 +10,16 @@ urlpatterns = [
     path("history/", views.PredictionListView.as_view(), name="history"),
     path("predictions/<int:pk>/", views.PredictionDetailView.as_view(), name="detail"),
     path("predictions/<int:pk>/feedback/", views.give_feedback, name="feedback"),
+    path("predictions/<int:pk>/delete/", views.delete_prediction, name="delete"),
+    path("predictions/<int:pk>/share/", views.change_share_link, name="share-link"),
     path("s/<str:token>/", views.shared, name="share"),
     path("models/<str:name>/", views.model_detail, name="model"),
     path("models/<str:name>/reliability.png", views.model_reliability, name="model-reliability"),
+    path(
+        "models/<str:name>/risk-coverage.png",
+        views.model_risk_coverage,
+        name="model-risk-coverage",
+    ),
     path(
         "models/<str:name>/confusion/<int:true_index>/<int:predicted_index>/",
         views.model_confusion,

@@ -23,6 +23,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic import DetailView, ListView
 
@@ -33,7 +34,7 @@ from uploads import classifiers, model_pages, services
 from uploads.feedback import FeedbackError, record_feedback
 from uploads.forms import ClassifyForm, FeedbackForm
 from uploads.images import STORED_CONTENT_TYPES, UploadRejected
-from uploads.models import Owner, Prediction
+from uploads.models import Owner, Prediction, Upload
 from uploads.sessions import commit_session
 from uploads.storage import StorageUnavailable
 
@@ -58,9 +59,18 @@ def classify(request: HttpRequest) -> HttpResponse:
         form = ClassifyForm(request.POST, request.FILES)
         status = 400
         if form.is_valid():
+            files, rejected = form.cleaned_data["images"], []
+            if len(files) > 1:  # a batch: classify the good files, name the bad ones
+                files, rejected = services.sort_files(files=files)
             try:
+                if not files:
+                    raise UploadRejected(
+                        "None of the files could be classified: "
+                        + "; ".join(f"{r.name}: {r.reason}" for r in rejected),
+                        code="no_valid_file",
+                    )
                 predictions = services.classify_uploads(
-                    files=form.cleaned_data["images"],
+                    files=files,
                     model_name=form.cleaned_data["model"],
                     owner=Owner.of(request, create=True),
                     commit_with=commit_session(request),
@@ -76,6 +86,8 @@ def classify(request: HttpRequest) -> HttpResponse:
                 form.add_error("model", err.public_message)
                 status = 503
             else:
+                for bad in rejected:
+                    messages.error(request, f"Not classified: {bad.name}: {bad.reason}")
                 return redirect(_result_url(predictions))
     else:
         form = ClassifyForm()
@@ -83,6 +95,7 @@ def classify(request: HttpRequest) -> HttpResponse:
         "form": form,
         "recent": _own_predictions(request)[:8],
         "max_files": settings.UPLOAD_MAX_FILES,
+        "max_bytes": settings.UPLOAD_MAX_BYTES,
         "live_models": _describe_live_models(),
     }
     response = render(request, "uploads/classify.html", context, status=status)
@@ -188,19 +201,22 @@ class PredictionDetailView(DetailView):
         context = super().get_context_data(**kwargs)
         context.setdefault("feedback_form", FeedbackForm(prediction=self.object))
         context.update(_describe_input(self.object))
-        context["share_link"] = self.request.build_absolute_uri(self.object.get_share_url())
+        if self.object.share_enabled:
+            context["share_link"] = self.request.build_absolute_uri(self.object.get_share_url())
         return context
 
 
 @require_GET
 def shared(request: HttpRequest, token: str) -> HttpResponse:
     """A shared result, read-only, for anyone with the link; with Open Graph / Twitter tags."""
-    prediction = get_object_or_404(Prediction.objects.recent(), share_token=token)
+    prediction = get_object_or_404(
+        Prediction.objects.recent(), share_token=token, share_enabled=True
+    )
     context = {
         "prediction": prediction,
         "is_owner": prediction.is_owned_by(Owner.of(request)),
         "page_url": request.build_absolute_uri(prediction.get_share_url()),
-        "image_url": request.build_absolute_uri(prediction.upload.get_image_url()),
+        "image_url": request.build_absolute_uri(prediction.get_shared_image_url()),
     }
     response = render(request, "uploads/share.html", context)
     response["Referrer-Policy"] = "no-referrer"  # the token stays out of other sites' logs
@@ -218,22 +234,49 @@ def give_feedback(request: HttpRequest, pk: int) -> HttpResponse:
     form = FeedbackForm(request.POST, prediction=prediction)
     if form.is_valid():
         try:
-            feedback = record_feedback(prediction=prediction, **form.feedback_kwargs())
+            record_feedback(prediction=prediction, **form.feedback_kwargs())
         except FeedbackError as err:
             form.add_error(None, str(err))
         else:
-            if feedback.correct:
-                messages.success(request, "Thank you: recorded as right.")
-            else:
-                messages.success(request, f"Thank you: recorded as “{feedback.label}”.")
-            return redirect(f"{prediction.get_absolute_url()}#feedback")
+            # Confirmed in place: the form says what was recorded (see _feedback.html), and
+            # the fragment brings the reader back to it.
+            return redirect(f"{prediction.get_absolute_url()}#feedback-status")
     context = {
         "prediction": prediction,
         "feedback_form": form,
-        "share_link": request.build_absolute_uri(prediction.get_share_url()),
+        "share_link": (
+            request.build_absolute_uri(prediction.get_share_url())
+            if prediction.share_enabled
+            else ""
+        ),
         **_describe_input(prediction),
     }
     return render(request, "uploads/detail.html", context, status=400)
+
+
+@require_POST
+def delete_prediction(request: HttpRequest, pk: int) -> HttpResponse:
+    """Delete one's own upload: its rows, its files and every image derived from it."""
+    prediction = get_object_or_404(_own_predictions(request), pk=pk)
+    services.delete_uploads(uploads=Upload.objects.filter(pk=prediction.upload_id))
+    messages.success(request, "Deleted: the image, its answer and everything made from it.")
+    return redirect("uploads:history")
+
+
+@require_POST
+def change_share_link(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke the share link of one's own result ("revoke"), or make a new one ("renew")."""
+    prediction = get_object_or_404(_own_predictions(request), pk=pk)
+    action = request.POST.get("action")
+    if action == "revoke":
+        prediction.revoke_share_link()
+        messages.success(request, "The share link no longer works.")
+    elif action == "renew":
+        prediction.renew_share_link()
+        messages.success(request, "A new share link: the old one no longer works.")
+    else:
+        return _error(request, 400, "bad_request", "Choose whether to revoke or renew the link.")
+    return redirect(f"{prediction.get_absolute_url()}#share")
 
 
 @require_GET
@@ -290,10 +333,33 @@ def model_reliability(request: HttpRequest, name: str) -> FileResponse:
 
 
 @require_GET
+def model_risk_coverage(request: HttpRequest, name: str) -> FileResponse:
+    """The risk-coverage curve research.calibrate wrote beside the model, if any."""
+    try:
+        path = model_pages.risk_coverage_file(name=name)
+    except (classifiers.UnknownModelError, model_pages.NoSuchFile) as err:
+        raise Http404("This model has no risk-coverage curve.") from err
+    response = FileResponse(path.open("rb"), content_type="image/png")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = _MEDIA_CSP
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@require_GET
 def serve_media(request: HttpRequest, name: str) -> FileResponse:
     """Serve a stored image with a fixed image type, inline, never sniffed or scripted."""
     match = _MEDIA_NAME.fullmatch(name)
     if match is None:
+        raise Http404("No such file.")
+    # Only the owner, staff, or a holder of the share link: others get the same 404 as for a
+    # file that does not exist, so a name reveals nothing.
+    upload = Upload.objects.of_media(name).first()
+    if upload is None or not upload.may_be_seen(
+        owner=Owner.of(request),
+        share_token=request.GET.get("share", ""),
+        staff=request.user.is_staff,
+    ):
         raise Http404("No such file.")
     try:
         file = default_storage.open(name, "rb")
@@ -305,7 +371,9 @@ def serve_media(request: HttpRequest, name: str) -> FileResponse:
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = _MEDIA_CSP
     response["Cross-Origin-Resource-Policy"] = "same-origin"
-    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    # Private: a browser may keep it, a shared cache (a proxy, a CDN) never.
+    response["Cache-Control"] = "private, max-age=3600"
+    patch_vary_headers(response, ["Cookie"])
     return response
 
 

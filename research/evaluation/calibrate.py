@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from research.data import arrays
-from research.serving import calibration, model_dir
+from research.serving import calibration, conformal, model_dir
 from research.serving.classifier import Classifier
 from research.serving.preprocess import preprocess
 
@@ -121,7 +121,65 @@ def calibrate(
         "before": _bins(logits, labels, 1.0),
         "after": _bins(logits, labels, result["temperature"]),
     }
+    probs = np.exp(calibration.log_probabilities(logits, result["temperature"]))
+    result["risk_coverage"] = conformal.risk_coverage(probs, labels)
     return result
+
+
+def _probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return np.exp(calibration.log_probabilities(logits, temperature))
+
+
+def fit_sets(
+    fit_logits: np.ndarray,
+    fit_labels: np.ndarray,
+    temperature: float,
+    coverage: float = conformal.COVERAGE,
+) -> dict[str, Any]:
+    """The conformal threshold of each method fitted on the fitting images, and the method
+    chosen: the one with the smaller mean set size on those same images (the split the
+    figures are reported on is not used for choosing)."""
+    probs = _probs(fit_logits, temperature)
+    thresholds, sizes = {}, {}
+    for method in conformal.METHODS:
+        scores = conformal.conformity_scores(method, probs, fit_labels)
+        thresholds[method] = conformal.fit_threshold(scores, coverage)
+        sizes[method] = float(
+            conformal.prediction_sets(method, probs, thresholds[method]).sum(-1).mean()
+        )
+    chosen = min(conformal.METHODS, key=lambda m: sizes[m])
+    return {"coverage": coverage, "thresholds": thresholds, "fit_size": sizes, "method": chosen}
+
+
+def sets_at_temperature(outputs: dict[str, np.ndarray], temperature: float) -> dict[str, Any]:
+    """Prediction sets fitted and reported as `calibrate` does, but at a temperature already
+    fitted (a model's stored one): fitted on the whole validation split, reported by 2-fold
+    cross-validation on it, or on the test split when there is one."""
+    logits, labels = outputs["validation/logits"], outputs["validation/labels"]
+    sets = fit_sets(logits, labels, temperature)
+    if "test/logits" in outputs:
+        test = outputs["test/logits"], outputs["test/labels"]
+        sets["reported"] = _set_reports(sets, *test, temperature)
+        sets["report_split"] = "test"
+        return sets
+    reports = []
+    a, b = _halves(len(labels))
+    for fit, report in ((a, b), (b, a)):
+        fitted = fit_sets(logits[fit], labels[fit], temperature)
+        reports.append(_set_reports(fitted, logits[report], labels[report], temperature))
+    sets["reported"] = {m: _mean_sets([r[m] for r in reports]) for m in conformal.METHODS}
+    sets["report_split"] = "validation (2-fold: fit on one half, reported on the other)"
+    return sets
+
+
+def _set_reports(
+    fitted: dict[str, Any], logits: np.ndarray, labels: np.ndarray, temperature: float
+) -> dict[str, Any]:
+    probs = _probs(logits, temperature)
+    return {
+        m: conformal.set_report(m, probs, labels, fitted["thresholds"][m])
+        for m in conformal.METHODS
+    }
 
 
 class _Scorer:
@@ -186,6 +244,8 @@ def _cross_validated(scorer: _Scorer, scores: Sequence[str]):
             "after": calibration.calibration_report(logits[report], labels[report], t),
             "scores": {},
         }
+        fitted = fit_sets(logits[fit], labels[fit], t)
+        fold["sets"] = fitted | {"reports": _set_reports(fitted, logits[report], labels[report], t)}
         for kind in scores:
             kind_stats = scorer.statistics_for(kind, "validation", t, fit)
             known = scorer.scored(kind, "validation", t, kind_stats)
@@ -194,7 +254,13 @@ def _cross_validated(scorer: _Scorer, scores: Sequence[str]):
             ).to_dict()
         folds.append(fold)
     statistics = {kind: scorer.statistics_for(kind, "validation", temperature) for kind in scores}
+    sets = fit_sets(logits, labels, temperature)
+    sets["reported"] = {
+        m: _mean_sets([f["sets"]["reports"][m] for f in folds]) for m in conformal.METHODS
+    }
+    sets["report_split"] = "validation (2-fold: fit on one half, reported on the other)"
     part = dict(
+        sets=sets,
         method="fitted on the whole validation split; reported by 2-fold cross-validation "
         "on it (fit on one half, report on the other, both ways, averaged)",
         fit_split="validation",
@@ -222,6 +288,9 @@ def _reported_on_test(scorer: _Scorer, scores: Sequence[str]):
     logits, labels = outputs[f"{fit_name}/logits"], outputs[f"{fit_name}/labels"]
     temperature = calibration.fit_temperature(logits, labels)
     test_logits, test_labels = outputs["test/logits"], outputs["test/labels"]
+    sets = fit_sets(logits, labels, temperature)
+    sets["reported"] = _set_reports(sets, test_logits, test_labels, temperature)
+    sets["report_split"] = "test"
     reports, kind_stats = {}, {}
     for kind in scores:
         kind_stats[kind] = scorer.statistics_for(kind, fit_name, temperature)
@@ -247,6 +316,7 @@ def _reported_on_test(scorer: _Scorer, scores: Sequence[str]):
         before=calibration.calibration_report(test_logits, test_labels, 1.0),
         after=calibration.calibration_report(test_logits, test_labels, temperature),
         scores=reports,
+        sets=sets,
         thresholds={kind: reports[kind]["threshold"] for kind in scores},
         statistics=kind_stats,
     )
@@ -261,6 +331,18 @@ def _bins(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[st
 
 def _mean(reports: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in reports])) for k in reports[0]}
+
+
+def _mean_sets(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' set reports averaged (counts summed)."""
+    out: dict[str, Any] = {"method": reports[0]["method"]}
+    out["count"] = int(sum(r["count"] for r in reports))
+    for key in ("coverage", "mean_size", "single"):
+        out[key] = float(np.mean([r[key] for r in reports]))
+    accuracies = [r["single_accuracy"] for r in reports if r["single_accuracy"] is not None]
+    out["single_accuracy"] = float(np.mean(accuracies)) if accuracies else None
+    out["sizes"] = np.sum([r["sizes"] for r in reports], axis=0).tolist()
+    return out
 
 
 def _mean_score(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -332,8 +414,14 @@ def fit_and_store(
         model_dir.write_statistics(directory, step, stats)
     scores = calibration.unknown_scores(score, logits, features, temperature, stats, stages)
     threshold = calibration.acceptance_threshold(np.asarray(scores))
+    sets = fit_sets(logits, labels, temperature)
     updated = record.replace(
-        temperature=temperature, unknown_score=score, unknown_threshold=threshold
+        temperature=temperature,
+        unknown_score=score,
+        unknown_threshold=threshold,
+        set_method=sets["method"],
+        set_threshold=sets["thresholds"][sets["method"]],
+        set_coverage=sets["coverage"],
     )
     model_dir.write_record(directory, step, updated)
     return {
@@ -341,6 +429,8 @@ def fit_and_store(
         "temperature": temperature,
         "unknown_score": score,
         "unknown_threshold": threshold,
+        "set_method": updated.set_method,
+        "set_threshold": updated.set_threshold,
         "validation_before": calibration.calibration_report(logits, labels, 1.0),
     }
 
@@ -356,6 +446,14 @@ def format_summary(result: dict[str, Any], chosen: str) -> str:
             f"{result['report_split']} {when:>6} (T={r['temperature']:.3f}): accuracy "
             f"{r['accuracy']:.4f}  confidence {r['mean_confidence']:.4f}  ECE {r['ece']:.4f}  "
             f"NLL {r['nll']:.4f}  Brier {r['brier']:.4f}"
+        )
+    sets = result["sets"]
+    for method, r in sets["reported"].items():
+        mark = "*" if method == sets["method"] else " "
+        lines.append(
+            f"{mark} {method} sets at {sets['coverage']:.0%} ({sets['report_split']}): "
+            f"coverage {r['coverage']:.4f}  mean size {r['mean_size']:.3f}  "
+            f"one class {r['single']:.3f}"
         )
     for kind, s in result["scores"].items():
         aurocs = "  ".join(f"{k} {v:.4f}" for k, v in s["auroc"].items())

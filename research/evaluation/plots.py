@@ -1,5 +1,5 @@
-"""Drawing for research.evaluate and research.calibrate: the confusion-matrix and reliability
-PNGs. Pillow only, no JAX.
+"""Drawing for research.evaluate and research.calibrate: the confusion-matrix, reliability and
+risk-coverage PNGs. Pillow only, no JAX.
 
 The numbers come from research.evaluate (or train.evaluate_model); this module only lays them
 out, so evaluation can be read and tested without the drawing, and the drawing without a model.
@@ -97,7 +97,8 @@ def render_reliability(
     """A reliability diagram: per equal-width confidence bin (research.serving.calibration's
     reliability_bins: edges, count, confidence, accuracy), the bin's accuracy as a bar, before
     (T=1, left panel) and after temperature scaling (right), against the diagonal a
-    calibrated model follows. Empty bins have no bar."""
+    calibrated model follows. Each bar is labelled with its image count (a bin of a few images
+    is noise, however far from the diagonal). Empty bins have no bar."""
     font, small = _fonts(PNG_FONT_SIZE)
     side, margin, top = RELIABILITY_SIDE, 48, 56
     width = 2 * (side + margin) + margin
@@ -117,7 +118,16 @@ def render_reliability(
                 continue
             bar_w = side * (edges[1] - edges[0])
             bx = x0 + side * edge
-            draw.rectangle([bx + 1, y1 - side * float(accuracy), bx + bar_w - 1, y1], fill=colour)
+            bar_top = y1 - side * float(accuracy)
+            draw.rectangle([bx + 1, bar_top, bx + bar_w - 1, y1], fill=colour)
+            label = Image.new("RGB", (40, 12), "white")
+            ImageDraw.Draw(label).text(
+                (1, 6), str(int(count)), fill="black", font=_fonts(9)[0], anchor="lm"
+            )
+            label = label.rotate(90, expand=True).crop((0, 0, 12, 40))
+            text_h = 4 + int(ImageFont.load_default(size=9).getlength(str(int(count))))
+            label = label.crop((0, 40 - text_h, 12, 40))
+            image.paste(label, (int(bx + bar_w / 2 - 6), int(max(bar_top - text_h - 2, y0 + 1))))
         draw.line([x0, y1, x1, y0], fill=(160, 160, 160), width=1)  # perfect calibration
         draw.rectangle([x0, y0, x1, y1], outline="black")
         for tick in (0.0, 0.5, 1.0):
@@ -131,6 +141,42 @@ def render_reliability(
         axis = Image.new("RGB", (side, 14), "white")
         ImageDraw.Draw(axis).text((side / 2, 7), "accuracy", fill="black", font=small, anchor="mm")
         image.paste(axis.rotate(90, expand=True), (x0 - margin + 2, y0))
+    return image
+
+
+RISK_COVERAGE_SIZE = (360, 240)
+
+
+def render_risk_coverage(curve: dict[str, Sequence[float]], title: str) -> Image.Image:
+    """A risk-coverage curve: the accuracy of the answers kept (y) when the model answers only
+    the most confident share of images (x), from research.serving.conformal.risk_coverage."""
+    font, small = _fonts(PNG_FONT_SIZE)
+    pw, ph = RISK_COVERAGE_SIZE
+    margin, top = 56, 40
+    image = Image.new("RGB", (pw + 2 * margin, top + ph + margin + 8), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title, fill="black", font=font)
+    kept = np.asarray(curve["kept"], np.float64)
+    accuracy = np.asarray(curve["accuracy"], np.float64)
+    lo = float(min(np.floor(accuracy.min() * 20) / 20, 0.95)) if len(accuracy) else 0.0
+    x0, y0, x1, y1 = margin, top, margin + pw, top + ph
+    xy = [(x0 + pw * k, y1 - ph * (a - lo) / (1 - lo)) for k, a in zip(kept, accuracy, strict=True)]
+    if len(xy) > 1:
+        draw.line(xy, fill=AFTER, width=2)
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    for tick in (lo, (lo + 1) / 2, 1.0):
+        y = y1 - ph * (tick - lo) / (1 - lo)
+        draw.text((x0 - 4, y), f"{tick:.0%}", fill="black", font=small, anchor="rm")
+    for tick in (0.0, 0.5, 1.0):
+        draw.text((x0 + pw * tick, y1 + 4), f"{tick:.0%}", fill="black", font=small, anchor="mt")
+    draw.text(
+        (x0 + pw / 2, y1 + 22), "share of images answered", fill="black", font=small, anchor="mt"
+    )
+    axis = Image.new("RGB", (ph, 14), "white")
+    ImageDraw.Draw(axis).text(
+        (ph / 2, 7), "accuracy of those answers", fill="black", font=small, anchor="mm"
+    )
+    image.paste(axis.rotate(90, expand=True), (4, y0))
     return image
 
 

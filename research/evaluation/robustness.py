@@ -118,7 +118,7 @@ def format_table(result: dict[str, Any], severities: Sequence[int]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if result["mean_issue_seven"] is not None:
         lines.append(
-            f"| **mean of issue 13's seven** (severity {corruptions.MIDDLE_SEVERITY}) | "
+            f"| **mean of the seven common ones** (severity {corruptions.MIDDLE_SEVERITY}) | "
             f"**{100 * result['mean_issue_seven']:.2f}%** |" + " |" * (len(head) - 1)
         )
     if result["mean_all"] is not None:

@@ -5,6 +5,7 @@ web reads. A model directory holds its steps (`<step>/`, Orbax items) and, besid
     unknown_statistics.npz              STATISTICS_FILE (the Mahalanobis score's class means)
     calibration/calibration.json        CALIBRATION_DIR / CALIBRATION_FILE (research.calibrate)
     calibration/reliability.png         CALIBRATION_DIR / RELIABILITY_FILE
+    calibration/risk_coverage.png       CALIBRATION_DIR / RISK_COVERAGE_FILE
     robustness.json                     ROBUSTNESS_FILE (research.robustness, middle severity)
     robustness_all.json                 ROBUSTNESS_ALL_FILE (every severity)
     examples/examples.json, *.png       EXAMPLES_DIR / EXAMPLES_INDEX_FILE (research.examples)
@@ -29,6 +30,7 @@ STATISTICS_FILE = "unknown_statistics.npz"
 CALIBRATION_DIR = "calibration"
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_FILE = "reliability.png"
+RISK_COVERAGE_FILE = "risk_coverage.png"
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_ALL_FILE = "robustness_all.json"

@@ -4,6 +4,7 @@
     clf = Classifier.load("models/cifar10")      # or any workdir written by research.train
     probs = clf.predict([Image.open("cat.jpg")])  # [N, num_classes], rows sum to 1
     clf.top_k(probs, 3)                           # [[(label, probability), ...], ...]
+    clf.prediction_sets(probs)                    # [["cat"], ["cat", "dog"], ...]
     result = clf.classify([Image.open("cat.jpg")])  # probs, "unknown" scores and flags
     clf.model_input(Image.open("cat.jpg"))        # the uint8 pixels the model sees
 
@@ -31,7 +32,7 @@ from flax import nnx
 
 from research.configs import Config
 from research.nets import models
-from research.serving import calibration, model_dir, saliency
+from research.serving import calibration, conformal, model_dir, saliency
 from research.serving.batching import BATCH_BUCKETS
 from research.serving.errors import IncompatibleModelError
 from research.serving.preprocess import ImageLike, preprocess, preprocess_image
@@ -271,6 +272,20 @@ class Classifier:
         """float32 [H0, W0] in [0, 1] over the original image: where the model looked
         (research.serving.saliency)."""
         return saliency.explain(self, image)
+
+    def prediction_sets(self, probs: np.ndarray) -> list[list[str]]:
+        """The class names of each row's conformal prediction set (research.serving.conformal),
+        most probable first; the top class alone when the record has no set threshold."""
+        probs = np.asarray(probs)
+        names = self.record.class_names
+        if self.record.set_threshold is None:
+            return [[names[int(i)]] for i in probs.argmax(-1)]
+        keep = conformal.prediction_sets(self.record.set_method, probs, self.record.set_threshold)
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        return [
+            [names[i] for i in row_order if row_keep[i]]
+            for row_order, row_keep in zip(order, keep, strict=True)
+        ]
 
     def top_k(self, probs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         """[(label, probability), ...] best first, for each row of `probs`: the one ranking

@@ -26,6 +26,8 @@ UNKNOWN_SCORES = (
     "activations",
     "energy+activations",
 )
+# How the prediction set is made (defined in research.serving.conformal).
+SET_METHODS = ("lac", "aps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,11 @@ class ServingRecord:
     unknown_score: str = "max_softmax"  # which score (UNKNOWN_SCORES); all but the first two
     # need the feature statistics research.serving.model_dir stores beside the record
     translate_tta: bool = False  # and over 1-pixel shifts (models.tta_views)
+    # The conformal prediction set (research.serving.conformal): the classes whose score under
+    # `set_method` is at most `set_threshold`; None: no set, the top class alone.
+    set_method: str = "lac"
+    set_threshold: float | None = None
+    set_coverage: float = 0.95  # the coverage `set_threshold` was fitted for
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # training Config.to_dict()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # eval_accuracy, ...
     created: str = ""  # ISO time the checkpoint was written
@@ -73,6 +80,14 @@ class ServingRecord:
             )
         if self.unknown_threshold is not None and not math.isfinite(self.unknown_threshold):
             problems.append(f"unknown_threshold must be finite, not {self.unknown_threshold}")
+        if self.set_method not in SET_METHODS:
+            problems.append(
+                f"set_method must be one of {', '.join(SET_METHODS)}, not {self.set_method!r}"
+            )
+        if self.set_threshold is not None and not math.isfinite(self.set_threshold):
+            problems.append(f"set_threshold must be finite, not {self.set_threshold}")
+        if not 0 < self.set_coverage < 1:
+            problems.append(f"set_coverage must be between 0 and 1, not {self.set_coverage}")
         if problems:
             raise IncompatibleModelError("Invalid serving record: " + "; ".join(problems))
 
@@ -156,6 +171,11 @@ class ServingRecord:
                     else float(meta["unknown_threshold"])
                 ),
                 unknown_score=str(meta.get("unknown_score", "max_softmax")),
+                set_method=str(meta.get("set_method", "lac")),
+                set_threshold=(
+                    None if meta.get("set_threshold") is None else float(meta["set_threshold"])
+                ),
+                set_coverage=float(meta.get("set_coverage", 0.95)),
                 config=dict(meta.get("model") or {}),
                 metrics=dict(meta.get("metrics") or {}),
                 created=str(meta.get("created", "")),

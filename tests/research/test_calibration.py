@@ -14,7 +14,7 @@ from research import calibrate
 from research.data import datasets
 from research.evaluation import calibrate as calibrate_lib
 from research.evaluation import plots
-from research.serving import calibration, model_dir
+from research.serving import calibration, conformal, model_dir
 from research.serving.batching import BATCH_BUCKETS
 from research.serving.classifier import Classifier
 from research.serving.errors import IncompatibleModelError
@@ -242,15 +242,40 @@ def test_the_calibrate_command_fits_on_validation_and_stores_the_record(trained,
     assert calibrate.main([*argv, "--train_images", "30", "--score", "energy"]) == 0
     report = json.loads((out / "calibration.json").read_text())
     assert report["fit_split"] == "validation" and len(report["folds"]) == 2
-    assert (out / "reliability.png").is_file()
+    assert (out / "reliability.png").is_file() and (out / "risk_coverage.png").is_file()
     record = Classifier.load(copy).record
     assert record.temperature == pytest.approx(report["temperature"])
+    sets = report["sets"]
+    assert record.set_method == sets["method"]
+    assert record.set_threshold == pytest.approx(sets["thresholds"][sets["method"]])
+    assert all(len(f["sets"]["reports"]) == 2 for f in report["folds"])
     assert record.unknown_score == "energy"
     assert record.unknown_threshold == pytest.approx(report["thresholds"]["energy"])
     assert "2-fold" in capsys.readouterr().out
     images, _ = _validation((config.dataset, config.data_dir))
     accepted = ~Classifier.load(copy).classify(list(images)).unknown
     assert accepted.mean() >= 0.95
+
+
+def test_sets_only_stores_the_sets_and_keeps_every_answer(trained, tmp_path):
+    """research.calibrate --sets_only adds the prediction set at the stored temperature and
+    leaves the temperature, the "unknown" score and its threshold as they were."""
+    config, workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    directory, step, before = model_dir.pick_checkpoint(copy)
+    model_dir.write_record(directory, step, before.replace(temperature=2.5))
+    argv = ["--checkpoint", str(copy), "--data_dir", config.data_dir, "--out", str(tmp_path)]
+    assert calibrate.main([*argv, "--train_images", "30", "--sets_only"]) == 0
+    after = Classifier.load(copy).record
+    assert after.temperature == 2.5
+    assert (after.unknown_score, after.unknown_threshold) == (
+        before.unknown_score,
+        before.unknown_threshold,
+    )
+    sets = json.loads((tmp_path / "calibration.json").read_text())["sets"]
+    assert sets["temperature"] == 2.5
+    assert after.set_threshold == pytest.approx(sets["thresholds"][after.set_method])
 
 
 def test_evaluate_reports_calibration_at_t1_and_the_record_temperature(trained, tmp_path):
@@ -290,6 +315,7 @@ def test_training_on_a_validation_split_stores_a_fitted_temperature_and_threshol
     record = Classifier.load(tmp_path / "run").record
     assert record.temperature == pytest.approx(result["calibration"]["temperature"])
     assert record.temperature != 1.0 and record.unknown_threshold is not None
+    assert record.set_threshold is not None
     assert record.unknown_score == calibrate_lib.TRAINING_SCORE
 
 
@@ -326,3 +352,9 @@ def test_with_report_split_test_it_fits_on_all_of_validation_and_reports_on_test
     assert result["thresholds"]["max_softmax"] == pytest.approx(
         calibration.acceptance_threshold(known)
     )
+    # The prediction sets too: fitted on validation, reported on test.
+    probs = np.exp(calibration.log_probabilities(outputs["validation/logits"], fitted))
+    lac = conformal.conformity_scores("lac", probs, outputs["validation/labels"])
+    assert result["sets"]["thresholds"]["lac"] == pytest.approx(conformal.fit_threshold(lac))
+    assert result["sets"]["report_split"] == "test"
+    assert result["sets"]["reported"]["lac"]["count"] == 500

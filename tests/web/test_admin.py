@@ -51,6 +51,7 @@ def test_upload_detail_is_read_only_with_its_predictions_inline(admin_client, hi
     assert upload.sha256 in page and history[0].label in page
     assert 'name="sha256"' not in page  # shown, not editable
     assert "predictions-TOTAL_FORMS" in page
+    assert "View on site" not in page  # the inline's link read "View View on site"
 
 
 def test_uploads_cannot_be_added_by_hand(admin_client):

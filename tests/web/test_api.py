@@ -373,3 +373,20 @@ def test_api_docs_work_offline(client, settings):
     script = client.get(reverse("uploads:api-docs"), {"script": ""}).content.decode()
     assert reverse("uploads:api-openapi") in script
     assert "validatorUrl" in script  # set to null: the schema is never sent to swagger.io
+
+
+def test_the_schema_lists_the_models_and_the_default_so_try_it_out_works(api_client):
+    """The predict request's `model` is an enum of the configured models with the default
+    model as its default, so Swagger UI's "Try it out" sends a valid name, not "string"."""
+    spec = api_client.get(reverse("uploads:api-openapi")).json()
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    fields = body["multipart/form-data"]["schema"]
+    if "$ref" in fields:
+        fields = spec["components"]["schemas"][fields["$ref"].rsplit("/", 1)[-1]]
+    model = fields["properties"]["model"]
+    assert model["default"] == "cifar10"
+    enum = model.get("enum")
+    if enum is None:  # drf-spectacular names an enum as a component: {"allOf": [{"$ref"}]}
+        ref = model["allOf"][0]["$ref"].rsplit("/", 1)[-1]
+        enum = spec["components"]["schemas"][ref]["enum"]
+    assert enum == ["cifar10", "fashion_mnist"]

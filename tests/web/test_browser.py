@@ -73,7 +73,7 @@ def test_upload_through_the_page_and_read_the_result(browser, live_server, tmp_p
     )
     prediction = Prediction.objects.get()
     assert browser.current_url == live_server.url + prediction.get_absolute_url()
-    assert label.text.lower() == prediction.label.lower()
+    assert label.text.lower() == prediction.answer.headline.lower()
     assert len(browser.find_elements(By.CSS_SELECTOR, "meter.bar-meter")) == 5
     image = browser.find_element(By.CSS_SELECTOR, "img.result-image")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 48
@@ -140,6 +140,34 @@ def test_dropped_and_pasted_files_join_the_form(browser, live_server):
     browser.find_element(By.CSS_SELECTOR, "[data-submit]").click()
     WebDriverWait(browser, 60).until(lambda driver: "2 images classified" in driver.page_source)
     assert Prediction.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_page_names_each_file_it_skips_before_sending_anything(browser, live_server):
+    """A dropped text file and a 12.6 MB image are kept out of the form, each named with its
+    reason in the alert; the image beside them stays."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(live_server.url + reverse("uploads:classify"))
+    count = browser.execute_script(
+        """
+        const pixel = atob(arguments[0]);
+        const bytes = Uint8Array.from(pixel, c => c.charCodeAt(0));
+        const dropped = new DataTransfer();
+        dropped.items.add(new File([bytes], "photo.png", {type: "image/png"}));
+        dropped.items.add(new File(["some notes"], "notes.txt", {type: "text/plain"}));
+        dropped.items.add(new File([new Uint8Array(12600000)], "big.jpg", {type: "image/jpeg"}));
+        document.querySelector("[data-dropzone]").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: dropped, bubbles: true, cancelable: true}));
+        return document.querySelector('input[name="images"]').files.length;
+        """,
+        base64.b64encode(png_bytes()).decode(),
+    )
+    assert count == 1
+    error = browser.find_element(By.CSS_SELECTOR, "[data-client-error]")
+    assert error.is_displayed() and error.get_attribute("role") == "alert"
+    assert "notes.txt (not an image)" in error.text
+    assert "big.jpg (12.6 MB, over the" in error.text
 
 
 def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:

@@ -4,6 +4,7 @@ use, and the 390-pixel phone layout of the main pages."""
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,75 @@ def test_camera_answers_continuously_one_frame_at_a_time_and_capture_stores_one(
     WebDriverWait(live_browser, 30).until(
         lambda driver: driver.find_elements(By.CSS_SELECTOR, "[data-result-label]")
     )
+
+
+# Holds every /api/classify answer until window.release() is called.
+HOLD_ANSWERS = """
+window.held = [];
+window.release = () => { window.held.splice(0).forEach((go) => go()); };
+const passFetch = window.fetch;
+window.fetch = function (url, options) {
+  if (!String(url).includes("/api/classify")) return passFetch(url, options);
+  return passFetch(url, options).then((response) => new Promise((resolve) => {
+    window.held.push(() => resolve(response));
+  }));
+};
+"""
+
+
+@needs_chromium
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_arriving_after_stop_camera_is_dropped(live_browser, live_server):
+    """A frame sent before "Stop camera" whose answer comes back after it shows nothing: the
+    page stays in Upload mode with no answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_classify(live_browser, live_server, "cifar10")
+    live_browser.execute_script(HOLD_ANSWERS)
+    live_browser.find_element(By.CSS_SELECTOR, '[data-mode="camera"]').click()
+    WebDriverWait(live_browser, 90).until(
+        lambda driver: driver.execute_script("return window.held.length") >= 1
+    )
+    live_browser.find_element(By.CSS_SELECTOR, "[data-camera-stop]").click()
+    live_browser.execute_script("window.release()")
+    WebDriverWait(live_browser, 10).until(
+        lambda driver: driver.execute_script("return window.held.length") == 0
+    )
+    time.sleep(0.5)  # the released answer's promise chain runs
+    assert live_browser.execute_script("return window.liveStats.answers") == 0
+    result = live_browser.find_element(By.CSS_SELECTOR, "[data-live-result]")
+    assert not result.is_displayed()
+    pressed = live_browser.find_element(By.CSS_SELECTOR, '[data-mode="upload"]')
+    assert pressed.get_attribute("aria-pressed") == "true"
+
+
+@needs_chromium
+@pytest.mark.django_db(transaction=True)
+def test_on_a_phone_the_camera_answer_is_on_screen_with_the_video(live_browser, live_server):
+    """At 390x844 the running camera's video and its answer are both within the screen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    live_browser.set_window_size(*PHONE)
+    try:
+        open_classify(live_browser, live_server, "cifar10")
+        live_browser.find_element(By.CSS_SELECTOR, '[data-mode="camera"]').click()
+        WebDriverWait(live_browser, 90).until(
+            lambda driver: driver.execute_script("return window.liveStats.answers") >= 1
+        )
+        time.sleep(0.3)
+        video, label, height = live_browser.execute_script(
+            """
+            const box = (s) => document.querySelector(s).getBoundingClientRect().toJSON();
+            return [box("[data-camera]"), box("[data-live-label]"), window.innerHeight];
+            """
+        )
+        assert video["top"] >= 0 and video["top"] < height / 2
+        assert label["top"] >= 0 and label["bottom"] <= height
+    finally:
+        live_browser.find_element(By.CSS_SELECTOR, "[data-camera-stop]").click()
+        live_browser.set_window_size(1280, 900)
 
 
 @needs_chromium
@@ -277,3 +347,13 @@ def test_favicon_ico_redirects_to_the_site_icon(client):
     """/favicon.ico (asked for by the admin's pages) is not a 404."""
     response = client.get("/favicon.ico")
     assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
+@pytest.mark.django_db
+def test_the_intro_offers_drawing_only_with_the_model_that_draws(client):
+    """The default (CIFAR-10) model has no Draw mode, so the intro ties drawing to Fashion-MNIST
+    rather than promising it for every model."""
+    html = client.get(reverse("uploads:classify")).content.decode()
+    lead = html.split('class="lead">', 1)[1].split("</p>", 1)[0]
+    assert "(with the Fashion-MNIST model) draw a garment" in lead
+    assert "point your camera, draw," not in lead

@@ -2,6 +2,7 @@
 from the report research.model_report writes (here written for the tiny model)."""
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def test_model_page_shows_card_per_class_accuracy_and_confusion_links(client, re
     assert "<strong>colours</strong>" in html and "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("data-class-row") == CLASSES
-    assert "data-report-accuracy>87.50%" in html  # 35 of 40 right
+    assert "data-accuracy>87.5%" in html  # 35 of 40 right, the one accuracy on the page
     assert f'href="{cell_url(0, 1)}"' in html and f'href="{cell_url(3, 5)}"' in html
     assert html.count("data-cell=") == len(PLANTED)
     assert "data-no-curves" in html  # the tiny model recorded no run
@@ -256,3 +257,27 @@ def test_browser_clicks_a_confusion_cell_and_sees_its_examples(
         assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
     finally:
         browser.set_window_size(1280, 900)
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["cifar10", "fashion_mnist"])
+def test_a_shipped_model_page_speaks_plainly_with_one_accuracy_and_one_robustness_table(
+    client, settings, name
+):
+    """Outside the (collapsed) model card: one accuracy, naming its split, no "temperature",
+    score names or issue numbers; the robustness table appears once, the card's left out."""
+    settings.CLASSIFIER_MODELS = {**settings.CLASSIFIER_MODELS, "shipped": SHIPPED / name}
+    html = client.get(reverse("uploads:model", args=["shipped"])).content.decode()
+    page, card = html.split("data-model-card", 1)
+    report = json.loads((SHIPPED / name / "report" / "report.json").read_text())
+    assert page.count("data-accuracy") == 1
+    assert f"Accuracy on {report['split']}</dt><dd data-accuracy>" in page
+    assert f"{report['accuracy'] * 100:.1f}%" in page
+    for jargon in ("emperature", "energy", "activations", "issue 13", "max-softmax"):
+        assert jargon not in page, jargon
+    assert html.count("mean of the seven common ones") == 1
+    assert "Robustness to common corruptions" not in card
+    assert "<details>" in page  # the card starts collapsed

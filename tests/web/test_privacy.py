@@ -166,24 +166,49 @@ def test_a_share_link_shows_the_result_read_only_to_anyone(client, upload_file):
     page = response.content.decode()
     assert response.status_code == 200
     assert prediction.label in page and "data-result-label" in page
-    assert prediction.upload.get_image_url() in page
+    assert prediction.get_shared_image_url() in page
     assert "data-feedback-form" not in page and "csrfmiddlewaretoken" not in page
     assert "data-owner-link" not in page
     assert response["Referrer-Policy"] == "no-referrer"
-    assert anyone.get(prediction.upload.get_image_url()).status_code == 200
+    assert anyone.get(prediction.get_shared_image_url()).status_code == 200
     assert "data-owner-link" in client.get(prediction.get_share_url()).content.decode()
 
 
+def test_an_uploads_files_are_served_only_to_its_owner_and_never_publicly_cached(
+    client, upload_file
+):
+    """Without the session cookie (or with another's, or a wrong share token) the image and
+    the thumbnail are 404s like a missing file; the owner's copy is private to the browser."""
+    prediction = upload_through_the_form(client, upload_file)
+    upload = prediction.upload
+    for url in (upload.get_image_url(), upload.get_thumbnail_url()):
+        response = client.get(url)
+        assert response.status_code == 200
+        assert response["Cache-Control"] == "private, max-age=3600"
+        assert "Cookie" in response["Vary"]
+        assert Client().get(url).status_code == 404
+        assert Client().get(url, {"share": "not-the-token"}).status_code == 404
+    shared = Client().get(prediction.get_shared_image_url())
+    assert shared.status_code == 200 and "public" not in shared["Cache-Control"]
+
+
+def test_staff_see_every_uploads_file(client, admin_client, upload_file):
+    """Staff reach every image (the admin shows them), as they reach every row."""
+    prediction = upload_through_the_form(client, upload_file)
+    assert admin_client.get(prediction.upload.get_image_url()).status_code == 200
+
+
 def test_the_share_page_has_open_graph_and_twitter_tags(client, upload_file):
-    """og:title names the answer, og:image is the stored image's absolute URL."""
+    """og:title is the answer in words (a weak one is not stated as a class), og:image the
+    stored image's absolute URL with the share token that grants it."""
     prediction = upload_through_the_form(client, upload_file)
     page = Client().get(prediction.get_share_url()).content.decode()
     meta = {
         match[0]: html.unescape(match[1])
         for match in re.findall(r'<meta (?:property|name)="([^"]+)" content="([^"]*)"', page)
     }
-    assert prediction.label in meta["og:title"]
-    assert meta["og:image"] == f"http://testserver{prediction.upload.get_image_url()}"
+    assert meta["og:title"].startswith(prediction.answer.headline)
+    assert meta["og:image"] == f"http://testserver{prediction.get_shared_image_url()}"
     assert meta["og:url"] == f"http://testserver{prediction.get_share_url()}"
     assert prediction.label in meta["og:description"]
     assert meta["twitter:card"] == "summary_large_image"
@@ -226,11 +251,13 @@ def test_the_migration_gives_existing_predictions_unique_tokens(transactional_db
         )  # fmt: skip
     executor = MigrationExecutor(connection)
     executor.migrate(after)
-    tokens = list(Prediction.objects.values_list("share_token", flat=True))
-    assert len(tokens) == len(set(tokens)) == 3 and all(len(t) >= 22 for t in tokens)
-    assert Upload.objects.get().owner_key == ""  # staff only
-    executor = MigrationExecutor(connection)
-    executor.migrate(executor.loader.graph.leaf_nodes())  # the later migrations, for later tests
+    try:
+        tokens = list(Prediction.objects.values_list("share_token", flat=True))
+        assert len(tokens) == len(set(tokens)) == 3 and all(len(t) >= 22 for t in tokens)
+        assert Upload.objects.get().owner_key == ""  # staff only
+    finally:  # back to the latest schema: later tests in this process share the database
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
 
 
 # ----------------------------------------------------------------------------- /api/classify

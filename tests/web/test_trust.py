@@ -23,7 +23,7 @@ from .conftest import encode_image, make_image
 
 pytestmark = pytest.mark.django_db
 
-NOT_SURE = "Not sure: this does not look like any of the classes I know"
+NOT_SURE = "None of the classes I know"
 # Far outside any score's range: every image is "unknown" under the first, none under the second.
 ALWAYS_UNKNOWN, NEVER_UNKNOWN = 1e9, -1e9
 
@@ -375,9 +375,23 @@ def test_feedback_form_round_trip_with_csrf(client, prediction):
     )
 
     assert response.status_code == 302
-    assert response["Location"] == f"{prediction.get_absolute_url()}#feedback"
+    assert response["Location"] == f"{prediction.get_absolute_url()}#feedback-status"
     assert Feedback.objects.get().correct is True
-    assert "Thank you: recorded as right." in browser.get(response["Location"]).content.decode()
+    page = browser.get(response["Location"]).content.decode()
+    form = page.split("data-feedback-form", 1)[1].split("</form>", 1)[0]
+    assert 'id="feedback-status"' in form and "Thank you: recorded as right." in form
+
+
+def test_a_second_vote_replaces_the_first_and_the_form_says_so(client, prediction):
+    """Yes, then No with a class: one vote remains, the correction, and the form shows it."""
+    url = reverse("uploads:feedback", args=[prediction.pk])
+    label = other_label(prediction)
+    assert client.post(url, {"verdict": "right", "label": ""}).status_code == 302
+    assert client.post(url, {"verdict": "wrong", "label": label}).status_code == 302
+    vote = Feedback.objects.get()
+    assert (vote.correct, vote.label) == (False, label)
+    page = client.get(prediction.get_absolute_url()).content.decode()
+    assert f"Thank you: recorded as “{label}”. You can change your answer below." in page
 
 
 def test_feedback_form_records_a_correction(client, prediction):
@@ -417,8 +431,8 @@ def test_feedback_form_for_an_unknown_prediction_is_a_404(client):
 
 
 def test_model_page_shows_accuracy_live_accuracy_and_calibration(client, api_client, prediction):
-    """/models/<name>/: expectations, accuracy with its split, live accuracy, temperature and
-    threshold."""
+    """/models/<name>/: expectations, accuracy with its split, live accuracy, and whether its
+    percentages are calibrated and it can say "none of the classes I know", in words."""
     api_client.post(feedback_url(prediction), {"correct": True}, format="json")
     response = client.get(reverse("uploads:model", args=["cifar10"]))
     html = response.content.decode()
@@ -428,14 +442,16 @@ def test_model_page_shows_accuracy_live_accuracy_and_calibration(client, api_cli
     assert escape(expectations.expects(record)) in html
     assert re.search(r"Accuracy on test</dt><dd data-accuracy>10\.0%", html)
     assert re.search(r"data-live-accuracy>100\.0% <span[^>]*>on 1 answer people", html)
-    assert "data-temperature>1<" in html.replace(" ", "")
-    assert "No threshold" in html
+    assert "Not adjusted: they may overstate" in html  # temperature 1, in words
+    assert "Never said: it always picks a class" in html  # no threshold, in words
 
 
 def test_model_page_shows_the_threshold(client, threshold_models):
-    """A model with a threshold names it."""
+    """A model with a threshold says when it answers "none of the classes I know", in words
+    (no score names or raw thresholds)."""
     html = client.get(reverse("uploads:model", args=["lenient"])).content.decode()
-    assert "-1e+09" in html and "(max-softmax score)" in html
+    assert "Said when an image looks unlike the images it learnt from" in html
+    assert "-1e+09" not in html and "max-softmax" not in html
 
 
 def test_every_answer_links_to_its_model_page(client, prediction):

@@ -130,12 +130,13 @@ def test_history_filters_by_label_and_model(client, upload_file, owner):
 
 
 def test_history_shows_thumbnails_labels_and_confidence(client, upload_file, owner):
-    """Each history card has the thumbnail, label and confidence."""
+    """Each history card has the thumbnail, the answer in words, the top class and its
+    probability to one decimal, as the result page gives it (never 100% for 99.9%)."""
     prediction = classify(upload_file, owner=owner)[0]
     page = client.get(reverse("uploads:history")).content.decode()
     assert prediction.upload.get_thumbnail_url() in page
-    assert prediction.label in page
-    assert f"{prediction.confidence * 100:.0f}%" in page
+    assert prediction.answer.headline in page
+    assert f"{prediction.label} {prediction.confidence * 100:.1f}%" in page
 
 
 def test_empty_history_invites_a_first_upload(client):
@@ -185,3 +186,34 @@ def test_static_files_are_served_by_the_app(live_server):
     for path in ("/static/uploads/site.css", "/static/uploads/site.js"):
         assert path in page
         assert urllib.request.urlopen(live_server.url + path).status == 200
+
+
+def test_a_batch_with_a_bad_file_classifies_the_rest_and_names_the_bad_one(client, upload_file):
+    """A cat photo plus a text file named .jpg: the photo is classified, the text file is named
+    with its reason in an alert that the page focuses."""
+
+    fake = SimpleUploadedFile("notes.jpg", b"just some text, not a picture", "image/jpeg")
+    response = client.post(
+        reverse("uploads:classify"),
+        {"images": [upload_file(), fake], "model": "cifar10"},
+        follow=True,
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert Prediction.objects.count() == 1
+    assert "Not classified: notes.jpg:" in html
+    assert 'role="alert" tabindex="-1" data-focus-on-load' in html
+
+
+def test_a_batch_of_only_bad_files_is_a_400_naming_each(client):
+    """Two bad files: nothing stored, a 400 whose message names both."""
+
+    files = [
+        SimpleUploadedFile("a.jpg", b"text", "image/jpeg"),
+        SimpleUploadedFile("b.png", b"", "image/png"),
+    ]
+    response = client.post(reverse("uploads:classify"), {"images": files, "model": "cifar10"})
+    html = response.content.decode()
+    assert response.status_code == 400
+    assert "a.jpg:" in html and "b.png:" in html
+    assert Prediction.objects.count() == 0

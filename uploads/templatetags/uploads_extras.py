@@ -45,3 +45,9 @@ def number(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "—"
     return f"{float(value):.{int(digits)}g}"
+
+
+@register.filter
+def errors_only(messages) -> bool:
+    """Whether any of the request's messages is an error (the page then announces them)."""
+    return any(message.level_tag == "error" for message in messages)

@@ -65,7 +65,13 @@
       showError("");
       saved.hidden = true;
       showResult(false);
-      if (name === "camera") startCamera();
+      if (name === "camera") {
+        startCamera();
+        // On a phone the camera sits below the form: bring it to the top of the screen.
+        if (window.matchMedia && window.matchMedia("(max-width: 859px)").matches) {
+          form.querySelector('[data-mode-panel="camera"]').scrollIntoView({ block: "start" });
+        }
+      }
       if (name === "draw") { sketch = sketch || createSketch(); sketch.redraw(); }
     }
 
@@ -130,9 +136,13 @@
     function showAnswer(answer, heading, ms, continuous) {
       showResult(true);
       resultHeading.textContent = heading || "The model sees";
-      resultLabel.textContent = answer.unknown
-        ? "Not sure (closest: " + answer.label + ")"
-        : answer.label + " · " + percent(answer.confidence);
+      // The answer in words (the API's answer.headline): "cat", "probably cat", "cat or dog",
+      // "Not sure", "None of the classes I know"; a number only beside a sure single answer.
+      var words = answer.answer || { verdict: answer.unknown ? "unknown" : "sure", headline: answer.label };
+      resultLabel.textContent = words.verdict === "sure"
+        ? words.headline + " · " + percent(answer.confidence)
+        : words.headline;
+      resultLabel.setAttribute("data-verdict", words.verdict);
       bars.textContent = "";
       answer.top_k.slice(0, 3).forEach(function (item, index) {
         var li = document.createElement("li");
@@ -230,7 +240,8 @@
         var began = performance.now();
         grabFrame(CAMERA_MAX_SIDE, "image/jpeg", 0.85).then(function (blob) {
           if (!blob) return null;
-          return classify(blob, "The camera sees", true, began);
+          // After "Stop camera" (or a change of mode) an answer on its way is dropped.
+          return classify(blob, "The camera sees", true, began, function () { return running; });
         }).then(function () {
           inFlight = false;
           showError("", "camera");

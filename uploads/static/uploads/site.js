@@ -21,15 +21,27 @@
       clientError.hidden = !message;
     }
 
+    var maxBytes = parseInt(form.getAttribute("data-max-bytes"), 10) || 0;
+    function megabytes(bytes) { return (bytes / 1000000).toFixed(1) + " MB"; }
+
+    // Checked here before anything is sent (the server checks again): each skipped file is
+    // named with its reason.
     function setFiles(files) {
       var transfer = new DataTransfer();
-      var skipped = 0;
+      var skipped = [];
       Array.prototype.forEach.call(files, function (file) {
-        if (file.type && file.type.indexOf("image/") !== 0) { skipped += 1; return; }
-        if (transfer.items.length < maxFiles) transfer.items.add(file); else skipped += 1;
+        if (!file.type || file.type.indexOf("image/") !== 0) {
+          skipped.push(file.name + " (not an image)");
+        } else if (maxBytes && file.size > maxBytes) {
+          skipped.push(file.name + " (" + megabytes(file.size) + ", over the " + megabytes(maxBytes) + " limit)");
+        } else if (transfer.items.length >= maxFiles) {
+          skipped.push(file.name + " (at most " + maxFiles + " files at once)");
+        } else {
+          transfer.items.add(file);
+        }
       });
       input.files = transfer.files;
-      showError(skipped ? skipped + " file(s) skipped: only images, at most " + maxFiles + " at once." : "");
+      showError(skipped.length ? "Skipped: " + skipped.join("; ") + "." : "");
       render();
     }
 
@@ -139,7 +151,24 @@
     });
   }
 
+  // After a vote the page comes back at #feedback-status: focus it, so a screen reader reads
+  // the confirmation and the form is in view.
+  function focusFeedbackStatus() {
+    if (window.location.hash !== "#feedback-status") return;
+    var status = document.getElementById("feedback-status");
+    if (status) status.focus();
+  }
+
+  // Errors the server reports about a batch (files it could not classify) are announced and
+  // focused, so they are seen even below the fold.
+  function focusErrors() {
+    var errors = document.querySelector("[data-focus-on-load]");
+    if (errors) errors.focus();
+  }
+
   function start() {
+    focusErrors();
+    focusFeedbackStatus();
     init();
     initSaliency();
     initShare();
