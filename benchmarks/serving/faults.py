@@ -172,9 +172,14 @@ class Stack:
         return sum(int(count) for count in counts)
 
     def worker_pids(self) -> list[int]:
-        """gunicorn's workers: the children of run-local.sh's gunicorn master (from /proc)."""
-        masters = [pid for pid in _children(self.server.pid) if _is_gunicorn(pid)]
-        return [pid for master in masters for pid in _children(master)]
+        return gunicorn_workers(self.server.pid)
+
+
+def gunicorn_workers(pid: int) -> list[int]:
+    """gunicorn's workers under run-local.sh (process `pid`): the children of its gunicorn
+    master, from /proc."""
+    masters = [child for child in _children(pid) if _is_gunicorn(child)]
+    return [worker for master in masters for worker in _children(master)]
 
 
 def _children(pid: int) -> list[int]:

@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving.web import METRICS_TOKEN, images_per_pass, scrape_metrics
+from benchmarks.serving.web import METRICS_TOKEN, images_per_pass, scrape_metrics, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 HOST = "127.0.0.1"
@@ -110,17 +109,6 @@ def start(env: dict[str, str], port: int, workdir: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def stop(server: subprocess.Popen) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def wait_until_ready(port: int, server: subprocess.Popen, workers: int) -> float:
@@ -208,7 +196,7 @@ def run_stack(args: argparse.Namespace, batching: bool) -> dict:
         media = media_report(env)
         log = (workdir / "logs" / "gunicorn.log").read_text(errors="replace")
     finally:
-        stop(server)
+        stop_server(server)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return {

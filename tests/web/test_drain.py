@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
+from benchmarks.serving.faults import gunicorn_workers
 from tests.web.conftest import encode_image, make_image
 from tests.web.test_front import HOST, NGINX, ROOT, free_port, get, needs_nginx
 
@@ -151,27 +151,6 @@ def _reconcile(env: dict, *args: str) -> str:
     ).stdout
 
 
-def _children(pid: int) -> list[int]:
-    """A process's children, from /proc (no procps needed)."""
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _is_gunicorn(pid: int) -> bool:
-    try:
-        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def _workers(server: subprocess.Popen) -> list[int]:
-    """The gunicorn workers: the children of run-local.sh's gunicorn master."""
-    masters = [pid for pid in _children(server.pid) if _is_gunicorn(pid)]
-    return [pid for master in masters for pid in _children(master)]
-
-
 @needs_nginx
 def test_a_worker_killed_under_load_leaves_nothing_after_reconciliation(model_dirs, tmp_path):
     """SIGKILL to a worker with uploads in flight: no 500, every 201 has its row, and after
@@ -180,7 +159,7 @@ def test_a_worker_killed_under_load_leaves_nothing_after_reconciliation(model_di
     with _stack(model_dirs, tmp_path, workers=2, threads=4) as (server, port, env):
         results, threads, sent = _upload_concurrently(port, 3 * CLIENTS, data)
         sent[CLIENTS].wait(30)
-        os.kill(_workers(server)[0], signal.SIGKILL)
+        os.kill(gunicorn_workers(server.pid)[0], signal.SIGKILL)
         for thread in threads:
             thread.join(90)
         time.sleep(1)
