@@ -9,6 +9,7 @@ admin.site.index_title = "Uploads and predictions"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("teach/", include("teaching.urls")),
     path("", include("uploads.urls")),
 ]
 

@@ -12,6 +12,7 @@ load like any other.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -41,9 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             name: [Image.open(path) for path in paths] for name, paths in listing[None].items()
         }
         backbone = Classifier.load(args.backbone)
+        previous = Classifier.load(args.compare_with) if args.compare_with else None
         settings = TeachSettings(holdout=args.holdout, seed=args.seed)
+        say, on_step = _json_progress() if args.progress_json else (print, None)
         result = teach(
-            backbone, examples, name=args.name or out.name, settings=settings, progress=print
+            backbone,
+            examples,
+            name=args.name or out.name,
+            settings=settings,
+            progress=say,
+            on_step=on_step,
+            compare_with=previous,
         )
     except (DataNotFoundError, ModelNotFoundError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -58,8 +67,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"examples in {result.seconds:.1f} s; accuracy {result.accuracy:.1%} on "
         f"{result.held_out} held-out examples{caution}; temperature {record.temperature:.2f}"
     )
+    if args.progress_json:
+        _emit(
+            phase="done",
+            accuracy=result.accuracy,
+            held_out=result.held_out,
+            few_examples=result.few_examples,
+            version=record.version,
+            previous_accuracy=result.previous_accuracy,
+        )
     print(f"wrote {out}")
     return 0
+
+
+def _emit(**fields) -> None:
+    """One JSON line on stdout (flushed: a worker reads them as they come)."""
+    print(json.dumps({"progress": fields}), flush=True)
+
+
+def _json_progress():
+    """(progress, on_step) that write JSON lines {"progress": {"phase", "step", "steps"}}."""
+
+    def say(message: str) -> None:
+        _emit(phase=message)
+
+    def on_step(done: int, steps: int) -> None:
+        _emit(phase="fitting the head", step=done, steps=steps)
+
+    return say, on_step
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,6 +110,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the views")
     parser.add_argument("--overwrite", action="store_true", help="replace --out")
+    parser.add_argument(
+        "--compare-with",
+        help="an earlier model of the same classes: its accuracy on the same held-out examples",
+    )
+    parser.add_argument(
+        "--progress-json",
+        action="store_true",
+        help='also write progress as JSON lines {"progress": {...}} on stdout (for a worker)',
+    )
     return parser.parse_args(argv)
 
 

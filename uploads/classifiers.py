@@ -49,6 +49,11 @@ _published_pks: list[int] | None = None
 _published_checked = -float("inf")  # time.monotonic() of the last poll
 
 
+# Published models whose name starts so are private (a visitor's taught classifier, under an
+# unguessable name): served by name, but never listed, warmed at start-up or counted by /healthz.
+PRIVATE_MODEL_PREFIX = "taught-"
+
+
 class UnknownModelError(ValueError):
     """The requested model name is not in settings.CLASSIFIER_MODELS."""
 
@@ -118,8 +123,15 @@ class Served:
 
 
 def get_model_names() -> list[str]:
-    """Return the configured model names in settings order, then the published ones."""
-    return list(dict.fromkeys([*settings.CLASSIFIER_MODELS, *_published_dirs()]))
+    """Return the configured model names in settings order, then the published ones (but the
+    private ones: PRIVATE_MODEL_PREFIX)."""
+    published = [name for name in _published_dirs() if not is_private_model(name)]
+    return list(dict.fromkeys([*settings.CLASSIFIER_MODELS, *published]))
+
+
+def is_private_model(name: str) -> bool:
+    """Whether a model name is a private one (a taught classifier's), never listed."""
+    return name.startswith(PRIVATE_MODEL_PREFIX)
 
 
 def get_default_model_name() -> str:

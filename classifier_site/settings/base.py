@@ -104,6 +104,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from this site (no CDN)
     "uploads",
+    "django_tasks",
+    "django_tasks_db",
+    "teaching",
 ]
 
 MIDDLEWARE = [
@@ -306,3 +309,28 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     "loggers": {"jax": {"level": "WARNING"}, "absl": {"level": "WARNING"}},
 }
+
+# The task queue (django-tasks with its database backend): `manage.py db_worker --queue-name
+# teach` runs the trainings of taught classifiers, one at a time per worker (docs/teach.md).
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": ["default", "teach"],
+    }
+}
+# Teaching the site new classes (teaching/): where examples, taught model directories and the
+# trainings' scratch folders live (outside MEDIA_ROOT, which uploads.reconcile owns, and outside
+# models/), the shipped networks a classifier may be taught on, and the limits.
+TEACH_ROOT = Path(os.environ.get("DJANGO_TEACH_ROOT", BASE_DIR / "data" / "teach"))
+TEACH_BACKBONES = {
+    "cifar10": BASE_DIR / "models" / "cifar10",  # photos
+    "fashion_mnist": BASE_DIR / "models" / "fashion_mnist",  # drawings on a dark background
+}
+TEACH_MIN_CLASSES, TEACH_MAX_CLASSES = 2, 20  # as research.train.teach
+TEACH_MIN_EXAMPLES = 2  # per class: one to learn from, one held out
+TEACH_MAX_EXAMPLES = read_env_int("DJANGO_TEACH_MAX_EXAMPLES", 100)  # per class
+TEACH_MAX_CLASSIFIERS = read_env_int("DJANGO_TEACH_MAX_CLASSIFIERS", 10)  # per visitor
+TEACH_MAX_FILES = read_env_int("DJANGO_TEACH_MAX_FILES", 50)  # per request
+# A running job whose worker has not written for this long is taken as dead (failed).
+TEACH_STALE_S = read_env_int("DJANGO_TEACH_STALE_S", 60)
+TEACH_TIMEOUT_S = read_env_int("DJANGO_TEACH_TIMEOUT_S", 900)  # one training, at most

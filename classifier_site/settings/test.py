@@ -20,6 +20,12 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
         Path(tempfile.gettempdir()) / f"classifier_site_test_{os.getpid()}.sqlite3"
     )
 MEDIA_ROOT = Path(tempfile.gettempdir()) / f"classifier_site_test_media_{os.getpid()}"
+TEACH_ROOT = Path(
+    os.environ.get(
+        "DJANGO_TEACH_ROOT",
+        Path(tempfile.gettempdir()) / f"classifier_site_test_teach_{os.getpid()}",
+    )
+)
 
 # Off unless asked for: tests compile tiny models, and must not write under the repository.
 JAX_CACHE_DIR = os.environ.get("DJANGO_JAX_CACHE_DIR", "")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ MIN_EXAMPLES = 2  # per class: one to learn from, one held out
 # Below these the held-out accuracy is too rough to lean on: the page says so.
 FEW_HELD_OUT, FEW_HELD_OUT_PER_CLASS = 30, 5
 UNKNOWN_SCORE = "energy"  # needs no feature statistics, which few examples cannot fit
+PROGRESS_CHUNKS = 10  # the head's steps are reported this many times (at most 2 compiles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,7 @@ class TeachResult:
     trained_on: int
     few_examples: bool  # too few held out for the accuracy to mean much
     seconds: float
+    previous_accuracy: float | None = None  # compare_with's, on the same held-out examples
 
 
 def split_examples(
@@ -104,10 +107,16 @@ def augmented_views(
 
 
 def fit_head(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, settings: TeachSettings
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    settings: TeachSettings,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """float32 [D, classes]: a bias-free linear head (the networks' head has no bias) fitted
-    by full-batch Adam on cross-entropy plus L2, from zeros (so the result is deterministic)."""
+    by full-batch Adam on cross-entropy plus L2, from zeros (so the result is deterministic).
+    The steps run in PROGRESS_CHUNKS scans (the same updates as one), and `on_step(done,
+    steps)` is called after each."""
     x = jnp.asarray(features, jnp.float32)
     scale = jnp.maximum(x.std(), 1e-6)  # steps of a useful size whatever the features' scale
     x = x / scale
@@ -119,19 +128,29 @@ def fit_head(
         data = optax.softmax_cross_entropy(logits, y).mean()
         return data + settings.weight_decay * jnp.sum(w * w)
 
-    @jax.jit
-    def run(w: jax.Array) -> jax.Array:
-        def step(carry, _):
-            w, opt_state = carry
-            grads = jax.grad(loss)(w)
-            updates, opt_state = optimizer.update(grads, opt_state, w)
-            return (optax.apply_updates(w, updates), opt_state), None
+    def step(carry, _):
+        w, opt_state = carry
+        grads = jax.grad(loss)(w)
+        updates, opt_state = optimizer.update(grads, opt_state, w)
+        return (optax.apply_updates(w, updates), opt_state), None
 
-        (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=settings.steps)
-        return w
+    @functools.partial(jax.jit, static_argnums=1)
+    def run(carry, length: int):
+        carry, _ = jax.lax.scan(step, carry, None, length=length)
+        return carry
 
-    w = run(jnp.zeros((x.shape[1], num_classes), jnp.float32))
-    return np.asarray(w / scale, np.float32)
+    w = jnp.zeros((x.shape[1], num_classes), jnp.float32)
+    carry = (w, optimizer.init(w))
+    chunk = max(1, math.ceil(settings.steps / PROGRESS_CHUNKS))
+    done = 0
+    while done < settings.steps:
+        length = min(chunk, settings.steps - done)
+        carry = run(carry, length)
+        done += length
+        if on_step is not None:
+            jax.block_until_ready(carry)
+            on_step(done, settings.steps)
+    return np.asarray(carry[0] / scale, np.float32)
 
 
 def fit_smoothed_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -186,9 +205,15 @@ def teach(
     name: str,
     settings: TeachSettings = TeachSettings(),
     progress: Callable[[str], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    compare_with: Classifier | None = None,
 ) -> TeachResult:
     """A classifier of `examples`' classes ({class name: images}, PIL images or uint8 arrays
-    of any size), on `backbone`'s frozen network. ValueError for too few classes or examples."""
+    of any size), on `backbone`'s frozen network. ValueError for too few classes or examples.
+    `progress` gets each phase in words, `on_step(done, steps)` the head's fitting steps.
+    With `compare_with` (an earlier version of the same classes), its accuracy on the same
+    held-out examples, scored the same way, is `previous_accuracy` (in the record's metrics
+    too): the one fair comparison of the two versions."""
     start = time.perf_counter()
     say = progress or (lambda message: None)
     class_names = tuple(examples)
@@ -216,7 +241,11 @@ def teach(
     features = backbone_features(backbone, views)
     say("fitting the head")
     kernel = fit_head(
-        features, np.repeat(labels[train_index], settings.views), len(class_names), settings
+        features,
+        np.repeat(labels[train_index], settings.views),
+        len(class_names),
+        settings,
+        on_step=on_step,
     )
     model = with_head(backbone, kernel)
 
@@ -239,6 +268,9 @@ def teach(
     temperature = fit_smoothed_temperature(logits, held_labels)
     scores = np.asarray(calibration.unknown_scores(UNKNOWN_SCORE, logits, None, temperature))
     accuracy = float(np.mean(logits.argmax(-1) == held_labels))
+    previous = None
+    if compare_with is not None:
+        previous = held_out_accuracy(compare_with, images[held_index], held_labels, class_names)
     per_class = np.bincount(held_labels, minlength=len(class_names))
     few = len(held_index) < FEW_HELD_OUT or int(per_class.min()) < FEW_HELD_OUT_PER_CLASS
     seconds = time.perf_counter() - start
@@ -252,6 +284,8 @@ def teach(
         "teach_seconds": round(seconds, 2),
         "teach_settings": dataclasses.asdict(settings),
     }
+    if previous is not None:
+        metrics["previous_accuracy"] = previous
     record = record.replace(
         temperature=float(temperature),
         unknown_threshold=calibration.acceptance_threshold(scores),
@@ -264,7 +298,22 @@ def teach(
         trained_on=int(len(train_index)),
         few_examples=few,
         seconds=seconds,
+        previous_accuracy=previous,
     )
+
+
+def held_out_accuracy(
+    clf: Classifier, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> float:
+    """Top-1 accuracy of `clf`'s logits (no test-time views, as a taught head is scored) on
+    preprocessed uint8 images whose labels index `class_names`; an image of a class `clf`
+    does not know counts as wrong."""
+    if len(images) == 0:
+        return math.nan
+    logits, _, _ = clf.outputs_arrays(images)
+    known = {name: i for i, name in enumerate(clf.record.class_names)}
+    wanted = np.array([known.get(class_names[label], -1) for label in labels])
+    return float(np.mean(np.asarray(logits).argmax(-1) == wanted))
 
 
 def accuracy_on(clf: Classifier, images: np.ndarray, labels: np.ndarray) -> float:
