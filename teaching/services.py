@@ -20,7 +20,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 
-from teaching.files import example_storage
+from teaching.files import example_storage, examples_root, models_root
 from teaching.models import (
     ACTIVE_STATUSES,
     Example,
@@ -328,16 +328,16 @@ def delete_classifier(*, classifier: TaughtClassifier) -> None:
             "image", "thumbnail"
         )
     )
-    files = [name for pair in names for name in pair if name]
-    model_dir = files.models_root() / classifier.model_name
-    folder = files.examples_root() / str(classifier.pk)
+    stored = [name for pair in names for name in pair if name]
+    model_dir = models_root() / classifier.model_name
+    folder = examples_root() / str(classifier.pk)
     with transaction.atomic():
         classifier.jobs.filter(status__in=ACTIVE_STATUSES).update(cancel_requested=True)
         ServedModel.objects.filter(name=classifier.model_name).delete()
         classifier.delete()
 
         def remove_files() -> None:
-            _delete_files(files)
+            _delete_files(stored)
             shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(model_dir, ignore_errors=True)
 

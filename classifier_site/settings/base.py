@@ -11,7 +11,10 @@ Environment variables (all optional here; production.py makes the secret mandato
     DJANGO_TRUSTED_PROXIES (comma-separated addresses or networks),
     DJANGO_UPLOAD_RETENTION_DAYS (empty: keep forever), DJANGO_LOG_LEVEL,
     DJANGO_CLASSIFIER_MAX_BATCH, DJANGO_CLASSIFIER_BATCH_WAIT_MS, DJANGO_METRICS_TOKEN,
-    DJANGO_METRICS_ALLOW (comma-separated addresses or networks), DJANGO_HEALTH_MIN_FREE_MB.
+    DJANGO_METRICS_ALLOW (comma-separated addresses or networks), DJANGO_HEALTH_MIN_FREE_MB,
+    DJANGO_TEACH_ROOT, DJANGO_TEACH_BACKBONES ("name=dir,name=dir"), DJANGO_TEACH_MAX_EXAMPLES,
+    DJANGO_TEACH_MAX_CLASSIFIERS, DJANGO_TEACH_MAX_FILES, DJANGO_TEACH_STALE_S,
+    DJANGO_TEACH_TIMEOUT_S.
 """
 
 import ipaddress
@@ -51,9 +54,11 @@ def read_env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from err
 
 
-def read_classifier_models(default: dict[str, Path]) -> dict[str, Path]:
-    """Return the model registry from DJANGO_CLASSIFIER_MODELS ('name=dir,name=dir')."""
-    value = os.environ.get("DJANGO_CLASSIFIER_MODELS")
+def read_classifier_models(
+    default: dict[str, Path], variable: str = "DJANGO_CLASSIFIER_MODELS"
+) -> dict[str, Path]:
+    """Return a model registry from an environment variable ('name=dir,name=dir')."""
+    value = os.environ.get(variable)
     if not value:
         return default
     models = {}
@@ -61,7 +66,7 @@ def read_classifier_models(default: dict[str, Path]) -> dict[str, Path]:
         name, sep, directory = item.partition("=")
         if not sep or not name.strip() or not directory.strip():
             raise ImproperlyConfigured(
-                f"DJANGO_CLASSIFIER_MODELS items look like 'name=/path/to/model', got {item!r}"
+                f"{variable} items look like 'name=/path/to/model', got {item!r}"
             )
         models[name.strip()] = Path(directory.strip()).expanduser()
     return models
@@ -322,10 +327,13 @@ TASKS = {
 # trainings' scratch folders live (outside MEDIA_ROOT, which uploads.reconcile owns, and outside
 # models/), the shipped networks a classifier may be taught on, and the limits.
 TEACH_ROOT = Path(os.environ.get("DJANGO_TEACH_ROOT", BASE_DIR / "data" / "teach"))
-TEACH_BACKBONES = {
-    "cifar10": BASE_DIR / "models" / "cifar10",  # photos
-    "fashion_mnist": BASE_DIR / "models" / "fashion_mnist",  # drawings on a dark background
-}
+TEACH_BACKBONES = read_classifier_models(
+    {
+        "cifar10": BASE_DIR / "models" / "cifar10",  # photos
+        "fashion_mnist": BASE_DIR / "models" / "fashion_mnist",  # drawings on a dark background
+    },
+    "DJANGO_TEACH_BACKBONES",
+)
 TEACH_MIN_CLASSES, TEACH_MAX_CLASSES = 2, 20  # as research.train.teach
 TEACH_MIN_EXAMPLES = 2  # per class: one to learn from, one held out
 TEACH_MAX_EXAMPLES = read_env_int("DJANGO_TEACH_MAX_EXAMPLES", 100)  # per class
