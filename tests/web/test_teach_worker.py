@@ -1,0 +1,211 @@
+"""Training through the real task queue: `manage.py db_worker` in its own process, against the
+test database (a file, or CI's PostgreSQL), teaches a 3-class model that the site then serves;
+a worker killed with SIGKILL mid-training leaves the job failed, never stuck 'running', and
+nothing on disk, and a new worker trains it again."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+from django_tasks_db.models import DBTaskResult
+
+from teaching import files
+from teaching.models import JobStatus, TaughtClassifier, TrainingJob
+from tests.web.teach_helpers import COLOURS, add, create, example_files, example_png
+from uploads import classifiers
+from uploads.models import Prediction, ServedModel
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the worker reads the committed rows
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_TIMEOUT_S = 300  # a JAX start and a tiny training, on a shared 2-core machine
+EXAMPLES_PER_CLASS = 6
+
+
+def database_url() -> str:
+    """The test database as DATABASE_URL, for a process of its own."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return (
+        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+@pytest.fixture
+def teach_env(settings, tmp_path, model_dirs) -> dict[str, str]:
+    """The settings a worker shares with this test, as its environment."""
+    settings.TEACH_ROOT = tmp_path / "teach"
+    settings.TEACH_BACKBONES = {"cifar10": model_dirs["cifar10"]}
+    settings.CLASSIFIER_REGISTRY_POLL_S = 0.0  # this process serves what the worker publishes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "classifier_site.settings.test",
+            "DATABASE_URL": database_url(),
+            "DJANGO_TEACH_ROOT": str(settings.TEACH_ROOT),
+            "DJANGO_TEACH_BACKBONES": f"cifar10={model_dirs['cifar10']}",
+            "DJANGO_LOG_LEVEL": "INFO",
+        }
+    )
+    yield env
+    classifiers._published, classifiers._published_pks = {}, None
+    classifiers._published_checked = -float("inf")
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`manage.py db_worker` on the teach queue, as scripts/serve.sh starts it."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "db_worker", "--queue-name", "teach"]
+            + ["--interval", "0.2", "--no-startup-delay", "--no-reload"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def wait_for(job_id: int, done, log: Path, timeout: float = TRAIN_TIMEOUT_S) -> TrainingJob:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = TrainingJob.objects.get(pk=job_id)
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job.status} {job.phase}: {log.read_text()}"
+        time.sleep(0.1)
+
+
+def teach_colours(client) -> TaughtClassifier:
+    assert create(client).status_code == 302
+    classifier = TaughtClassifier.objects.latest("pk")
+    for colour in COLOURS:
+        response = add(client, classifier, colour, example_files(colour, EXAMPLES_PER_CLASS))
+        assert response.status_code == 302
+    return classifier
+
+
+def processes_using(path: Path) -> list[int]:
+    """Processes whose command line names `path` (the training child of a job)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(path).encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_real_worker_trains_publishes_and_the_site_classifies_with_it(
+    client, teach_env, tmp_path
+):
+    """Train -> the worker runs research.teach -> the version is published (ServedModel) ->
+    classifying with the classifier answers with that exact version; no scratch left."""
+    classifier = teach_colours(client)
+    assert client.post(reverse("teaching:train", args=[classifier.pk])).status_code == 302
+    job = TrainingJob.objects.get()
+    log = tmp_path / "worker.log"
+    worker = start_worker(teach_env, log)
+    try:
+        job = wait_for(job.pk, lambda j: not j.active, log)
+    finally:
+        stop(worker)
+    assert job.status == JobStatus.SUCCEEDED, (job.error, log.read_text())
+    assert job.published and job.steps > 0 and job.step == job.steps
+    assert 0.0 <= job.accuracy <= 1.0 and job.held_out == 3 * 2 and job.few_examples is True
+    served = ServedModel.objects.get(name=classifier.model_name, active=True)
+    assert served.version == job.version
+    assert Path(served.directory) == files.models_root() / classifier.model_name / job.version
+    assert DBTaskResult.objects.get(pk=job.task_id).status == "SUCCESSFUL"
+    assert not any(files.work_root().iterdir())
+
+    page = client.get(classifier.get_absolute_url()).content.decode()
+    assert "held-out examples" in page and "too few examples" in page
+
+    response = client.post(
+        reverse("teaching:classify", args=[classifier.pk]),
+        {"images": [_png("green", 99)]},
+    )
+    assert response.status_code == 302, response.content[:400]
+    prediction = Prediction.objects.get()
+    assert prediction.model_name == classifier.model_name
+    assert prediction.model_version == job.version
+    assert set(prediction.probabilities) == set(COLOURS)
+
+
+def _png(colour, seed):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(f"{colour}.png", example_png(colour, seed), "image/png")
+
+
+def test_a_worker_killed_mid_training_leaves_the_job_failed_and_a_new_worker_trains_again(
+    client, teach_env, tmp_path
+):
+    """SIGKILL the worker while research.teach runs: its child dies too; `manage.py
+    recover_teach_jobs` (run before a worker starts) marks the job and the queue's row failed
+    and removes the scratch folder; Train again, a new worker finishes it."""
+    classifier = teach_colours(client)
+    client.post(reverse("teaching:train", args=[classifier.pk]))
+    job = TrainingJob.objects.get()
+    log = tmp_path / "worker.log"
+    worker = start_worker(teach_env, log)
+    try:
+        wait_for(job.pk, lambda j: j.status == JobStatus.RUNNING and j.phase != "starting", log)
+        assert processes_using(files.work_dir(job.pk)), "the training child is not running"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finally:
+        stop(worker)
+    deadline = time.monotonic() + 20
+    while processes_using(files.work_dir(job.pk)):  # the child follows its worker
+        assert time.monotonic() < deadline, "the training child outlived its worker"
+        time.sleep(0.1)
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING  # nobody has noticed yet
+
+    recovered = subprocess.run(
+        [sys.executable, "manage.py", "recover_teach_jobs"],
+        cwd=ROOT,
+        env=teach_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    assert "1 stale" in recovered.stdout
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "Train again" in job.error
+    assert DBTaskResult.objects.get(pk=job.task_id).status == "FAILED"
+    assert not files.work_dir(job.pk).exists()
+    assert not (files.models_root() / classifier.model_name).exists()
+    assert not ServedModel.objects.exists()
+
+    assert client.post(reverse("teaching:train", args=[classifier.pk])).status_code == 302
+    again = TrainingJob.objects.exclude(pk=job.pk).get()
+    worker = start_worker(teach_env, log)
+    try:
+        again = wait_for(again.pk, lambda j: not j.active, log)
+    finally:
+        stop(worker)
+    assert again.status == JobStatus.SUCCEEDED and again.published, again.error
+    assert not TrainingJob.objects.filter(status__in=["queued", "running"]).exists()
+    assert not any(files.work_root().iterdir())
