@@ -17,6 +17,8 @@
 # DJANGO_TRUSTED_PROXIES=127.0.0.1 (nginx), a random DJANGO_SECRET_KEY. On SIGTERM/SIGINT it
 # drains (nginx finishes what it holds, then gunicorn stops); either server exiting stops both.
 # media is reconciled with the rows at start-up and every RECONCILE_INTERVAL_S seconds (3600).
+# The task queue's worker (manage.py db_worker --queue-name teach: the trainings of taught
+# classifiers) runs beside gunicorn (RUN_TEACH_WORKER=0: not) and stops with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -74,8 +76,9 @@ fi
 if [ "${RUN_WARMUP:-0}" = 1 ]; then
   "$PYTHON" manage.py warmup_models
 fi
+"$PYTHON" manage.py recover_teach_jobs  # trainings a killed run left 'running': failed
 
-gunicorn_pid= nginx_pid= reconcile_pid=
+gunicorn_pid= nginx_pid= reconcile_pid= worker_pid=
 stop() {
   trap - TERM INT EXIT
   # Drain, front first: nginx stops accepting and finishes every request it holds (QUIT is its
@@ -84,6 +87,11 @@ stop() {
   kill -QUIT "$nginx_pid" 2>/dev/null || true
   wait "$nginx_pid" 2>/dev/null || true
   kill -TERM "$gunicorn_pid" "$reconcile_pid" 2>/dev/null || true
+  # The worker: TERM finishes the training in hand; a second TERM, 10 s on, stops it.
+  if [ -n "$worker_pid" ] && kill -TERM "$worker_pid" 2>/dev/null; then
+    for _ in $(seq 100); do kill -0 "$worker_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -TERM "$worker_pid" 2>/dev/null || true
+  fi
   wait || true
 }
 trap 'stop; exit 0' TERM INT  # asked to stop: a clean drain is a success
@@ -102,6 +110,10 @@ if [ "${RECONCILE_INTERVAL_S:-3600}" -gt 0 ]; then
     "$PYTHON" manage.py reconcile_media --repair >>"$RUN_DIR/logs/reconcile.log" 2>&1 || true
   done &
   reconcile_pid=$!
+fi
+if [ "${RUN_TEACH_WORKER:-1}" = 1 ]; then
+  "$PYTHON" manage.py db_worker --queue-name teach --no-reload >"$RUN_DIR/logs/teach-worker.log" 2>&1 &
+  worker_pid=$!
 fi
 echo "serving http://127.0.0.1:$PORT/ (nginx -> $GUNICORN_BIND); logs in $RUN_DIR/logs" >&2
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and starts the site on a fresh Debian machine with Python 3.11: a virtualenv with the
 # project (as uv.lock pins it), the SQLite database migrated, the shipped models checked and
-# compiled, then the development server on http://127.0.0.1:${PORT:-8000}/ . Safe to run again.
+# compiled, then the development server on http://127.0.0.1:${PORT:-8000}/ with the task queue's
+# worker beside it (manage.py db_worker: the teach page's trainings). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,12 +24,26 @@ export DJANGO_DEBUG="${DJANGO_DEBUG:-0}"
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py reconcile_media --repair --min-age 0  # leftovers of a killed run
 .venv/bin/python manage.py warmup_models  # fails here, clearly, if a shipped model is missing
+# The task queue's worker (teaching: trainings of taught classifiers), beside the server and
+# stopped with it; first, the trainings a killed run left 'running' are marked failed.
+.venv/bin/python manage.py recover_teach_jobs
+.venv/bin/python manage.py db_worker --queue-name teach --no-reload &
+worker_pid=$!
+stop_worker() {
+  # TERM: finish the training in hand; a second TERM after 10 s stops it (marked failed).
+  kill -TERM "$worker_pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$worker_pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -TERM "$worker_pid" 2>/dev/null || true
+  wait "$worker_pid" 2>/dev/null || true
+}
+trap stop_worker EXIT
 
 cat <<MSG
 
   The site is starting on http://127.0.0.1:${PORT:-8000}/  (the API: /api/predict, /api/models)
   Admin: create a user with  .venv/bin/python manage.py createsuperuser  then open /admin/
+  Teach it your own classes: /teach/ (trainings run in the worker started beside the server)
   Stop with Ctrl-C. For production, see docs/deployment.md (nginx + gunicorn).
 
 MSG
-exec .venv/bin/python manage.py runserver "127.0.0.1:${PORT:-8000}"
+.venv/bin/python manage.py runserver "127.0.0.1:${PORT:-8000}"

@@ -65,6 +65,9 @@ def run_job(job_id: int) -> str:
         logger.exception("Training job %s failed", job.pk)
         _finish(job.pk, JobStatus.FAILED, error=FAILED_TRAINING)
         return JobStatus.FAILED
+    except BaseException:  # the worker told to stop now (a second SIGTERM, Ctrl-C)
+        _finish(job.pk, JobStatus.FAILED, error=FAILED_WORKER)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -186,15 +189,18 @@ def _run_child(job: TrainingJob, command: list[str]) -> str | None:
     for reader in readers:
         reader.start()
     stop_reason = None
-    while child.poll() is None:
-        time.sleep(HEARTBEAT_S)
-        if not _beat(job.pk, progress, time.monotonic() - started):
-            stop_reason = JobStatus.CANCELLED
-        elif time.monotonic() - started > settings.TEACH_TIMEOUT_S:
-            stop_reason = "timeout"
-        if stop_reason is not None:
+    try:
+        while child.poll() is None:
+            time.sleep(HEARTBEAT_S)
+            if not _beat(job.pk, progress, time.monotonic() - started):
+                stop_reason = JobStatus.CANCELLED
+            elif time.monotonic() - started > settings.TEACH_TIMEOUT_S:
+                stop_reason = "timeout"
+            if stop_reason is not None:
+                break
+    finally:
+        if child.poll() is None:
             _stop(child)
-            break
     child.wait()
     for reader in readers:
         reader.join(timeout=5)
