@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-PACKAGES = ("research", "uploads", "classifier_site")
+PACKAGES = ("research", "uploads", "classifier_site", "teaching")
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -27,14 +29,16 @@ def test_the_import_contracts_hold():
     assert "0 broken" in done.stdout
 
 
-def test_a_web_import_of_the_training_package_breaks_a_contract(tmp_path):
-    """A copy of the tree with `uploads -> research.train` added fails lint-imports, naming it."""
+@pytest.mark.parametrize("app", ["uploads", "teaching"])
+def test_a_web_import_of_the_training_package_breaks_a_contract(tmp_path, app):
+    """A copy of the tree with `<app> -> research.train` added fails lint-imports, naming it
+    (the teach worker must run research.teach as a process, never import it)."""
     for name in PACKAGES:
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    (tmp_path / "uploads" / "training_probe.py").write_text("from research.train import loop\n")
+    (tmp_path / app / "training_probe.py").write_text("from research.train import loop\n")
     done = _lint_imports(tmp_path)
     assert done.returncode != 0
     assert "the web imports research.serving and research.configs" in done.stdout
-    assert "uploads.training_probe -> research.train.loop" in done.stdout
+    assert f"{app}.training_probe -> research.train.loop" in done.stdout
     assert "BROKEN" in done.stdout
