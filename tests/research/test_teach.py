@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -115,3 +117,49 @@ def test_teach_command_refuses_a_folder_without_classes(tiny_model_dir, tmp_path
     argv = ["--backbone", str(tiny_model_dir), "--examples", str(tmp_path / "empty")]
     assert teach_command.main([*argv, "--out", str(tmp_path / "out")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_fitting_reports_its_steps_in_chunks_up_to_the_last(backbone):
+    """on_step sees the head's steps rise to the total, PROGRESS_CHUNKS times at most."""
+    seen = []
+    settings = teach.TeachSettings(views=2, steps=25)
+    teach.teach(
+        backbone, colour_examples(4), name="c", settings=settings, on_step=lambda *a: seen.append(a)
+    )
+    assert seen[-1] == (25, 25)
+    assert [done for done, _ in seen] == sorted({done for done, _ in seen})
+    assert 1 < len(seen) <= teach.PROGRESS_CHUNKS
+
+
+def test_an_earlier_version_is_scored_on_the_same_held_out_examples(backbone, taught):
+    """compare_with: the same model scores exactly its own accuracy (same examples, same
+    split, same scoring); a model of other classes scores 0 (its classes count as wrong)."""
+    settings = teach.TeachSettings(views=4, steps=100)
+    again = teach.teach(
+        backbone, colour_examples(12), name="c", settings=settings, compare_with=taught.classifier
+    )
+    assert again.previous_accuracy == pytest.approx(again.accuracy)
+    assert again.classifier.record.metrics["previous_accuracy"] == again.previous_accuracy
+    other = teach.teach(
+        backbone, colour_examples(12), name="c", settings=settings, compare_with=backbone
+    )
+    assert other.previous_accuracy == 0.0
+
+
+def test_teach_command_writes_progress_as_json_lines(tiny_model_dir, tmp_path, capsys):
+    """--progress-json: phases, the head's steps and a final 'done' with the accuracy."""
+    folder = tmp_path / "examples"
+    for name, images in colour_examples(4).items():
+        (folder / name).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / name / f"{i}.png")
+    argv = ["--backbone", str(tiny_model_dir), "--examples", str(folder)]
+    assert teach_command.main([*argv, "--out", str(tmp_path / "m"), "--progress-json"]) == 0
+    lines = [
+        json.loads(line)["progress"]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("{")
+    ]
+    steps = [line for line in lines if "step" in line]
+    assert steps and steps[-1]["step"] == steps[-1]["steps"]
+    assert lines[-1]["phase"] == "done" and 0.0 <= lines[-1]["accuracy"] <= 1.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.db.models import Count
 from django.urls import reverse
 from django_tasks_db.models import DBTaskResult
 
@@ -209,3 +210,51 @@ def test_a_worker_killed_mid_training_leaves_the_job_failed_and_a_new_worker_tra
     assert again.status == JobStatus.SUCCEEDED and again.published, again.error
     assert not TrainingJob.objects.filter(status__in=["queued", "running"]).exists()
     assert not any(files.work_root().iterdir())
+
+
+def test_retraining_with_corrections_publishes_only_a_version_at_least_as_accurate(
+    client, teach_env, tmp_path
+):
+    """Feedback on the classifier's answers becomes examples (once); the new version, scored
+    against the served one on the same new held-out examples, is published only if at least
+    as accurate; the old version stays restorable."""
+    classifier = teach_colours(client)
+    client.post(reverse("teaching:train", args=[classifier.pk]))
+    log = tmp_path / "worker.log"
+    worker = start_worker(teach_env, log)
+    try:
+        first = wait_for(TrainingJob.objects.get().pk, lambda j: not j.active, log)
+        assert first.status == JobStatus.SUCCEEDED and first.published, first.error
+        for i, colour in enumerate(COLOURS):
+            url = reverse("teaching:classify", args=[classifier.pk])
+            assert client.post(url, {"images": [_png(colour, 50 + i)]}).status_code == 302
+            prediction = Prediction.objects.latest("pk")
+            assert client.get(prediction.get_absolute_url()).status_code == 200
+            wrong = prediction.label != colour
+            verdict = {"verdict": "wrong", "label": colour} if wrong else {"verdict": "right"}
+            feedback_url = reverse("uploads:feedback", args=[prediction.pk])
+            assert client.post(feedback_url, verdict).status_code == 302
+        examples_before = classifier.classes.aggregate(n=Count("examples"))["n"]
+
+        assert client.post(reverse("teaching:retrain", args=[classifier.pk])).status_code == 302
+        assert classifier.classes.aggregate(n=Count("examples"))["n"] == examples_before + 3
+        second = TrainingJob.objects.exclude(pk=first.pk).get()
+        assert second.retrain
+        second = wait_for(second.pk, lambda j: not j.active, log)
+    finally:
+        stop(worker)
+    assert second.status == JobStatus.SUCCEEDED, second.error
+    assert second.previous_accuracy is not None and second.accuracy is not None
+    assert second.published == (second.accuracy >= second.previous_accuracy)
+    served = ServedModel.objects.get(name=classifier.model_name, active=True)
+    assert served.version == (second.version if second.published else first.version)
+
+    # The same corrections are not taken twice.
+    response = client.post(reverse("teaching:retrain", args=[classifier.pk]))
+    assert response.status_code == 400 and "No new corrections" in response.content.decode()
+
+    if second.published:  # the old version is one click away
+        url = reverse("teaching:restore", args=[classifier.pk])
+        assert client.post(url, {"version": first.version}).status_code == 302
+        served = ServedModel.objects.get(name=classifier.model_name, active=True)
+        assert served.version == first.version
