@@ -1,11 +1,19 @@
 """Helpers of the teach tests: example images of distinct classes, a visitor's classifier."""
 
 import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.urls import reverse
 from PIL import Image
+
+from uploads import classifiers
 
 # Three classes the tiny backbone can tell apart: a colour each, with noise and a shape.
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
@@ -43,3 +51,60 @@ def add(client, classifier, class_name: str, files, **extra):
     taught_class = classifier.classes.get(name=class_name)
     url = reverse("teaching:add-examples", args=[classifier.pk, taught_class.pk])
     return client.post(url, {"images": files, "source": "upload"}, **extra)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    """The test database as DATABASE_URL, for a process of its own."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return (
+        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+def make_teach_env(settings, tmp_path, model_dirs):
+    """(For a fixture) the settings a worker shares with this test, as its environment;
+    the published models this process read are forgotten after."""
+    settings.TEACH_ROOT = tmp_path / "teach"
+    settings.TEACH_BACKBONES = {"cifar10": model_dirs["cifar10"]}
+    settings.CLASSIFIER_REGISTRY_POLL_S = 0.0  # this process serves what the worker publishes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "classifier_site.settings.test",
+            "DATABASE_URL": database_url(),
+            "DJANGO_TEACH_ROOT": str(settings.TEACH_ROOT),
+            "DJANGO_TEACH_BACKBONES": f"cifar10={model_dirs['cifar10']}",
+            "DJANGO_LOG_LEVEL": "INFO",
+        }
+    )
+    yield env
+    classifiers._published, classifiers._published_pks = {}, None
+    classifiers._published_checked = -float("inf")
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`manage.py db_worker` on the teach queue, as scripts/serve.sh starts it."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "db_worker", "--queue-name", "teach"]
+            + ["--interval", "0.2", "--no-startup-delay", "--no-reload"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -3,7 +3,6 @@ test database (a file, or CI's PostgreSQL), teaches a 3-class model that the sit
 a worker killed with SIGKILL mid-training leaves the job failed, never stuck 'running', and
 nothing on disk, and a new worker trains it again."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,76 +10,35 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.db.models import Count
 from django.urls import reverse
 from django_tasks_db.models import DBTaskResult
 
 from teaching import files
 from teaching.models import JobStatus, TaughtClassifier, TrainingJob
-from tests.web.teach_helpers import COLOURS, add, create, example_files, example_png
-from uploads import classifiers
+from tests.web.teach_helpers import (
+    COLOURS,
+    ROOT,
+    add,
+    create,
+    example_files,
+    example_png,
+    make_teach_env,
+    start_worker,
+    stop,
+)
 from uploads.models import Prediction, ServedModel
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the worker reads the committed rows
 
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN_TIMEOUT_S = 300  # a JAX start and a tiny training, on a shared 2-core machine
-EXAMPLES_PER_CLASS = 6
-
-
-def database_url() -> str:
-    """The test database as DATABASE_URL, for a process of its own."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    return (
-        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
-
 
 @pytest.fixture
-def teach_env(settings, tmp_path, model_dirs) -> dict[str, str]:
-    """The settings a worker shares with this test, as its environment."""
-    settings.TEACH_ROOT = tmp_path / "teach"
-    settings.TEACH_BACKBONES = {"cifar10": model_dirs["cifar10"]}
-    settings.CLASSIFIER_REGISTRY_POLL_S = 0.0  # this process serves what the worker publishes
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "classifier_site.settings.test",
-            "DATABASE_URL": database_url(),
-            "DJANGO_TEACH_ROOT": str(settings.TEACH_ROOT),
-            "DJANGO_TEACH_BACKBONES": f"cifar10={model_dirs['cifar10']}",
-            "DJANGO_LOG_LEVEL": "INFO",
-        }
-    )
-    yield env
-    classifiers._published, classifiers._published_pks = {}, None
-    classifiers._published_checked = -float("inf")
+def teach_env(settings, tmp_path, model_dirs):
+    yield from make_teach_env(settings, tmp_path, model_dirs)
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`manage.py db_worker` on the teach queue, as scripts/serve.sh starts it."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "manage.py", "db_worker", "--queue-name", "teach"]
-            + ["--interval", "0.2", "--no-startup-delay", "--no-reload"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def stop(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+TRAIN_TIMEOUT_S = 300  # a JAX start and a tiny training, on a shared 2-core machine
+EXAMPLES_PER_CLASS = 6
 
 
 def wait_for(job_id: int, done, log: Path, timeout: float = TRAIN_TIMEOUT_S) -> TrainingJob:
