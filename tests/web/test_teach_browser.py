@@ -8,6 +8,7 @@ from django.urls import reverse
 from teaching import files
 from teaching.models import Example, TaughtClassifier, TrainingJob
 from tests.web.teach_helpers import COLOURS, example_png, make_teach_env, start_worker, stop
+from tests.web.test_accessibility import violations
 from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (a fixture)
 from uploads.models import Prediction, ServedModel
 
@@ -111,3 +112,58 @@ def test_teach_train_classify_and_delete_through_the_pages(
     assert not ServedModel.objects.filter(name=classifier.model_name).exists()
     assert not model_dir.exists()
     assert not list(files.examples_root().rglob("*.*"))
+
+
+@pytest.mark.parametrize("size", [(1280, 900), (PHONE_WIDTH, 844)], ids=["desktop", "phone"])
+def test_teach_pages_pass_axe_and_a_drawing_becomes_an_example(
+    browser,  # noqa: F811
+    live_server,
+    settings,
+    tmp_path,
+    model_dirs,
+    size,
+):
+    """The list and a drawings classifier's page have no serious or critical axe-core
+    violation and no sideways scroll; drawing on the canvas and adding it stores an example
+    with source 'drawing'."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings.TEACH_ROOT = tmp_path / "teach"
+    settings.TEACH_BACKBONES = {"fashion_mnist": model_dirs["fashion_mnist"]}
+    browser.set_window_size(*size)
+    url = live_server.url + reverse("teaching:list")
+    assert not violations(browser, url)
+    browser.find_element(By.ID, "id_name").send_keys("clothes")
+    browser.find_element(By.ID, "id_class_names").send_keys("sock\nhat")
+    browser.find_element(By.CSS_SELECTOR, ".teach-form button[type=submit]").click()
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "classes-heading")))
+    classifier = TaughtClassifier.objects.get()
+    assert not violations(browser, live_server.url + classifier.get_absolute_url())
+    assert _fits_the_width(browser)
+
+    sock = browser.find_element(By.CSS_SELECTOR, '[data-class="sock"]')
+    sock.find_element(By.CSS_SELECTOR, "[data-draw-button]").click()
+    canvas = sock.find_element(By.CSS_SELECTOR, "[data-canvas]")
+    assert canvas.is_displayed()
+    (
+        ActionChains(browser)
+        .move_to_element_with_offset(canvas, -40, -40)
+        .click_and_hold()
+        .move_by_offset(60, 20)
+        .move_by_offset(10, 60)
+        .release()
+        .perform()
+    )
+    sock.find_element(By.CSS_SELECTOR, "[data-capture]").click()
+    WebDriverWait(browser, 30).until(lambda d: Example.objects.count() == 1)
+    example = Example.objects.get()
+    assert example.source == "drawing" and example.taught_class.name == "sock"
+    sock.find_element(By.CSS_SELECTOR, "[data-close]").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, '[data-class="sock"] .teach-thumbs img')) == 1
+        )
+    )
