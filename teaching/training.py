@@ -204,6 +204,8 @@ def _run_child(job: TrainingJob, command: list[str]) -> str | None:
     child.wait()
     for reader in readers:
         reader.join(timeout=5)
+    if stop_reason is None and not _beat(job.pk, progress, time.monotonic() - started):
+        stop_reason = JobStatus.CANCELLED  # cancelled (or deleted) as the child finished
     if stop_reason == JobStatus.CANCELLED:
         _finish(job.pk, JobStatus.CANCELLED, error="Cancelled; nothing was published.")
         return JobStatus.CANCELLED

@@ -216,3 +216,25 @@ def test_retraining_with_corrections_publishes_only_a_version_at_least_as_accura
         assert client.post(url, {"version": first.version}).status_code == 302
         served = ServedModel.objects.get(name=classifier.model_name, active=True)
         assert served.version == first.version
+
+
+def test_cancelling_a_running_training_stops_it_and_publishes_nothing(client, teach_env, tmp_path):
+    """Cancel while research.teach runs: the worker terminates the child, the job is cancelled,
+    nothing is published and no scratch or model folder is left."""
+    classifier = teach_colours(client)
+    client.post(reverse("teaching:train", args=[classifier.pk]))
+    job = TrainingJob.objects.get()
+    log = tmp_path / "worker.log"
+    worker = start_worker(teach_env, log)
+    try:
+        wait_for(job.pk, lambda j: j.status == JobStatus.RUNNING and j.phase != "starting", log)
+        assert client.post(reverse("teaching:cancel", args=[classifier.pk])).status_code == 302
+        job = wait_for(job.pk, lambda j: not j.active, log, timeout=60)
+        assert not processes_using(files.work_dir(job.pk))
+    finally:
+        stop(worker)
+    assert job.status == JobStatus.CANCELLED and "nothing was published" in job.error
+    assert not ServedModel.objects.exists()
+    assert not files.work_dir(job.pk).exists()
+    assert not (files.models_root() / classifier.model_name).exists()
+    assert DBTaskResult.objects.get(pk=job.task_id).status == "SUCCESSFUL"  # the task ended
