@@ -112,6 +112,9 @@ def test_teach_train_classify_and_delete_through_the_pages(
     assert not ServedModel.objects.filter(name=classifier.model_name).exists()
     assert not model_dir.exists()
     assert not list(files.examples_root().rglob("*.*"))
+    # The visitor's own upload and its answer stay in their history, naming the version.
+    browser.get(live_server.url + prediction.get_absolute_url())
+    assert browser.find_elements(By.CSS_SELECTOR, "[data-result-label]")
 
 
 @pytest.mark.parametrize("size", [(1280, 900), (PHONE_WIDTH, 844)], ids=["desktop", "phone"])
