@@ -3,7 +3,8 @@
 # (deploy/gunicorn_conf.py: classifier_site/gunicorn_conf.py with workers that take requests
 # only once warm and recycle one at a time; production settings) on a loopback port. Nothing needs
 # root: nginx runs as `nginx -p RUN_DIR`, and its pid, logs, temp files, the collected
-# static files and (unless set) the SQLite database and MEDIA_ROOT all lie under RUN_DIR.
+# static files and (unless set) the SQLite database, MEDIA_ROOT and TEACH_ROOT all lie under
+# RUN_DIR.
 #
 #   deploy/run-local.sh [PORT [RUN_DIR]]          # default 8080 and a new temporary folder
 #   GUNICORN_PORT=9001 deploy/run-local.sh 8080   # gunicorn's loopback port (default PORT+1)
@@ -44,6 +45,7 @@ export DJANGO_SECURE_SSL_REDIRECT=${DJANGO_SECURE_SSL_REDIRECT:-0}
 export DJANGO_TRUSTED_PROXIES=${DJANGO_TRUSTED_PROXIES:-127.0.0.1}
 export DJANGO_STATIC_ROOT=${DJANGO_STATIC_ROOT:-$RUN_DIR/static}
 export DJANGO_MEDIA_ROOT=${DJANGO_MEDIA_ROOT:-$RUN_DIR/media}
+export DJANGO_TEACH_ROOT=${DJANGO_TEACH_ROOT:-$RUN_DIR/teach}  # taught classifiers' files
 export DATABASE_URL=${DATABASE_URL:-sqlite:///$RUN_DIR/db.sqlite3}
 mkdir -p "$DJANGO_STATIC_ROOT" "$DJANGO_MEDIA_ROOT"
 if [ -z "${DJANGO_SECRET_KEY:-}" ]; then
@@ -76,7 +78,6 @@ fi
 if [ "${RUN_WARMUP:-0}" = 1 ]; then
   "$PYTHON" manage.py warmup_models
 fi
-"$PYTHON" manage.py recover_teach_jobs  # trainings a killed run left 'running': failed
 
 gunicorn_pid= nginx_pid= reconcile_pid= worker_pid=
 stop() {
@@ -111,8 +112,13 @@ if [ "${RECONCILE_INTERVAL_S:-3600}" -gt 0 ]; then
   done &
   reconcile_pid=$!
 fi
+# The trainings a killed run left 'running' are marked failed first (beside gunicorn's start,
+# not before it: the site is ready no later).
 if [ "${RUN_TEACH_WORKER:-1}" = 1 ]; then
-  "$PYTHON" manage.py db_worker --queue-name teach --no-reload >"$RUN_DIR/logs/teach-worker.log" 2>&1 &
+  (
+    "$PYTHON" manage.py recover_teach_jobs
+    exec "$PYTHON" manage.py db_worker --queue-name teach --no-reload
+  ) >"$RUN_DIR/logs/teach-worker.log" 2>&1 &
   worker_pid=$!
 fi
 echo "serving http://127.0.0.1:$PORT/ (nginx -> $GUNICORN_BIND); logs in $RUN_DIR/logs" >&2
