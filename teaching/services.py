@@ -38,6 +38,7 @@ from uploads.images import (
     read_validated_image,
 )
 from uploads.models import Feedback, Owner, ServedModel
+from uploads.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -192,9 +193,12 @@ def _store_examples(
                     )
                 )
             return Example.objects.bulk_create(examples)
+    except OSError as err:  # the disk refused a file: 507 or 503, as for an upload
+        logger.error("Storing examples failed: %s", err)
+        _delete_files(written)
+        raise StorageUnavailable(err) from err
     except BaseException:
-        for name in written:
-            storage.delete(name)
+        _delete_files(written)
         raise
 
 

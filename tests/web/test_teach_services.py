@@ -293,3 +293,31 @@ def test_a_published_taught_model_is_served_by_name_but_never_listed(model_dirs,
     finally:
         classifiers._published, classifiers._published_pks = {}, None
         classifiers._published_checked = -float("inf")
+
+
+def test_a_full_disk_while_storing_examples_is_a_507_and_leaves_nothing(
+    client, teach_root, monkeypatch
+):
+    """The second file of a batch hits ENOSPC: 507 with the storage's public message, the first
+    file removed, no row."""
+    import errno
+
+    from uploads.storage import AtomicFileSystemStorage
+
+    classifier = _mine(client)
+    real_save = AtomicFileSystemStorage._save
+    calls = []
+
+    def save_then_fail(self, name, content):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, name, content)
+
+    monkeypatch.setattr(AtomicFileSystemStorage, "_save", save_then_fail)
+    response = add(client, classifier, "red", example_files("red", 3))
+    assert response.status_code == 507
+    body = response.content.decode()
+    assert "no room to store images" in body and "No space left" not in body
+    assert not Example.objects.exists()
+    assert _files_under(teach_root) == []
