@@ -23,7 +23,7 @@ import math
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +51,15 @@ _WORD_TEXT = (
 WORDS = tuple(_WORD_TEXT.split(" "))
 
 
-def generate(out: str | Path, *, count: int = 60, seed: int = SEED) -> dict[str, int]:
+def generate(
+    out: str | Path, *, count: int = 60, seed: int = SEED, kinds: Sequence[str] = KINDS
+) -> dict[str, int]:
     """Writes `count` PNGs of each kind to out/<kind>/; returns how many each kind got."""
     out = Path(out)
     made = {}
     for offset, kind in enumerate(KINDS):
+        if kind not in kinds:
+            continue
         folder = out / kind
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, offset])

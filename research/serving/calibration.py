@@ -24,7 +24,7 @@ Definitions:
   fitted on training images (`fit_activation_statistics`): how typical the image looks to
   every layer, not only to the last;
   'energy+activations': energy and 'activations', standardised and summed;
-  'pixels': minus the squared Mahalanobis distance of simple statistics of the input pixels
+  'pixels': minus log(1 + the squared Mahalanobis distance) of simple statistics of the input pixels
   (`pixel_statistics`: brightness, contrast, colourfulness, the share of flat neighbours and of
   sharp edges, the mean gradient, the share of near-white and near-black pixels) to one
   Gaussian fitted on validation images (`fit_pixel_statistics`): text, screenshots, icons and
@@ -288,7 +288,10 @@ def unknown_scores(
             raise ValueError("The 'pixels' score needs the model inputs (images)")
         values = stages if kind == "activations" else pixel_statistics(images)
         x = jnp.asarray(values, jnp.float32) - stats[f"{kind}_center"]
-        return -jnp.sum((x @ stats[f"{kind}_precision"]) * x, axis=-1)
+        distance = jnp.sum((x @ stats[f"{kind}_precision"]) * x, axis=-1)
+        # Eight bounded statistics: the log keeps one extreme one (a photo on a white
+        # background) from outweighing the network's two parts in the sum.
+        return -jnp.log1p(distance) if kind == "pixels" else -distance
     if kind == "max_softmax":
         return jnp.exp(models.log_probabilities(logits, temperature)).max(axis=-1)
     if kind == "energy":
