@@ -230,3 +230,19 @@ def test_the_open_editor_has_no_serious_axe_violation_at_phone_width(
     browser.set_script_timeout(60)
     found = browser.execute_async_script(RUN_AXE)
     assert [v for v in found if v["impact"] in BLOCKING] == []
+
+
+def test_an_edit_link_to_another_site_is_ignored(browser, live_server):  # noqa: F811
+    """/?edit=<another site's image> fetches nothing: no file, no editor, no error."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1280, 900)
+    browser.get(
+        live_server.url + reverse("uploads:classify") + "?edit=https://example.com/a.png&invert=1"
+    )
+    browser.execute_script("return new Promise((resolve) => setTimeout(resolve, 500))")
+    assert (
+        browser.execute_script("return document.querySelector('[name=images]').files.length") == 0
+    )
+    assert not browser.find_element(By.CSS_SELECTOR, "[data-editor]").is_displayed()
+    assert not browser.find_element(By.CSS_SELECTOR, "[data-client-error]").is_displayed()
