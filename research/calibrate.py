@@ -28,6 +28,14 @@ reported fold (CIFAR-10), or on validation and reported on test (--report_split 
 'lac' and 'aps', the method with the smaller mean set size on the fitting images is stored.
 Writes calibration.json, reliability.png and risk_coverage.png to --out (default:
 <checkpoint>/calibration), and the record of the chosen step unless --dry_run.
+
+With --out_of_scope DIR (a set made by `python -m research.data out-of-scope --out DIR`) it
+measures instead how the stored "unknown" score and the same plus the input-pixel statistics
+('energy+activations+pixels') catch that set, against the validation split read from --source
+(an image folder or idx files, held out by the importer's rule), by 2-fold cross-validation on
+validation (research.evaluation.out_of_scope); writes out_of_scope.json to --out and, unless
+--dry_run, stores the improved score and threshold, fitted on all of validation, when it flags
+at most 5% of the held-out validation images.
 """
 
 from __future__ import annotations
@@ -42,12 +50,15 @@ from pathlib import Path
 import numpy as np
 
 from research.configs import runtime
+from research.data import arrays, out_of_scope
+from research.evaluation import out_of_scope as out_of_scope_evaluation
 from research.evaluation import plots
 from research.evaluation.calibrate import (
     calibrate,
     choose_score,
     collect_outputs,
     format_summary,
+    load_arrays,
     missed_targets,
     sets_at_temperature,
 )
@@ -55,6 +66,7 @@ from research.serving import calibration, model_dir
 from research.serving.artifacts import (
     CALIBRATION_DIR,
     CALIBRATION_FILE,
+    OUT_OF_SCOPE_FILE,
     RELIABILITY_FILE,
     RISK_COVERAGE_FILE,
 )
@@ -76,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.out_of_scope:
+        return _run_out_of_scope(args)
     started = time.monotonic()
     directory, step, record = model_dir.pick_checkpoint(args.checkpoint)
     clf = Classifier.load(args.checkpoint)
@@ -89,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         outputs = collect_outputs(clf, args)
         if args.reuse_outputs:
             np.savez(cache, **outputs)
-    kinds = calibration.SCORES if args.score == "auto" else (args.score,)
+    kinds = calibration.OUTPUT_SCORES if args.score == "auto" else (args.score,)
     result = calibrate(outputs, record.num_classes, scores=kinds)
     chosen = choose_score(result["scores"]) if args.score == "auto" else args.score
     stats = result.pop("statistics")
@@ -151,6 +165,50 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_out_of_scope(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    directory, step, record = model_dir.pick_checkpoint(args.checkpoint)
+    clf = Classifier.load(args.checkpoint)
+    held_out = record.config.get("validation_per_class", arrays.DEFAULT_VALIDATION_PER_CLASS)
+    validation, _ = load_arrays(
+        record.dataset,
+        "validation",
+        args.data_dir,
+        source=args.source,
+        validation_per_class=held_out,
+    )
+    result = out_of_scope_evaluation.evaluate(clf, validation, out_of_scope.load(args.out_of_scope))
+    statistics = result.pop("statistics")
+    result.update(
+        model=record.name,
+        version=record.version,
+        step=step,
+        seconds=round(time.monotonic() - started, 1),
+        command=args.command,
+    )
+    print(f"{record.name} ({record.version})")
+    print(out_of_scope_evaluation.format_result(result))
+    out = Path(args.out) if args.out else Path(args.checkpoint) / CALIBRATION_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUT_OF_SCOPE_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / OUT_OF_SCOPE_FILE} ({result['seconds']}s)")
+    if args.dry_run:
+        return 0
+    if not out_of_scope_evaluation.meets_constraint(result):
+        print(
+            f"not stored: it flags {result['after']['validation_flagged']:.1%} of held-out "
+            f"validation images (at most {out_of_scope_evaluation.MAX_FLAGGED:.0%})"
+        )
+        return 0
+    model_dir.write_statistics(directory, step, statistics)
+    updated = record.replace(
+        unknown_score=result["improved_score"], unknown_threshold=result["stored_threshold"]
+    )
+    model_dir.write_record(directory, step, updated)
+    print(f"stored the '{updated.unknown_score}' score and threshold in {directory / str(step)}")
+    return 0
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m research.calibrate", description=__doc__.split("\n")[0]
@@ -170,7 +228,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=2000,
         help="images of the other dataset (its first ones, in tfds's fixed order)",
     )
-    parser.add_argument("--score", default="auto", choices=("auto", *calibration.SCORES))
+    parser.add_argument("--score", default="auto", choices=("auto", *calibration.OUTPUT_SCORES))
     parser.add_argument(
         "--report_split",
         choices=("validation", "test"),
@@ -185,6 +243,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="store only the prediction sets, fitted at the stored temperature; keep the "
         "temperature, threshold and statistics (so the model's answers do not change)",
+    )
+    parser.add_argument(
+        "--out_of_scope",
+        help="a folder made by `python -m research.data out-of-scope`: measure the unknown "
+        "score on it before and after adding the pixel statistics (see above)",
+    )
+    parser.add_argument(
+        "--source",
+        help="with --out_of_scope: the image folder or idx files the validation split is held "
+        "out of (default: the prepared tfds dataset)",
     )
     parser.add_argument(
         "--reuse_outputs",

@@ -486,6 +486,7 @@ class InputReport:
     expects: str
     warnings: list[str]
     input_shape: tuple[int, int, int]  # height, width, channels of the model's input
+    suggests_inverting: bool = False  # light background where the model expects a dark one
 
 
 def get_model_input_png(*, prediction: Prediction) -> bytes:
@@ -561,6 +562,7 @@ def describe_input(*, prediction: Prediction) -> InputReport | None:
         expects=expectations.expects(info.record),
         warnings=list(expectations.check(info.record, pixels)),
         input_shape=info.record.image_shape,
+        suggests_inverting=expectations.suggests_inverting(info.record, pixels),
     )
 
 

@@ -3,6 +3,7 @@
     python -m research.data import-idx /usr/share/datasets/fashion-mnist --dataset fashion_mnist
     python -m research.data import-folder ~/data/cifar10-jpeg --dataset cifar10
     python -m research.data summary --dataset cifar10 --out cifar10.png
+    python -m research.data out-of-scope --out /tmp/out-of-scope
 
 ``--data_dir`` defaults to tfds's (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from research.configs import runtime
-from research.data import datasets, importers
+from research.data import datasets, importers, out_of_scope
 from research.serving.errors import DataNotFoundError
 
 # Sample grid: images per class row, and the smallest cell side in pixels (small images scale up).
@@ -86,6 +87,17 @@ def summarize(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         grid.save(args.out)
         print(f"wrote {args.out}: {args.columns} {first} images per class, one row per class")
+    return 0
+
+
+def make_out_of_scope(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    made = out_of_scope.generate(args.out, count=args.count, seed=args.seed)
+    kinds = ", ".join(f"{kind} {n}" for kind, n in made.items())
+    print(
+        f"wrote {sum(made.values())} out-of-scope images to {args.out}: {kinds}; "
+        f"{time.monotonic() - start:.0f}s"
+    )
     return 0
 
 
@@ -169,6 +181,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub.add_argument("--out", default=None, help="write a PNG grid of sample images per class")
     sub.add_argument("--columns", type=int, default=GRID_COLUMNS, help="samples per class")
     sub.set_defaults(run=summarize)
+
+    sub = commands.add_parser(
+        "out-of-scope",
+        help="make the out-of-scope check set (text, pages, icons, shapes, drawings)",
+    )
+    sub.add_argument("--out", required=True, help="folder for <kind>/<kind>-NNN.png")
+    sub.add_argument("--count", type=int, default=60, help="images of each kind")
+    sub.add_argument("--seed", type=int, default=out_of_scope.SEED)
+    sub.set_defaults(run=make_out_of_scope)
     return parser.parse_args(argv)
 
 

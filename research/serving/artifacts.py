@@ -6,6 +6,7 @@ web reads. A model directory holds its steps (`<step>/`, Orbax items) and, besid
     calibration/calibration.json        CALIBRATION_DIR / CALIBRATION_FILE (research.calibrate)
     calibration/reliability.png         CALIBRATION_DIR / RELIABILITY_FILE
     calibration/risk_coverage.png       CALIBRATION_DIR / RISK_COVERAGE_FILE
+    calibration/out_of_scope.json       CALIBRATION_DIR / OUT_OF_SCOPE_FILE (--out_of_scope)
     robustness.json                     ROBUSTNESS_FILE (research.robustness, middle severity)
     robustness_all.json                 ROBUSTNESS_ALL_FILE (every severity)
     examples/examples.json, *.png       EXAMPLES_DIR / EXAMPLES_INDEX_FILE (research.examples)
@@ -31,6 +32,7 @@ CALIBRATION_DIR = "calibration"
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_FILE = "reliability.png"
 RISK_COVERAGE_FILE = "risk_coverage.png"
+OUT_OF_SCOPE_FILE = "out_of_scope.json"
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_ALL_FILE = "robustness_all.json"

@@ -23,7 +23,13 @@ Definitions:
   per-channel spatial mean and standard deviation, models.stage_statistics) to one Gaussian
   fitted on training images (`fit_activation_statistics`): how typical the image looks to
   every layer, not only to the last;
-  'energy+activations': energy and 'activations', standardised and summed.
+  'energy+activations': energy and 'activations', standardised and summed;
+  'pixels': minus log(1 + the squared Mahalanobis distance) of simple statistics of the input pixels
+  (`pixel_statistics`: brightness, contrast, colourfulness, the share of flat neighbours and of
+  sharp edges, the mean gradient, the share of near-white and near-black pixels) to one
+  Gaussian fitted on validation images (`fit_pixel_statistics`): text, screenshots, icons and
+  drawings are flatter, sharper and more often white than photos;
+  'energy+activations+pixels': the three, standardised and summed.
 
 `unknown_scores` is written in jax.numpy, so research.serving.classifier calls the same function
 inside
@@ -42,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.nets import models
+from research.serving.record import OUTPUT_SCORES as OUTPUT_SCORES  # re-exported
 from research.serving.record import UNKNOWN_SCORES
 
 ECE_BINS = 15
@@ -169,19 +176,72 @@ def fit_feature_statistics(features: np.ndarray, labels: np.ndarray, num_classes
     return {"means": means.astype(np.float32), "precision": precision.astype(np.float32)}
 
 
-def fit_activation_statistics(stages: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean [S] and precision [S, S] of one Gaussian over stage statistics, for the
-    'activations' score."""
-    stages = np.asarray(stages, np.float64)
-    mean = stages.mean(0)
-    covariance = np.cov(stages.T, bias=True).reshape(len(mean), len(mean))
+def _fit_gaussian(values: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+    """Mean and (ridged) precision of one Gaussian over the rows of `values`."""
+    values = np.asarray(values, np.float64)
+    mean = values.mean(0)
+    covariance = np.cov(values.T, bias=True).reshape(len(mean), len(mean))
     ridge = COVARIANCE_RIDGE * np.trace(covariance) / len(covariance) + 1e-8
     precision = np.linalg.inv(covariance + ridge * np.eye(len(covariance)))
     precision = (precision + precision.T) / 2
     return {
-        "activations_center": mean.astype(np.float32),
-        "activations_precision": precision.astype(np.float32),
+        f"{prefix}_center": mean.astype(np.float32),
+        f"{prefix}_precision": precision.astype(np.float32),
     }
+
+
+def fit_activation_statistics(stages: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean [S] and precision [S, S] of one Gaussian over stage statistics, for the
+    'activations' score."""
+    return _fit_gaussian(stages, "activations")
+
+
+# What `pixel_statistics` measures, in its column order.
+PIXEL_STATISTICS = (
+    "mean grey level",
+    "grey standard deviation",
+    "colourfulness (mean max - min channel)",
+    "share of flat neighbours (|difference| < 1.5/255)",
+    "share of sharp edges (|difference| > 0.25)",
+    "mean |difference| of neighbours",
+    "share of near-white pixels (> 0.94)",
+    "share of near-black pixels (< 0.06)",
+)
+FLAT_STEP, SHARP_STEP, WHITE, BLACK = 1.5 / 255, 0.25, 0.94, 0.06
+
+
+def pixel_statistics(images: jax.Array | np.ndarray) -> jax.Array:
+    """[N, 8] statistics (PIXEL_STATISTICS) of uint8 [N, H, W, C] model inputs, in [0, 1]."""
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    n = x.shape[0]
+    grey = x.mean(axis=-1)
+    steps = jnp.concatenate(
+        [
+            jnp.abs(grey[:, :, 1:] - grey[:, :, :-1]).reshape(n, -1),
+            jnp.abs(grey[:, 1:, :] - grey[:, :-1, :]).reshape(n, -1),
+        ],
+        axis=1,
+    )
+    flat_grey = grey.reshape(n, -1)
+    return jnp.stack(
+        [
+            flat_grey.mean(axis=1),
+            flat_grey.std(axis=1),
+            (x.max(axis=-1) - x.min(axis=-1)).reshape(n, -1).mean(axis=1),
+            (steps < FLAT_STEP).mean(axis=1),
+            (steps > SHARP_STEP).mean(axis=1),
+            steps.mean(axis=1),
+            (flat_grey > WHITE).mean(axis=1),
+            (flat_grey < BLACK).mean(axis=1),
+        ],
+        axis=1,
+    )
+
+
+def fit_pixel_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean [8] and precision [8, 8] of one Gaussian over `pixel_statistics` of in-distribution
+    model inputs (validation images), for the 'pixels' score."""
+    return _fit_gaussian(np.asarray(pixel_statistics(images)), "pixels")
 
 
 def _components(kind: str) -> tuple[str, ...]:
@@ -195,8 +255,8 @@ def needed_statistics(kind: str) -> set[str]:
     for part in _components(kind) or (kind,):
         if part == "mahalanobis":
             needed |= {"means", "precision"}
-        if part == "activations":
-            needed |= {"activations_center", "activations_precision"}
+        if part in ("activations", "pixels"):
+            needed |= {f"{part}_center", f"{part}_precision"}
         if _components(kind):
             needed |= {f"{part}_mean", f"{part}_std"}
     return needed
@@ -209,21 +269,29 @@ def unknown_scores(
     temperature: float | jax.Array,
     stats: Mapping[str, jax.Array] | None = None,
     stages: jax.Array | None = None,
+    images: jax.Array | None = None,
 ) -> jax.Array:
     """[N] scores, higher = more like the known classes (see the module docstring).
-    `features`: pooled features; `stages`: stage statistics (models.predict_logits_and_features)."""
+    `features`: pooled features; `stages`: stage statistics (models.predict_logits_and_features);
+    `images`: the uint8 model inputs (the 'pixels' score only)."""
     missing = needed_statistics(kind) - set(stats or ())
     if kind in SCORES and missing:
         raise ValueError(f"The {kind!r} score needs the statistics {sorted(missing)}")
     if _components(kind):
         total = 0.0
         for part in _components(kind):
-            value = unknown_scores(part, logits, features, temperature, stats, stages)
+            value = unknown_scores(part, logits, features, temperature, stats, stages, images)
             total = total + (value - stats[f"{part}_mean"]) / stats[f"{part}_std"]
         return total
-    if kind == "activations":
-        x = jnp.asarray(stages, jnp.float32) - stats["activations_center"]
-        return -jnp.sum((x @ stats["activations_precision"]) * x, axis=-1)
+    if kind in ("activations", "pixels"):
+        if kind == "pixels" and images is None:
+            raise ValueError("The 'pixels' score needs the model inputs (images)")
+        values = stages if kind == "activations" else pixel_statistics(images)
+        x = jnp.asarray(values, jnp.float32) - stats[f"{kind}_center"]
+        distance = jnp.sum((x @ stats[f"{kind}_precision"]) * x, axis=-1)
+        # Eight bounded statistics: the log keeps one extreme one (a photo on a white
+        # background) from outweighing the network's two parts in the sum.
+        return -jnp.log1p(distance) if kind == "pixels" else -distance
     if kind == "max_softmax":
         return jnp.exp(models.log_probabilities(logits, temperature)).max(axis=-1)
     if kind == "energy":
@@ -249,12 +317,13 @@ def fit_standardisation(
     temperature: float,
     stats: Mapping[str, Any],
     stages: np.ndarray | None = None,
+    images: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """`stats` plus the mean and standard deviation, on the fitting images, of each score the
     combined score `kind` sums ('energy+mahalanobis': energy and Mahalanobis)."""
     out = dict(stats)
     for part in _components(kind):
-        scores = unknown_scores(part, logits, features, temperature, stats, stages)
+        scores = unknown_scores(part, logits, features, temperature, stats, stages, images)
         scores = np.asarray(scores, np.float64)
         out[f"{part}_mean"] = np.float32(scores.mean())
         out[f"{part}_std"] = np.float32(max(scores.std(), 1e-6))

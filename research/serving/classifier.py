@@ -359,5 +359,7 @@ def _forward(
         model, images, flip_tta=flip_tta, translate_tta=translate_tta
     )
     probs = jnp.exp(models.log_probabilities(logits, temperature))
-    scores = calibration.unknown_scores(score, logits, features, temperature, statistics, stages)
+    scores = calibration.unknown_scores(
+        score, logits, features, temperature, statistics, stages, images
+    )
     return probs, scores

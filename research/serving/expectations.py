@@ -57,19 +57,27 @@ def check(record_or_dataset: Any, model_input: np.ndarray) -> list[str]:
     from what the model expects; [] when nothing stands out."""
     warnings = []
     spec = spec_of(record_or_dataset)
-    grey = _grey(model_input)
     if _colour_spread(model_input) < FLAT_STD:
         warnings.append(
             "Your image is almost one flat colour: there is little in it for the model to "
             "recognise, so the answer may be wrong."
         )
-    elif spec and spec.background == "dark" and border_brightness(grey) > spec.light_border:
+    elif suggests_inverting(spec, model_input):
         subject = spec.subject or "subject"
         warnings.append(
             f"This model expects a light {subject} on a dark background; your image has a "
             "light background, so the answer may be wrong. Try inverting it."
         )
     return warnings
+
+
+def suggests_inverting(record_or_dataset: Any, model_input: np.ndarray) -> bool:
+    """Whether `model_input` has a light border where the model expects a dark background (the
+    result page then offers to invert it); False for a flat image, which inverting cannot help."""
+    spec = spec_of(record_or_dataset)
+    if spec is None or spec.background != "dark" or _colour_spread(model_input) < FLAT_STD:
+        return False
+    return border_brightness(_grey(model_input)) > spec.light_border
 
 
 def _colour_spread(model_input: np.ndarray) -> float:

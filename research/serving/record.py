@@ -25,7 +25,12 @@ UNKNOWN_SCORES = (
     "energy+mahalanobis",
     "activations",
     "energy+activations",
+    "pixels",
+    "energy+activations+pixels",
 )
+# The scores computed from the network's outputs alone (no input pixels): what
+# research.calibrate fits and compares on stored outputs.
+OUTPUT_SCORES = tuple(score for score in UNKNOWN_SCORES if "pixels" not in score)
 # How the prediction set is made (defined in research.serving.conformal).
 SET_METHODS = ("lac", "aps")
 

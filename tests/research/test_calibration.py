@@ -102,12 +102,38 @@ def test_scores_rank_far_features_and_flat_logits_lower():
             kind, np.tile(logits[:1], (100, 1)), features, 1.0, stats, stages
         )
     probe_stages = np.array([[0.1, 0.0, -0.1], [6.0, -6.0, 6.0]], np.float32)
-    for kind in calibration.SCORES:
+    for kind in calibration.OUTPUT_SCORES:
         scores = calibration.unknown_scores(kind, logits, probe, 1.0, stats, probe_stages)
         scores = np.asarray(scores)
         assert scores[0] > scores[1], kind
     with pytest.raises(ValueError, match="energy"):
         calibration.unknown_scores("entropy", logits, probe, 1.0)
+
+
+def _smooth_images(count: int, seed: int) -> np.ndarray:
+    """Photo-like uint8 [count, 32, 32, 3]: upsampled colour noise plus fine grain."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(40, 215, (count, 8, 8, 3))
+    smooth = np.repeat(np.repeat(coarse, 4, axis=1), 4, axis=2)
+    return np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def test_the_pixel_score_puts_a_text_like_page_below_images_like_its_fitting_ones():
+    """'pixels': fitted on photo-like images, a new one scores above a white page with black
+    lines (flat, sharp-edged, mostly white); every statistic is in [0, 1]; without the images
+    the score says what it needs."""
+    stats = calibration.fit_pixel_statistics(_smooth_images(200, seed=0))
+    page = np.full((1, 32, 32, 3), 255, np.uint8)
+    page[:, 4:28:4, 3:29] = 0
+    probe = np.concatenate([_smooth_images(1, seed=1), page])
+    values = np.asarray(calibration.pixel_statistics(probe))
+    assert values.shape == (2, len(calibration.PIXEL_STATISTICS))
+    assert ((values >= 0) & (values <= 1)).all()
+    logits = np.zeros((2, 3), np.float32)
+    scores = np.asarray(calibration.unknown_scores("pixels", logits, None, 1.0, stats, None, probe))
+    assert scores[0] > scores[1]
+    with pytest.raises(ValueError, match="images"):
+        calibration.unknown_scores("pixels", logits, None, 1.0, stats)
 
 
 def test_synthetic_outliers_are_seeded_and_shaped():

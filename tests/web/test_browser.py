@@ -174,3 +174,56 @@ def png_bytes(size: tuple[int, int] = (8, 8)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (30, 90, 200)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+# The widest option's text, in the select's own font, against the room the select gives it
+# (its width less its padding, whose right side holds the arrow).
+SELECT_ROOM = """
+const select = arguments[0];
+const style = getComputedStyle(select);
+const context = document.createElement("canvas").getContext("2d");
+context.font = style.font;
+const widest = Math.max(...[...select.options].map((o) => context.measureText(o.text).width));
+const room = select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const box = select.getBoundingClientRect();
+const viewport = document.documentElement.clientWidth;
+return {widest, room, left: box.left, right: box.right, viewport};
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_a_phone_the_right_class_menu_shows_every_option_whole(browser, live_server, tmp_path):
+    """At 390x844 the result page's 'Choose the right class' menu lies inside the screen and is
+    wide enough for its longest option, and each class can be chosen and sent."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    image_path = tmp_path / "photo.png"
+    image_path.write_bytes(png_bytes(size=(48, 48)))
+    browser.set_window_size(390, 844)
+    try:
+        browser.get(live_server.url + reverse("uploads:classify"))
+        browser.find_element(By.NAME, "images").send_keys(str(image_path))
+        browser.find_element(By.CSS_SELECTOR, "[data-submit]").click()
+        WebDriverWait(browser, 60).until(
+            expected_conditions.presence_of_element_located(
+                (By.CSS_SELECTOR, "[data-result-label]")
+            )
+        )
+        element = browser.find_element(By.CSS_SELECTOR, "[data-feedback-form] select")
+        room = browser.execute_script(SELECT_ROOM, element)
+        assert room["left"] >= 0 and room["right"] <= room["viewport"], room
+        assert room["widest"] <= room["room"], room
+        menu = Select(element)
+        prediction = Prediction.objects.get()
+        others = [o.get_attribute("value") for o in menu.options if o.get_attribute("value")]
+        assert sorted(others) == sorted(
+            n for n in prediction.probabilities if n != prediction.label
+        )
+        menu.select_by_value(others[-1])
+        browser.find_element(By.CSS_SELECTOR, "[data-feedback-form] [value='wrong']").click()
+        WebDriverWait(browser, 30).until(lambda _: prediction.feedback.exists())
+        assert prediction.feedback.get().label == others[-1]
+    finally:
+        browser.set_window_size(1280, 900)

@@ -69,7 +69,60 @@
           input.focus();
         });
         item.append(img, name, remove);
+        if (window.imageEditor) item.appendChild(editButton(file, index));
         list.appendChild(item);
+      });
+    }
+
+    // "Edit" opens the editor (editor.js) on one file; the edited file takes its place.
+    function editButton(file, index) {
+      var edit = document.createElement("button");
+      edit.type = "button";
+      edit.className = "preview-edit";
+      edit.textContent = "Edit";
+      edit.setAttribute("data-edit-index", String(index));
+      edit.setAttribute("aria-label", "Rotate, crop or invert " + file.name);
+      edit.addEventListener("click", function () { editFile(index, {}); });
+      return edit;
+    }
+
+    function editFile(index, options) {
+      window.imageEditor.open(input.files[index], options, function (edited) {
+        if (edited) {
+          var files = Array.from(input.files);
+          files[index] = edited;
+          setFiles(files);
+        }
+        var again = list.querySelector('[data-edit-index="' + index + '"]');
+        if (again) again.focus();
+      });
+    }
+
+    // A result page's "Invert it and classify again" link: /?edit=<its image>&invert=1 loads
+    // that image (same site only) into the editor, inverted, ready to classify.
+    function editFromLink() {
+      var params = new URLSearchParams(window.location.search);
+      var source = params.get("edit");
+      if (!source) return;
+      var url = new URL(source, window.location.href);
+      if (url.origin !== window.location.origin) return;
+      var select = form.querySelector('select[name="model"]');
+      var model = params.get("model");
+      if (select && model && select.querySelector('option[value="' + CSS.escape(model) + '"]')) {
+        select.value = model;
+        select.dispatchEvent(new Event("change", {bubbles: true}));
+      }
+      fetch(url.href, {credentials: "same-origin"}).then(function (response) {
+        if (!response.ok) throw new Error(response.status);
+        return response.blob();
+      }).then(function (blob) {
+        var name = params.get("name") || url.pathname.split("/").pop() || "image";
+        setFiles([new File([blob], name, {type: blob.type})]);
+        function openIt() { editFile(0, {invert: params.get("invert") === "1"}); }
+        if (window.imageEditor) openIt();
+        else document.addEventListener("image-editor-ready", openIt, {once: true});
+      }).catch(function () {
+        showError("That image could not be loaded here; choose it again.");
       });
     }
 
@@ -110,6 +163,8 @@
       submit.textContent = "Classifying…";
       form.setAttribute("aria-busy", "true");
     });
+    document.addEventListener("image-editor-ready", render);
+    editFromLink();
     // Coming back with the browser's back button: re-enable the form.
     window.addEventListener("pageshow", function () {
       submit.disabled = false;
