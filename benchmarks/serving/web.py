@@ -94,20 +94,22 @@ class Client:
     def __init__(self, port: int):
         self.port = port
         self.connection = http.client.HTTPConnection(HOST, port, timeout=60)
+        self.last_body = b""  # the last answer's body (b"": none)
 
     def predict(
         self, body: bytes, content_type: str, path: str = "/api/predict"
     ) -> tuple[int, float]:
+        """(status, milliseconds) of one POST; status 0 when no answer came."""
         start = time.perf_counter()
         try:
             self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
             response = self.connection.getresponse()
-            response.read()
+            self.last_body = response.read()
             status = response.status
         except (OSError, http.client.HTTPException):
             self.connection.close()
             self.connection = http.client.HTTPConnection(HOST, self.port, timeout=60)
-            status = 0
+            self.last_body, status = b"", 0
         return status, (time.perf_counter() - start) * 1000
 
     def close(self) -> None:
@@ -219,13 +221,12 @@ def free_port() -> int:
 METRICS_TOKEN = secrets.token_urlsafe(24)
 
 
-def start_server(
+def server_env(
     args: argparse.Namespace, workdir: Path, port: int, batching: bool
-) -> subprocess.Popen:
-    """Migrate a fresh SQLite database and start gunicorn with the production settings, alone
-    or (--nginx) behind nginx as deploy/run-local.sh runs them, listening on `port`."""
+) -> dict[str, str]:
+    """The environment of the stack start_server starts (and of a manage.py command run
+    against its database): production settings, SQLite and MEDIA_ROOT under `workdir`."""
     metrics_dir = workdir / "metrics"
-    metrics_dir.mkdir()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "classifier_site.settings.production",
@@ -256,6 +257,17 @@ def start_server(
                 "RUN_COLLECTSTATIC": "0",
             }
         )
+    return env
+
+
+def start_server(
+    args: argparse.Namespace, workdir: Path, port: int, batching: bool
+) -> subprocess.Popen:
+    """Migrate a fresh SQLite database and start gunicorn with the production settings, alone
+    or (--nginx) behind nginx as deploy/run-local.sh runs them, listening on `port`."""
+    (workdir / "metrics").mkdir()
+    env = server_env(args, workdir, port, batching)
+    if getattr(args, "nginx", False):
         return subprocess.Popen(
             ["bash", "deploy/run-local.sh", str(port), str(workdir / "run")],
             cwd=ROOT,

@@ -183,6 +183,22 @@ def test_rollback_serves_the_version_before(polling, model_dirs, second_version)
     _wait_until_serving(first)
 
 
+def test_rollback_after_the_first_publish_serves_the_settings_model_again(
+    polling, settings, model_dirs, second_version
+):
+    """Rolling back the first version published over a model of settings.CLASSIFIER_MODELS
+    serves the settings' directory again (it had no published row to go back to)."""
+    first = _served_version()
+    call_command("publish_model", str(second_version), "--name", "cifar10")
+    _wait_until_serving(ServedModel.objects.get(active=True).version)
+
+    call_command("publish_model", "--rollback", "cifar10")
+    active = ServedModel.objects.get(active=True)
+    assert active.version == first
+    assert Path(active.directory) == Path(settings.CLASSIFIER_MODELS["cifar10"]).resolve()
+    _wait_until_serving(first)
+
+
 def test_publishing_refuses_a_directory_without_a_model_and_a_reused_version(
     polling, tmp_path, model_dirs, second_version
 ):
