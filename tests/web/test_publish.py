@@ -48,11 +48,13 @@ def second_version(tmp_path_factory) -> Path:
 def polling(settings):
     """Workers read the published versions on every request; the served state is restored."""
     settings.CLASSIFIER_REGISTRY_POLL_S = 0.0
-    served = dict(classifiers._served)
+    served, warm = dict(classifiers._served), set(classifiers._warm)
     yield settings
     _wait_for_swaps()
     classifiers._served.clear()
     classifiers._served.update(served)
+    classifiers._warm.clear()
+    classifiers._warm.update(warm)  # a version warmed here is warmed again by the next test
     classifiers._swapping.clear()
     classifiers._published, classifiers._published_pks = {}, None
 
