@@ -254,7 +254,8 @@ def server_env(
                 "DJANGO_TRUSTED_PROXIES": HOST,
                 "GUNICORN_PORT": str(free_port()),
                 "PYTHON": sys.executable,
-                "RUN_COLLECTSTATIC": "0",
+                # Pages need the collected static files (their manifest); the API does not.
+                "RUN_COLLECTSTATIC": "1" if getattr(args, "pages", False) else "0",
             }
         )
     return env
