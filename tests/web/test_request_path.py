@@ -1,6 +1,7 @@
 """The request path's economies: derived images after the answer, reduced JPEG decoding when
 nothing is stored, and a bounded number of queries per prediction."""
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,17 @@ def test_an_unstored_jpeg_is_decoded_smaller_and_answers_like_the_stored_path(
     assert unstored.label == stored.label
     for name, probability in stored.probabilities.items():
         assert unstored.probabilities[name] == pytest.approx(probability, abs=0.01)
+
+
+def test_only_a_stored_image_is_hashed(upload_file, image_bytes):
+    """The stored path keeps the bytes' sha256; /api/classify's path, storing nothing, skips it."""
+    data = image_bytes("PNG", size=(40, 30), seed=2)
+    unstored = services._classify(
+        files=[upload_file(data)], model_name="cifar10", top_k=3, for_storage=False
+    )
+    stored = services.classify_upload(file=upload_file(data))
+    assert unstored.images[0].sha256 == ""
+    assert stored.upload.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_a_stored_prediction_costs_a_bounded_number_of_queries(client, upload_file):
