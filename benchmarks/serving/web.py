@@ -16,7 +16,7 @@ the server's /metrics gives the mean images per forward pass. Everything is boun
     python -m benchmarks.serving.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2
     --threads 4
     python -m benchmarks.serving.web --batching on                     # one mode only
-    python -m benchmarks.serving.web --nginx --batching off --also 2x8 3x4 4x2   # choose gunicorn's
+    python -m benchmarks.serving.web --nginx --batching off --also 2x8 3x4   # workers x threads
 
 Targets: p50 at most 2x the bare classifier's for /api/predict and 1.5x for /api/classify, both
 images; >= 250 requests/s at 8 and 32 clients through nginx with zero errors; batching on
