@@ -171,9 +171,9 @@ def run(args: argparse.Namespace) -> dict:
     new_dir, old, new = make_new_version(args.model_dir.resolve(), workdir / "published")
     server = web.start_server(args, workdir, port, batching=False)
     env = web.server_env(args, workdir, port, batching=False)
+    load = Load(port, args.clients)
     try:
         web.wait_until_ready(port, server, args.workers)
-        load = Load(port, args.clients)
         marks = {"start": time.monotonic()}
         load.start()
         time.sleep(args.hold)
@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> dict:
         marks["end"] = time.monotonic()
         rows = json.loads(manage(env, "shell", "-c", ROWS_REPORT).strip().splitlines()[-1])
     finally:
+        load.stop.set()  # on a failure too: the clients' threads end
         web.stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
     return {
