@@ -18,20 +18,25 @@ the version just served.
 
     python -m benchmarks.serving.publish                                   # 8 clients, 5 s holds
     python -m benchmarks.serving.publish --clients 8 --hold 5 --workers 2 --threads 4
+    python -m benchmarks.serving.publish --via admin      # the admin's form and Roll back action
 
 Needs nginx (Debian: apt-get install nginx). The clients share the machine with the server.
 """
 
 import argparse
 import datetime
+import http.client
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +146,62 @@ class Load:
         return None
 
 
+class Admin:
+    """A staff user's browser in the admin, on one connection: the other way to publish and roll
+    back (a request to a running worker; no new process on the machine)."""
+
+    USER = "bench-admin"
+
+    def __init__(self, port: int, password: str):
+        self.connection = http.client.HTTPConnection(web.HOST, port, timeout=120)
+        self.cookies: dict[str, str] = {}
+        self._post_form("/admin/login/", {"username": self.USER, "password": password})
+        if "sessionid" not in self.cookies:
+            raise RuntimeError("the admin login failed")
+
+    def publish(self, directory: Path, name: str) -> None:
+        self._post_form(
+            "/admin/uploads/servedmodel/add/",
+            {"name": name, "directory": str(directory), "note": "benchmark", "_save": "Save"},
+        )
+
+    def roll_back(self, name: str) -> None:
+        changelist = f"/admin/uploads/servedmodel/?name={name}"
+        pks = re.findall(r'name="_selected_action" value="(\d+)"', self._get(changelist))
+        if not pks:
+            raise RuntimeError(f"no published version of {name} in the admin")
+        self._post_form(
+            changelist, {"action": "roll_back", "_selected_action": pks[0], "index": "0"}
+        )
+
+    def _request(self, method: str, path: str, body: str = "") -> tuple[int, str]:
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        if method == "POST":
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        self.connection.request(method, path, body=body or None, headers=headers)
+        response = self.connection.getresponse()
+        text = response.read().decode(errors="replace")
+        for header, value in response.getheaders():
+            if header.lower() == "set-cookie":
+                key, _, rest = value.partition("=")
+                self.cookies[key.strip()] = rest.split(";", 1)[0]
+        return response.status, text
+
+    def _get(self, path: str) -> str:
+        status, text = self._request("GET", path)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status}")
+        return text
+
+    def _post_form(self, path: str, fields: dict[str, str]) -> None:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', self._get(path))
+        body = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token.group(1)})
+        status, text = self._request("POST", path, body)
+        if status != 302:  # a form shown again says what was wrong
+            errors = re.findall(r'class="errorlist[^"]*"[^>]*>(.*?)</ul>', text, re.S)
+            raise RuntimeError(f"POST {path}: {status} {errors[:2]}")
+
+
 def manage(env: dict[str, str], *arguments: str) -> str:
     result = subprocess.run(
         [sys.executable, "manage.py", *arguments],
@@ -174,16 +235,31 @@ def run(args: argparse.Namespace) -> dict:
     load = Load(port, args.clients)
     try:
         web.wait_until_ready(port, server, args.workers)
+        admin = None
+        if args.via == "admin":
+            password = secrets.token_urlsafe(16)
+            manage(
+                {**env, "DJANGO_SUPERUSER_PASSWORD": password},
+                *("createsuperuser", "--noinput", "--username", Admin.USER),
+                *("--email", "bench@example.com"),
+            )
+            admin = Admin(port, password)
         marks = {"start": time.monotonic()}
         load.start()
         time.sleep(args.hold)
         marks["publish"] = time.monotonic()
-        manage(env, "publish_model", str(new_dir), "--name", NAME, "--note", "benchmark")
+        if admin is not None:
+            admin.publish(new_dir, NAME)
+        else:
+            manage(env, "publish_model", str(new_dir), "--name", NAME, "--note", "benchmark")
         marks["publish_done"] = time.monotonic()
         marks["published"] = wait_settled(load, new, marks["publish"])
         time.sleep(args.hold)
         marks["rollback"] = time.monotonic()
-        manage(env, "publish_model", "--rollback", NAME)
+        if admin is not None:
+            admin.roll_back(NAME)
+        else:
+            manage(env, "publish_model", "--rollback", NAME)
         marks["rollback_done"] = time.monotonic()
         marks["rolled_back"] = wait_settled(load, old, marks["rollback"])
         time.sleep(args.hold)
@@ -196,7 +272,8 @@ def run(args: argparse.Namespace) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "server": f"nginx -> gunicorn {args.workers} workers x {args.threads} threads, SQLite, "
-        f"loopback, {args.clients} clients",
+        f"loopback, {args.clients} clients, published with "
+        + ("the admin" if args.via == "admin" else "manage.py publish_model"),
         "old": old,
         "new": new,
         "command_s": {
@@ -277,8 +354,8 @@ def print_report(results: dict) -> None:
     print(f"{results['server']}, {os.cpu_count()} CPUs; old {results['old']}, new {results['new']}")
     command = results["command_s"]
     print(
-        f"manage.py publish_model ran {command['publish']:.1f} s, --rollback "
-        f"{command['rollback']:.1f} s (inside the phases 'publishing' and 'rolling back')"
+        f"publishing took {command['publish']:.1f} s, rolling back {command['rollback']:.1f} s "
+        "to ask for (inside the phases 'publishing' and 'rolling back')"
     )
     print(f"{'phase':<14}{'s':>6}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'max ms':>9}{'old':>7}{'new':>7}")  # fmt: skip
@@ -300,11 +377,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hold", type=float, default=5.0, help="seconds before and after swaps")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--via",
+        choices=["command", "admin"],
+        default="command",
+        help="publish and roll back with manage.py publish_model, or the admin's form and action",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
         parser.error(f"no model at {args.model_dir}; pass --model-dir PATH to an exported model")
-    args.model, args.nginx = NAME, True  # what web.start_server reads
+    # What web.start_server reads (the admin's pages need the collected static files).
+    args.model, args.nginx, args.pages = NAME, True, args.via == "admin"
     results = run(args)
     if args.json:
         print(json.dumps(results, indent=2))
