@@ -201,6 +201,22 @@ def test_rollback_after_the_first_publish_serves_the_settings_model_again(
     _wait_until_serving(first)
 
 
+def test_a_rollback_to_a_version_this_worker_compiled_swaps_it_in_without_warming_it(
+    polling, monkeypatch, model_dirs, second_version
+):
+    """Rolling back to the version served before the publish reuses its compiled classifier:
+    no warm-up runs (a warm-up costs the serving cores seconds)."""
+    first = _served_version()
+    call_command("publish_model", str(second_version), "--name", "cifar10")
+    _wait_until_serving(ServedModel.objects.get(active=True).version)
+    warmed = []
+    monkeypatch.setattr(Classifier, "warmup", lambda self: warmed.append(self.version))
+
+    call_command("publish_model", "--rollback", "cifar10")
+    _wait_until_serving(first)
+    assert warmed == []
+
+
 def test_publishing_refuses_a_directory_without_a_model_and_a_reused_version(
     polling, tmp_path, model_dirs, second_version
 ):
