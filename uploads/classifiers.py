@@ -285,12 +285,19 @@ def _start_swap(name: str, directory: Path) -> None:
     ).start()
 
 
+# The nice value of a swap's warm-up thread: it yields the CPUs to the requests being served.
+SWAP_NICENESS = 10
+
+
 def _swap(name: str, directory: Path) -> None:
     key = (name, str(directory))
     started = time.perf_counter()
+    with contextlib.suppress(AttributeError, OSError):  # Linux: one thread's priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWAP_NICENESS)
     try:
         served = _make_served(name, directory)
-        served.classifier.warmup()
+        if key not in _warm:  # a rollback to a version this process served: compiled already
+            served.classifier.warmup()
     except Exception as err:  # the old version keeps serving; retried when the registry changes
         _errors[key] = str(err)
         logger.error("Model %r from %s failed to warm; the old version serves: %s", *key, err)

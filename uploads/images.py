@@ -159,13 +159,15 @@ def read_validated_image(
     max_pixels: int,
     max_side: int | None = None,
     draft_side: int | None = None,
+    digest: bool = True,
 ) -> ValidatedImage:
     """Validate and decode untrusted image bytes, or raise UploadRejected saying why.
 
     The decoded image is at most `max_side` (default: settings.UPLOAD_STORED_MAX_SIDE) pixels
     on its longer side; larger ones are shrunk, keeping their proportions. With `draft_side`, a
     JPEG is decoded at the smallest DCT scale whose longer side is still >= draft_side (up to
-    8x fewer pixels decoded, for an answer that stores nothing).
+    8x fewer pixels decoded, for an answer that stores nothing). Without `digest`, sha256 is ""
+    (the bytes' digest is kept with a stored upload only).
     """
     original_name = clean_original_name(name)
     check_byte_size(len(data), name=original_name, max_bytes=max_bytes)
@@ -178,7 +180,7 @@ def read_validated_image(
     return ValidatedImage(
         image=image,
         format=image_format,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest() if digest else "",  # "": not stored, not needed
         size_bytes=len(data),
         original_name=original_name,
     )

@@ -13,6 +13,7 @@ every Prediction.model_version says which export answered.
 
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -68,15 +69,22 @@ def activate(*, row: ServedModel) -> ServedModel:
 
 @transaction.atomic
 def roll_back(*, name: str) -> ServedModel:
-    """Serve again the version of `name` that was served before the current one."""
+    """Serve again the version of `name` that was served before the current one: the one
+    published before it, or, after the first publish over settings.CLASSIFIER_MODELS, the
+    settings' directory (published in turn, so every worker swaps it in warm)."""
     rows = list(
         ServedModel.objects.select_for_update()
         .filter(name=name, activated_at__isnull=False)
         .order_by("-activated_at", "-id")[:2]
     )
-    if len(rows) < 2 or not rows[0].active:
-        raise PublishError(f"{name!r} has no earlier published version to roll back to.")
-    return _activate(rows[1])
+    if len(rows) >= 2 and rows[0].active:
+        return _activate(rows[1])
+    configured = settings.CLASSIFIER_MODELS.get(name)
+    if len(rows) == 1 and rows[0].active and configured:
+        path = Path(configured).expanduser().resolve()
+        if path != Path(rows[0].directory):
+            return publish_model(directory=path, name=name, note="rolled back")
+    raise PublishError(f"{name!r} has no earlier published version to roll back to.")
 
 
 def unpublish(*, name: str) -> int:

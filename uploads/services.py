@@ -222,7 +222,8 @@ def _classify(
     top_k = _check_top_k(top_k, classifier.record.num_classes)
 
     draft_side = None if for_storage else DRAFT_FACTOR * max(classifier.record.image_shape[:2])
-    images = [_read(file, draft_side=draft_side) for file in files]
+    # An answer that stores nothing needs no digest of the bytes (the stored row's sha256).
+    images = [_read(file, draft_side=draft_side, digest=for_storage) for file in files]
     if on_decoded is not None:
         on_decoded(images)
     inference_started = time.perf_counter()
@@ -380,7 +381,9 @@ def _check_top_k(top_k: int | None, num_classes: int) -> int:
     return min(top_k, num_classes)
 
 
-def _read(file: UploadedFile, *, draft_side: int | None = None) -> ValidatedImage:
+def _read(
+    file: UploadedFile, *, draft_side: int | None = None, digest: bool = True
+) -> ValidatedImage:
     if file.size is not None:
         check_byte_size(
             file.size, name=clean_original_name(file.name), max_bytes=settings.UPLOAD_MAX_BYTES
@@ -393,6 +396,7 @@ def _read(file: UploadedFile, *, draft_side: int | None = None) -> ValidatedImag
         max_bytes=settings.UPLOAD_MAX_BYTES,
         max_pixels=settings.UPLOAD_MAX_PIXELS,
         draft_side=draft_side,
+        digest=digest,
     )
 
 

@@ -3,9 +3,11 @@
 Django's cache framework was the obvious store, but a per-process cache (LocMem) counts per
 worker (120/min became 240 with two workers), and a shared one is read and written with `get`
 then `set` (what DRF's throttles do, and what DatabaseCache's `incr` does), which loses counts
-when two workers count one client at once. Here a request is admitted by one
-INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING (SQLite 3.35+, PostgreSQL): the count
-of admitted requests rises only while it is under the limit, whatever process asks.
+when two workers count one client at once. Here a request is admitted by one statement,
+INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING (SQLite 3.35+, PostgreSQL),
+which reads the previous window's count itself: the count of admitted requests rises only while
+it is under the limit, whatever process asks. A refused request reads the counts once more, to
+say when to retry.
 
 The window slides: the previous fixed window's count, weighted by how much of it still lies
 within the last `duration` seconds, is added to the current one's (the usual approximation of
@@ -39,31 +41,31 @@ def admit(key: str, *, limit: int, duration: float, now: float | None = None) ->
     start = int(now // duration * duration)
     elapsed = (now - start) / duration
     table = connection.ops.quote_name(rate_count._meta.db_table)
+    before, weight = start - int(duration), 1 - elapsed  # the previous window's share still in
+    previous_hits = f"COALESCE((SELECT hits FROM {table} WHERE key = %s AND bucket = %s), 0)"
     with connection.cursor() as cursor:
+        # One statement: a new window's row is inserted, or an existing one counted, only while
+        # admitted + previous x weight stays under the limit; a row comes back when admitted.
         cursor.execute(
-            f"SELECT bucket, hits FROM {table} WHERE key = %s AND bucket IN (%s, %s)",  # noqa: S608
-            [key, start - int(duration), start],
+            f"INSERT INTO {table} (key, bucket, hits) SELECT %s, %s, 1 "  # noqa: S608
+            f"WHERE {previous_hits} * %s < %s "
+            f"ON CONFLICT (key, bucket) DO UPDATE SET hits = {table}.hits + 1 "
+            f"WHERE {table}.hits + {previous_hits} * %s < %s RETURNING hits",
+            [key, start, key, before, weight, limit, key, before, weight, limit],
         )
-        counts = dict(cursor.fetchall())
-        previous = counts.get(start - int(duration), 0)
-        room = limit - previous * (1 - elapsed)  # admitted here may rise while below it
-        row = None
-        if room > 0:
+        row = cursor.fetchone()
+        if row is None:  # refused (rare): the counts say how long to wait
             cursor.execute(
-                f"INSERT INTO {table} (key, bucket, hits) VALUES (%s, %s, 1) "  # noqa: S608
-                f"ON CONFLICT (key, bucket) DO UPDATE SET hits = {table}.hits + 1 "
-                f"WHERE {table}.hits < %s RETURNING hits",
-                [key, start, room],
+                f"SELECT bucket, hits FROM {table} WHERE key = %s AND bucket IN (%s, %s)",  # noqa: S608
+                [key, before, start],
             )
-            row = cursor.fetchone()
+            counts = dict(cursor.fetchall())
     if random.randrange(CLEANUP_ONE_IN) == 0:
         rate_count.objects.filter(bucket__lt=now - LONGEST_WINDOW_S).delete()
     if row is not None:
         return Decision(True, 0.0)
-    current = counts.get(start, 0)
-    return Decision(
-        False, _wait(limit, duration, elapsed, current, previous / max(1e-9, 1 - elapsed))
-    )
+    current, previous = counts.get(start, 0), counts.get(before, 0)
+    return Decision(False, _wait(limit, duration, elapsed, current, previous / max(1e-9, weight)))
 
 
 def _wait(limit: int, duration: float, elapsed: float, current: int, previous: int) -> float:

@@ -16,6 +16,7 @@ the server's /metrics gives the mean images per forward pass. Everything is boun
     python -m benchmarks.serving.web --requests 100 --clients 1 8 32 --seconds 10 --workers 2
     --threads 4
     python -m benchmarks.serving.web --batching on                     # one mode only
+    python -m benchmarks.serving.web --nginx --batching off --also 2x8 3x4   # workers x threads
 
 Targets: p50 at most 2x the bare classifier's for /api/predict and 1.5x for /api/classify, both
 images; >= 250 requests/s at 8 and 32 clients through nginx with zero errors; batching on
@@ -94,20 +95,22 @@ class Client:
     def __init__(self, port: int):
         self.port = port
         self.connection = http.client.HTTPConnection(HOST, port, timeout=60)
+        self.last_body = b""  # the last answer's body (b"": none)
 
     def predict(
         self, body: bytes, content_type: str, path: str = "/api/predict"
     ) -> tuple[int, float]:
+        """(status, milliseconds) of one POST; status 0 when no answer came."""
         start = time.perf_counter()
         try:
             self.connection.request("POST", path, body=body, headers={"Content-Type": content_type})
             response = self.connection.getresponse()
-            response.read()
+            self.last_body = response.read()
             status = response.status
         except (OSError, http.client.HTTPException):
             self.connection.close()
             self.connection = http.client.HTTPConnection(HOST, self.port, timeout=60)
-            status = 0
+            self.last_body, status = b"", 0
         return status, (time.perf_counter() - start) * 1000
 
     def close(self) -> None:
@@ -219,13 +222,12 @@ def free_port() -> int:
 METRICS_TOKEN = secrets.token_urlsafe(24)
 
 
-def start_server(
+def server_env(
     args: argparse.Namespace, workdir: Path, port: int, batching: bool
-) -> subprocess.Popen:
-    """Migrate a fresh SQLite database and start gunicorn with the production settings, alone
-    or (--nginx) behind nginx as deploy/run-local.sh runs them, listening on `port`."""
+) -> dict[str, str]:
+    """The environment of the stack start_server starts (and of a manage.py command run
+    against its database): production settings, SQLite and MEDIA_ROOT under `workdir`."""
     metrics_dir = workdir / "metrics"
-    metrics_dir.mkdir()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "classifier_site.settings.production",
@@ -253,9 +255,21 @@ def start_server(
                 "DJANGO_TRUSTED_PROXIES": HOST,
                 "GUNICORN_PORT": str(free_port()),
                 "PYTHON": sys.executable,
-                "RUN_COLLECTSTATIC": "0",
+                # Pages need the collected static files (their manifest); the API does not.
+                "RUN_COLLECTSTATIC": "1" if getattr(args, "pages", False) else "0",
             }
         )
+    return env
+
+
+def start_server(
+    args: argparse.Namespace, workdir: Path, port: int, batching: bool
+) -> subprocess.Popen:
+    """Migrate a fresh SQLite database and start gunicorn with the production settings, alone
+    or (--nginx) behind nginx as deploy/run-local.sh runs them, listening on `port`."""
+    (workdir / "metrics").mkdir()
+    env = server_env(args, workdir, port, batching)
+    if getattr(args, "nginx", False):
         return subprocess.Popen(
             ["bash", "deploy/run-local.sh", str(port), str(workdir / "run")],
             cwd=ROOT,
@@ -385,6 +399,33 @@ def measure_mode(
     }
 
 
+def measure_config(args: argparse.Namespace, image: bytes, config: str) -> dict:
+    """Throughput only (batching off) with another `WORKERSxTHREADS` of gunicorn."""
+    workers, threads = (int(n) for n in config.lower().split("x"))
+    other = argparse.Namespace(**{**vars(args), "workers": workers, "threads": threads})
+    workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
+    port = free_port()
+    server = start_server(other, workdir, port, batching=False)
+    try:
+        wait_until_ready(port, server, workers)
+        throughput = [
+            measure_throughput(port, image, args.model, clients, args.seconds)
+            for clients in args.clients
+        ]
+    finally:
+        stop_server(server)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"config": f"{workers}x{threads}", "throughput": throughput}
+
+
+def gunicorn_config(text: str) -> str:
+    """argparse type of --also: WORKERSxTHREADS, both positive."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WORKERSxTHREADS (e.g. 3x4)")
+    return text.lower()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cifar10", help="model name to register")
@@ -406,6 +447,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--nginx", action="store_true", help="through nginx, as deploy/run-local.sh runs it"
     )
+    parser.add_argument(
+        "--also",
+        type=gunicorn_config,
+        nargs="+",
+        default=[],
+        metavar="WxT",
+        help="other gunicorn workers x threads to measure throughput with (batching off), "
+        "after the main runs, in the same command",
+    )
     parser.add_argument("--show-scrape", action="store_true", help="print the batcher's metrics")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -417,6 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
     modes = {"both": [False, True], "off": [False], "on": [True]}[args.batching]
     bare = bare_predictors(args.model_dir, images)  # timed between the requests
     runs = [measure_mode(args, images, names, batching, bare) for batching in modes]
+    configs = [measure_config(args, images["png_32x32"], config) for config in args.also]
 
     front = "nginx -> " if args.nginx else ""
     results = {
@@ -424,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
         "loopback",
         "cpus": os.cpu_count(),
         "runs": runs,
+        "main_config": f"{args.workers}x{args.threads}",
+        "configs": configs,
     }
     if args.json:
         print(json.dumps(results, indent=2))
@@ -477,10 +530,32 @@ def print_report(results: dict, *, show_scrape: bool = False) -> None:
                 f"{t['p95_ms']:>9.1f}{t['p99_ms']:>9.1f}{t['errors']:>8}{ratio:>8}"
                 f"{t['images_per_pass']:>10.2f}"
             )
+    if results.get("configs"):
+        print_configs(results, off)
     for run in results["runs"]:
         if run["batching"] and show_scrape:
             shown = [line for line in run["scrape"].splitlines() if line.startswith(SHOWN)]
             print("\n".join(shown))
+
+
+def print_configs(results: dict, off: dict[int, dict]) -> None:
+    """Throughput with the other workers x threads (--also), against the main runs' (off)."""
+    print()
+    print(f"{'gunicorn':<10}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}{'vs ' + results['main_config']:>9}")  # fmt: skip
+    main_rows = [(results["main_config"], t) for t in off.values()]
+    other_rows = [(c["config"], t) for c in results["configs"] for t in c["throughput"]]
+    for config, t in main_rows + other_rows:
+        base = off.get(t["clients"])
+        ratio = (
+            f"{t['requests_per_s'] / base['requests_per_s']:.2f}x"
+            if base and base["requests_per_s"]
+            else ""
+        )
+        print(
+            f"{config:<10}{t['clients']:>8}{t['requests_per_s']:>9.1f}{t['p50_ms']:>9.1f}"
+            f"{t['p95_ms']:>9.1f}{t['p99_ms']:>9.1f}{t['errors']:>8}{ratio:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,11 +48,13 @@ def second_version(tmp_path_factory) -> Path:
 def polling(settings):
     """Workers read the published versions on every request; the served state is restored."""
     settings.CLASSIFIER_REGISTRY_POLL_S = 0.0
-    served = dict(classifiers._served)
+    served, warm = dict(classifiers._served), set(classifiers._warm)
     yield settings
     _wait_for_swaps()
     classifiers._served.clear()
     classifiers._served.update(served)
+    classifiers._warm.clear()
+    classifiers._warm.update(warm)  # a version warmed here is warmed again by the next test
     classifiers._swapping.clear()
     classifiers._published, classifiers._published_pks = {}, None
 
@@ -181,6 +183,38 @@ def test_rollback_serves_the_version_before(polling, model_dirs, second_version)
     call_command("publish_model", "--rollback", "cifar10")
     assert ServedModel.objects.get(active=True).version == first
     _wait_until_serving(first)
+
+
+def test_rollback_after_the_first_publish_serves_the_settings_model_again(
+    polling, settings, model_dirs, second_version
+):
+    """Rolling back the first version published over a model of settings.CLASSIFIER_MODELS
+    serves the settings' directory again (it had no published row to go back to)."""
+    first = _served_version()
+    call_command("publish_model", str(second_version), "--name", "cifar10")
+    _wait_until_serving(ServedModel.objects.get(active=True).version)
+
+    call_command("publish_model", "--rollback", "cifar10")
+    active = ServedModel.objects.get(active=True)
+    assert active.version == first
+    assert Path(active.directory) == Path(settings.CLASSIFIER_MODELS["cifar10"]).resolve()
+    _wait_until_serving(first)
+
+
+def test_a_rollback_to_a_version_this_worker_compiled_swaps_it_in_without_warming_it(
+    polling, monkeypatch, model_dirs, second_version
+):
+    """Rolling back to the version served before the publish reuses its compiled classifier:
+    no warm-up runs (a warm-up costs the serving cores seconds)."""
+    first = _served_version()
+    call_command("publish_model", str(second_version), "--name", "cifar10")
+    _wait_until_serving(ServedModel.objects.get(active=True).version)
+    warmed = []
+    monkeypatch.setattr(Classifier, "warmup", lambda self: warmed.append(self.version))
+
+    call_command("publish_model", "--rollback", "cifar10")
+    _wait_until_serving(first)
+    assert warmed == []
 
 
 def test_publishing_refuses_a_directory_without_a_model_and_a_reused_version(

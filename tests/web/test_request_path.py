@@ -1,6 +1,7 @@
 """The request path's economies: derived images after the answer, reduced JPEG decoding when
 nothing is stored, and a bounded number of queries per prediction."""
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,10 +86,21 @@ def test_an_unstored_jpeg_is_decoded_smaller_and_answers_like_the_stored_path(
         assert unstored.probabilities[name] == pytest.approx(probability, abs=0.01)
 
 
+def test_only_a_stored_image_is_hashed(upload_file, image_bytes):
+    """The stored path keeps the bytes' sha256; /api/classify's path, storing nothing, skips it."""
+    data = image_bytes("PNG", size=(40, 30), seed=2)
+    unstored = services._classify(
+        files=[upload_file(data)], model_name="cifar10", top_k=3, for_storage=False
+    )
+    stored = services.classify_upload(file=upload_file(data))
+    assert unstored.images[0].sha256 == ""
+    assert stored.upload.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_a_stored_prediction_costs_a_bounded_number_of_queries(client, upload_file):
-    """POST /api/predict from a new client: the shared throttle's two, the session's two, the
-    upload's and prediction's inserts in one transaction, and no query to read back what it
-    just saved."""
+    """POST /api/predict from a new client: the shared throttle's one statement, the new
+    session's insert (no query for whether its random key exists), the upload's and
+    prediction's inserts in one transaction, and no query to read back what it just saved."""
     client.post(reverse("uploads:api-predict"), {"image": upload_file()})  # warm caches
     client.cookies.clear()
     with CaptureQueriesContext(connection) as queries:
@@ -96,4 +108,32 @@ def test_a_stored_prediction_costs_a_bounded_number_of_queries(client, upload_fi
     assert response.status_code == 201
     selects_of_uploads = [q for q in queries if q["sql"].startswith('SELECT "uploads_upload"')]
     assert selects_of_uploads == []
-    assert len(queries) <= 10, [q["sql"][:80] for q in queries]
+    assert not [q for q in queries if q["sql"].startswith('SELECT 1 AS "a" FROM "django_session"')]
+    assert len(queries) <= 8, [q["sql"][:80] for q in queries]
+
+
+def test_classifying_without_storing_costs_one_query(client, upload_file):
+    """POST /api/classify (the camera's frames) touches the database once: the shared throttle,
+    admitted and counted in one statement."""
+    client.post(reverse("uploads:api-classify"), {"image": upload_file()})  # warm caches
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(reverse("uploads:api-classify"), {"image": upload_file()})
+    assert response.status_code == 200
+    assert len(queries) == 1, [q["sql"][:80] for q in queries]
+
+
+def test_a_new_session_whose_random_key_is_taken_draws_another(monkeypatch):
+    """Without the existence query, a new session's key that collides with a stored one is
+    refused by the insert and another is drawn; the stored session is untouched."""
+    from uploads import sessions
+
+    taken = sessions.SessionStore()
+    taken["owner"] = "first"
+    taken.save()
+    keys = iter([taken.session_key, "b" * 32])
+    monkeypatch.setattr(sessions, "get_random_string", lambda *args: next(keys))
+    fresh = sessions.SessionStore()
+    fresh["owner"] = "second"
+    fresh.save()
+    assert fresh.session_key == "b" * 32
+    assert sessions.SessionStore(session_key=taken.session_key)["owner"] == "first"
