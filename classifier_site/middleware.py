@@ -155,6 +155,15 @@ class LiveRateThrottle(ClientRateThrottle):
 
     scope = "live"
 
+    @classmethod
+    def min_interval_ms(cls) -> int:
+        """The shortest gap between two frames that keeps a camera within the rate (0 when
+        unlimited): the page paces itself by it rather than running into 429s."""
+        throttle = cls()
+        if throttle.rate is None:
+            return 0
+        return math.ceil(1000 * throttle.duration / throttle.num_requests)
+
 
 def throttle_wait(request) -> int | None:
     """Count one request of this client against the rate (for views outside DRF); None when

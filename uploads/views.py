@@ -27,7 +27,7 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.generic import DetailView, ListView
 
-from classifier_site.middleware import throttle_wait
+from classifier_site.middleware import LiveRateThrottle, throttle_wait
 from research.configs import DATASETS
 from research.serving import model_dir
 from uploads import classifiers, model_pages, services
@@ -97,6 +97,7 @@ def classify(request: HttpRequest) -> HttpResponse:
         "max_files": settings.UPLOAD_MAX_FILES,
         "max_bytes": settings.UPLOAD_MAX_BYTES,
         "live_models": _describe_live_models(),
+        "live_interval_ms": LiveRateThrottle.min_interval_ms(),
     }
     response = render(request, "uploads/classify.html", context, status=status)
     if retry_after is not None:

@@ -1,6 +1,7 @@
 """The classify page's live modes in headless Chromium (a fake camera), the example files they
 use, and the 390-pixel phone layout of the main pages."""
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -121,6 +122,56 @@ def test_camera_answers_continuously_one_frame_at_a_time_and_capture_stores_one(
     WebDriverWait(live_browser, 30).until(
         lambda driver: driver.find_elements(By.CSS_SELECTOR, "[data-result-label]")
     )
+
+
+# Records when each /api/classify request is sent (ms, performance.now()).
+RECORD_SENDS = """
+window.sends = [];
+const sendFetch = window.fetch;
+window.fetch = function (url, options) {
+  if (String(url).includes("/api/classify")) window.sends.push(performance.now());
+  return sendFetch(url, options);
+};
+"""
+
+
+@needs_chromium
+@pytest.mark.django_db(transaction=True)
+def test_the_camera_paces_its_frames_to_the_servers_rate_instead_of_being_refused(
+    live_browser, live_server, monkeypatch
+):
+    """At 120 frames a minute the page sends a frame every 500 ms at most, so the rate never
+    refuses it and the camera never pauses (unpaced, it sent one every ~20-80 ms and ran into
+    the limit's 429 after a few seconds)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from classifier_site.middleware import LiveRateThrottle
+
+    monkeypatch.setattr(LiveRateThrottle, "THROTTLE_RATES", {"live": "120/min"})
+    open_classify(live_browser, live_server, "cifar10")
+    form = live_browser.find_element(By.CSS_SELECTOR, "[data-upload-form]")
+    assert form.get_attribute("data-live-interval-ms") == "500"
+    live_browser.execute_script(RECORD_SENDS)
+    live_browser.find_element(By.CSS_SELECTOR, '[data-mode="camera"]').click()
+    WebDriverWait(live_browser, 90).until(
+        lambda driver: driver.execute_script("return window.liveStats.answers") >= 5
+    )
+    sends = live_browser.execute_script("return window.sends")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sends)]
+    assert len(gaps) >= 4 and min(gaps) >= 495, gaps
+    assert not live_browser.find_element(By.CSS_SELECTOR, "[data-live-error]").is_displayed()
+
+
+def test_the_classify_page_states_the_cameras_frame_interval_from_the_live_rate(
+    client, monkeypatch
+):
+    from classifier_site.middleware import LiveRateThrottle
+
+    monkeypatch.setattr(LiveRateThrottle, "THROTTLE_RATES", {"live": "900/min"})
+    assert b'data-live-interval-ms="67"' in client.get(reverse("uploads:classify")).content
+    monkeypatch.setattr(LiveRateThrottle, "THROTTLE_RATES", {"live": None})
+    assert b'data-live-interval-ms="0"' in client.get(reverse("uploads:classify")).content
 
 
 # Holds every /api/classify answer until window.release() is called.

@@ -29,6 +29,9 @@
     var classifyUrl = form.getAttribute("data-classify-url");
     var predictUrl = form.getAttribute("data-predict-url");
     var detailUrl = form.getAttribute("data-detail-url");
+    // The camera paces its frames to the server's rate for /api/classify rather than running
+    // into it: at least this many ms from one frame's start to the next.
+    var frameIntervalMs = parseInt(form.getAttribute("data-live-interval-ms"), 10) || 0;
     var workspace = form.querySelector("[data-workspace]");
     var mode = "upload";
     var camera = null;
@@ -245,7 +248,8 @@
         }).then(function () {
           inFlight = false;
           showError("", "camera");
-          if (running) timer = window.setTimeout(loop, 0);
+          var pause = Math.max(0, frameIntervalMs - (performance.now() - began));
+          if (running) timer = window.setTimeout(loop, pause);
         }, function (error) {
           inFlight = false;
           var wait = error.retryAfter ? error.retryAfter * 1000 : 1000;
