@@ -252,12 +252,16 @@ def teach(
     now = dt.datetime.now(dt.UTC)
     record = backbone.record.replace(
         name=name,
+        dataset=name,  # its data are the examples, not the backbone's dataset (pages name it)
         class_names=class_names,
         version=now.strftime("%Y%m%d-%H%M%S"),
         step=settings.steps,
         temperature=1.0,
         unknown_threshold=None,
         unknown_score=UNKNOWN_SCORE,
+        # The backbone's prediction set was fitted on its own classes; a few held-out examples
+        # cannot fit one with a guarantee worth stating, so the new model answers its top class.
+        set_threshold=None,
         created=now.isoformat(timespec="seconds"),
         metrics={},
     )

@@ -67,6 +67,18 @@ def test_taught_model_separates_new_classes_on_held_out_examples(taught):
     assert teach.accuracy_on(taught.classifier, images, labels) >= 0.9
 
 
+def test_a_taught_model_claims_neither_the_prediction_set_nor_the_dataset_of_its_backbone(
+    backbone,
+):
+    """The backbone's conformal threshold (fitted on its own ten classes) must not pass to the
+    new classes: a page would promise a coverage nobody measured."""
+    with_set = Classifier(backbone.model, backbone.record.replace(set_threshold=0.9))
+    settings = teach.TeachSettings(views=2, steps=20)
+    result = teach.teach(with_set, colour_examples(4), name="colours", settings=settings)
+    assert result.classifier.record.set_threshold is None
+    assert result.classifier.record.dataset == "colours"  # not the backbone's: pages name it
+
+
 def test_the_backbone_is_unchanged_and_only_the_head_is_new(backbone, taught):
     image = colour_examples(1, seed=9)["red"][0][None]
     before = backbone.outputs_arrays(image)[1]

@@ -321,3 +321,13 @@ def test_a_full_disk_while_storing_examples_is_a_507_and_leaves_nothing(
     assert "no room to store images" in body and "No space left" not in body
     assert not Example.objects.exists()
     assert _files_under(teach_root) == []
+
+
+def test_a_finished_job_shows_its_status_once_without_the_last_phase(client):
+    """The page said 'Done done': the child's last phase word beside the status label."""
+    classifier = _mine(client)
+    _fill(client, classifier)
+    client.post(reverse("teaching:train", args=[classifier.pk]))
+    TrainingJob.objects.update(status=JobStatus.SUCCEEDED, phase="done")
+    page = client.get(classifier.get_absolute_url()).content.decode()
+    assert "<strong data-job-label>Done</strong> <span data-job-phase></span>" in page

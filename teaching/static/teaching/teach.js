@@ -29,7 +29,7 @@
           var bar = box.querySelector("[data-job-progress]");
           var left = box.querySelector("[data-job-left]");
           if (label) label.textContent = job.status_label;
-          if (phase) phase.textContent = job.phase + (job.steps ? " (step " + job.step + " of " + job.steps + ")" : "");
+          if (phase) phase.textContent = !job.active ? "" : job.phase + (job.steps ? " (step " + job.step + " of " + job.steps + ")" : "");
           if (bar && job.steps) { bar.max = job.steps; bar.value = job.step; }
           if (left) left.textContent = job.seconds_left !== null ? "About " + job.seconds_left + " s left" : "";
           if (job.active) { setTimeout(tick, POLL_MS); } else { window.location.reload(); }
