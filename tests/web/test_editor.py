@@ -190,6 +190,11 @@ def test_a_page_that_suggests_inverting_offers_it(browser, live_server, tmp_path
         "value"
     ) == ("fashion_mnist")
     editor.find_element(By.CSS_SELECTOR, "[data-editor-apply]").click()
+    # The edited file is made asynchronously (canvas.toBlob); a person sees the editor close
+    # and the edited file listed before classifying, and so does the test.
+    WebDriverWait(browser, 20).until(
+        lambda _: not editor.is_displayed() and "-edited." in browser.page_source
+    )
     first = Prediction.objects.get()
     browser.find_element(By.CSS_SELECTOR, "[data-submit]").click()
     WebDriverWait(browser, 60).until(lambda _: Prediction.objects.count() == 2)
