@@ -17,11 +17,14 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "classifier_site.settings.production")
 
-wsgi_app = "classifier_site.wsgi:application"
+# GUNICORN_WORKER_CLASS=asgi runs classifier_site.asgi under uvicorn's worker (the `asgi`
+# extra) instead of WSGI threads, for comparison: measured slower here (docs/benchmarks.md).
+_ASGI = os.environ.get("GUNICORN_WORKER_CLASS", "gthread") == "asgi"
+wsgi_app = "classifier_site.asgi:application" if _ASGI else "classifier_site.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 2))
 threads = int(os.environ.get("GUNICORN_THREADS", 4))
-worker_class = "gthread"
+worker_class = "uvicorn_worker.UvicornWorker" if _ASGI else "gthread"
 preload_app = False
 timeout = 120  # the first request of a worker may wait for model compilation
 graceful_timeout = 30

@@ -1,6 +1,6 @@
 """A first visit, step by step, at 390 and 1280 px: screenshots for docs/walkthrough.md.
 
-    .venv/bin/python scripts/walkthrough.py [--out docs/img/walkthrough] [--port 8765]
+    .venv/bin/python -m scripts.walkthrough [--out docs/img/walkthrough] [--port 8765]
 
 Starts the site on a throw-away database and media folder (the development settings, debug off,
 the shipped models), drives headless Chromium through it with Selenium (a fake camera, allowed
@@ -26,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from benchmarks.browser import headless_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = {"phone": (390, 844), "desktop": (1280, 900)}
 PHOTO = ROOT / "models" / "cifar10" / "examples" / "03-cat-1.png"
@@ -46,7 +48,7 @@ def main() -> int:
     ):
         images = make_inputs(Path(tmp))
         for name, size in WIDTHS.items():
-            with browser(Path(tmp) / f"profile-{name}", size) as driver:
+            with browser(size) as driver:
                 walk(driver, url, images, out, name)
     total = sum(p.stat().st_size for p in out.glob("*.png"))
     print(f"wrote {len(list(out.glob('*.png')))} screenshots to {out} ({total / 1e6:.1f} MB)")
@@ -124,31 +126,13 @@ def make_inputs(tmp: Path) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def browser(profile: Path, size: tuple[int, int]):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser") or ""
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--user-data-dir={profile}",
-        f"--window-size={size[0]},{size[1]}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_window_size(*size)
-    try:
+def browser(size: tuple[int, int]):
+    """Headless Chromium at `size` with the fake camera, no scrollbars in the screenshots."""
+    with headless_chromium(
+        size=size, fake_camera=True, extra_flags=["--hide-scrollbars"]
+    ) as driver:
+        driver.set_window_size(*size)
         yield driver
-    finally:
-        driver.quit()
 
 
 def shot(driver, out: Path, step: str, width: str) -> None:

@@ -23,41 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import browser
 from benchmarks.serving import web
 
 NAME = "cifar10"
 WARM_ANSWERS = 5  # answers before counting (the first frames compile nothing, but warm caches)
 FIRST_ANSWER_TIMEOUT_S = 90
-CHROMIUM_FLAGS = [  # as tests/web/test_browser.py runs it, plus the fake camera
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,900",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
-
-
-def open_browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    chromedriver = shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        raise SystemExit("needs Debian's chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
-    driver.set_page_load_timeout(60)
-    return driver
 
 
 def measure_camera(driver, url: str, seconds: float) -> dict:
@@ -100,20 +71,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not args.model_dir.is_dir():
         parser.error(f"no model at {args.model_dir}; pass --model-dir PATH to an exported model")
+    if not browser.available():
+        parser.error(browser.MISSING)
     args.model, args.nginx, args.pages = NAME, True, True  # what web.start_server reads
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-camera-"))
     workdir.chmod(0o755)  # nginx's workers (an unprivileged user under root) read static/ in it
     port = web.free_port()
     server = web.start_server(args, workdir, port, batching=False)
-    driver = None
     try:
         web.wait_until_ready(port, server, args.workers)
-        driver = open_browser(workdir / "chromium-profile")
-        result = measure_camera(driver, f"http://{web.HOST}:{port}/", args.seconds)
+        with browser.headless_chromium(fake_camera=True) as driver:
+            result = measure_camera(driver, f"http://{web.HOST}:{port}/", args.seconds)
     finally:
-        if driver is not None:
-            driver.quit()
         web.stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
     result["server"] = (

@@ -17,6 +17,7 @@ the server's /metrics gives the mean images per forward pass. Everything is boun
     --threads 4
     python -m benchmarks.serving.web --batching on                     # one mode only
     python -m benchmarks.serving.web --nginx --batching off --also 2x8 3x4   # workers x threads
+    python -m benchmarks.serving.web --nginx --batching off --also 2xasgi    # uvicorn's workers
 
 Targets: p50 at most 2x the bare classifier's for /api/predict and 1.5x for /api/classify, both
 images; >= 250 requests/s at 8 and 32 clients through nginx with zero errors; batching on
@@ -242,6 +243,7 @@ def server_env(
         "GUNICORN_BIND": f"{HOST}:{port}",
         "GUNICORN_WORKERS": str(args.workers),
         "GUNICORN_THREADS": str(args.threads),
+        "GUNICORN_WORKER_CLASS": getattr(args, "worker_class", "gthread"),
         # Every client comes from 127.0.0.1: the per-client rate would answer 429s.
         "DJANGO_API_THROTTLE_RATE": "10000000/min",
         "DJANGO_LIVE_THROTTLE_RATE": "10000000/min",  # /api/classify's own rate
@@ -400,14 +402,23 @@ def measure_mode(
 
 
 def measure_config(args: argparse.Namespace, image: bytes, config: str) -> dict:
-    """Throughput only (batching off) with another `WORKERSxTHREADS` of gunicorn."""
-    workers, threads = (int(n) for n in config.lower().split("x"))
-    other = argparse.Namespace(**{**vars(args), "workers": workers, "threads": threads})
+    """Throughput only (batching off) with another `WORKERSxTHREADS` of gunicorn, or
+    `WORKERSxasgi`: that many uvicorn workers running classifier_site.asgi."""
+    workers, kind = config.lower().split("x")
+    asgi = kind == "asgi"
+    other = argparse.Namespace(
+        **{
+            **vars(args),
+            "workers": int(workers),
+            "threads": args.threads if asgi else int(kind),
+            "worker_class": "asgi" if asgi else "gthread",
+        }
+    )
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     port = free_port()
     server = start_server(other, workdir, port, batching=False)
     try:
-        wait_until_ready(port, server, workers)
+        wait_until_ready(port, server, other.workers)
         throughput = [
             measure_throughput(port, image, args.model, clients, args.seconds)
             for clients in args.clients
@@ -415,14 +426,19 @@ def measure_config(args: argparse.Namespace, image: bytes, config: str) -> dict:
     finally:
         stop_server(server)
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"config": f"{workers}x{threads}", "throughput": throughput}
+    return {"config": config.lower(), "throughput": throughput}
 
 
 def gunicorn_config(text: str) -> str:
-    """argparse type of --also: WORKERSxTHREADS, both positive."""
+    """argparse type of --also: WORKERSxTHREADS (both positive) or WORKERSxasgi."""
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise argparse.ArgumentTypeError(f"{text!r} is not WORKERSxTHREADS (e.g. 3x4)")
+    if len(parts) != 2 or not all(
+        (part.isdigit() and int(part) > 0) or (index == 1 and part == "asgi")
+        for index, part in enumerate(parts)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not WORKERSxTHREADS or WORKERSxasgi (e.g. 3x4, 2xasgi)"
+        )
     return text.lower()
 
 
@@ -453,8 +469,9 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         default=[],
         metavar="WxT",
-        help="other gunicorn workers x threads to measure throughput with (batching off), "
-        "after the main runs, in the same command",
+        help="other gunicorn workers x threads (or WORKERSxasgi: uvicorn's workers, the asgi "
+        "extra) to measure throughput with (batching off), after the main runs, in the same "
+        "command",
     )
     parser.add_argument("--show-scrape", action="store_true", help="print the batcher's metrics")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

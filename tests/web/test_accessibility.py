@@ -9,17 +9,14 @@ from PIL import Image
 
 from uploads.models import Prediction
 
-from .test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (the fixture)
+from .test_browser import browser, needs_chromium  # noqa: F401 (the fixture)
 from .test_live import PHONE
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 BLOCKING = ("serious", "critical")
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
+pytestmark = needs_chromium
 
 RUN_AXE = """
 const done = arguments[arguments.length - 1];

@@ -2,52 +2,23 @@
 
 import base64
 import io
-import shutil
-import tempfile
 
 import pytest
 from django.urls import reverse
 from PIL import Image
 
+from benchmarks import browser as browser_tools
 from uploads.models import Prediction
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,900",
-]
+needs_chromium = pytest.mark.skipif(not browser_tools.available(), reason=browser_tools.MISSING)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser():
     """A headless Chromium with a throw-away profile, driven by Selenium."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with browser_tools.headless_chromium() as driver:
+        yield driver
 
 
 @pytest.mark.django_db(transaction=True)

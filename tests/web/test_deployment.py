@@ -224,6 +224,34 @@ def test_gunicorn_recycles_no_worker_by_default_and_spreads_restarts_when_asked(
 
 
 @pytest.mark.no_models
+def test_gunicorn_serves_wsgi_threads_by_default_and_uvicorn_asgi_when_asked():
+    """gthread over classifier_site.wsgi unless GUNICORN_WORKER_CLASS=asgi, which runs
+    classifier_site.asgi under uvicorn's worker (the comparison benchmarks.serving.web makes)."""
+    code = (
+        "import runpy; c = runpy.run_path('classifier_site/gunicorn_conf.py'); "
+        "print(c['worker_class'], c['wsgi_app'])"
+    )
+    assert run_python(code, {}).stdout.split() == ["gthread", "classifier_site.wsgi:application"]
+    assert run_python(code, {"GUNICORN_WORKER_CLASS": "asgi"}).stdout.split() == [
+        "uvicorn_worker.UvicornWorker",
+        "classifier_site.asgi:application",
+    ]
+
+
+@pytest.mark.no_models
+def test_the_web_benchmark_takes_workers_by_threads_or_by_asgi():
+    import argparse
+
+    from benchmarks.serving import web
+
+    assert web.gunicorn_config("3X4") == "3x4"
+    assert web.gunicorn_config("2xASGI") == "2xasgi"
+    for bad in ("asgix2", "0x4", "2x0", "2xuvicorn", "2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            web.gunicorn_config(bad)
+
+
+@pytest.mark.no_models
 def test_upload_limits_default_to_25_and_50_megapixels():
     """The per-image and per-request pixel limits, the decode bound and the stored size."""
     result = run_python(

@@ -8,15 +8,11 @@ from PIL import Image
 
 from uploads.models import Prediction
 
-from .test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (the fixture)
+from .test_browser import browser, needs_chromium  # noqa: F401 (the fixture)
 from .test_live import PHONE
 
 pytestmark = [
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-        "chromium-driver)",
-    ),
+    needs_chromium,
     pytest.mark.django_db(transaction=True),
 ]
 

@@ -3,8 +3,6 @@ use, and the 390-pixel phone layout of the main pages."""
 
 import itertools
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,34 +10,19 @@ import pytest
 from django.urls import reverse
 from PIL import Image
 
+from benchmarks import browser as browser_tools
 from research.serving import artifacts, model_dir
-from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+from tests.web.test_browser import needs_chromium
 from uploads.models import Prediction
 
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-)
-FAKE_MEDIA_FLAGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 PHONE = (390, 844)
 
 
 @pytest.fixture(scope="module")
 def live_browser():
     """A headless Chromium whose camera is Chromium's fake one, allowed without a prompt."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*CHROMIUM_FLAGS, *FAKE_MEDIA_FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with browser_tools.headless_chromium(fake_camera=True) as driver:
+        yield driver
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from PIL import Image
 from research.evaluation import report as model_report
 from research.serving import artifacts
 from research.serving.classifier import Classifier
-from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (a fixture)
+from tests.web.test_browser import browser, needs_chromium  # noqa: F401 (a fixture)
 from uploads import model_pages
 
 CLASSES = 10
@@ -221,10 +221,6 @@ def test_markdown_renderer_escapes_html_and_keeps_only_http_links():
 
 
 # ----------------------------------------------------------------------------- browser
-
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"
-)
 
 
 @needs_chromium

@@ -9,13 +9,11 @@ from teaching import files
 from teaching.models import Example, TaughtClassifier, TrainingJob
 from tests.web.teach_helpers import COLOURS, example_png, make_teach_env, start_worker, stop
 from tests.web.test_accessibility import violations
-from tests.web.test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (a fixture)
+from tests.web.test_browser import browser, needs_chromium  # noqa: F401  (a fixture)
 from uploads.models import Prediction, ServedModel
 
 pytestmark = [
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"
-    ),
+    needs_chromium,
     pytest.mark.django_db(transaction=True),
 ]
 EXAMPLES_PER_CLASS = 6
