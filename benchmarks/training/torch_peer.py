@@ -5,6 +5,7 @@
     python -m benchmarks.training.torch_peer --steps=5 --repeats=5 --threads=2
     python -m benchmarks.training.torch_peer --memory --threads=2  # peak memory of each step
     python -m benchmarks.training.torch_peer --memory --threads=2 --microbatches=4
+    python -m benchmarks.training.torch_peer --threads=2 --microbatches=16   # + PyTorch sliced
 
 The network is airbench94 as research.nets.models builds it for `AIRBENCH94_RECIPE` (widths
 64/256/256,
@@ -109,8 +110,10 @@ def count_torch_params(torch, net) -> int:
     return total
 
 
-def make_torch_step(torch, net, config: Config, batch: dict, *, bf16: bool):
-    """One training step of `net` on `batch` (uint8 NHWC images, as ours takes them)."""
+def make_torch_step(torch, net, config: Config, batch: dict, *, bf16: bool, microbatches: int = 1):
+    """One training step of `net` on `batch` (uint8 NHWC images, as ours takes them); with
+    `microbatches`, in that many slices one after the other, each slice's batch norm on its own
+    images and the gradients summed (the mean loss over the batch), as our step slices it."""
     functional = torch.nn.functional
     spec = configs.dataset_spec(DATASET)
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
@@ -132,16 +135,20 @@ def make_torch_step(torch, net, config: Config, batch: dict, *, bf16: bool):
     )
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
+    image_slices = images.chunk(microbatches)
+    label_slices = labels.chunk(microbatches)
+
     def step() -> None:
-        x = images.permute(0, 3, 1, 2).float().sub(mean).div(std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = net(x)
-        loss = functional.cross_entropy(
-            logits.float(), labels, label_smoothing=config.label_smoothing
-        )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for image_slice, label_slice in zip(image_slices, label_slices, strict=True):
+            x = image_slice.permute(0, 3, 1, 2).float().sub(mean).div(std)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = net(x)
+            loss = functional.cross_entropy(
+                logits.float(), label_slice, label_smoothing=config.label_smoothing
+            )
+            (loss / microbatches).backward()
         optimizer.step()
 
     net.train()
@@ -222,6 +229,11 @@ def build_steps(
     for name, bf16 in (("float32", False), ("bfloat16", True)):
         if f"torch {name}" in names:
             steps[f"torch {name}"] = make_torch_step(torch, net, config, batch, bf16=bf16)
+        sliced = f"torch {name} x{args.microbatches}"
+        if sliced in names:
+            steps[sliced] = make_torch_step(
+                torch, net, config, batch, bf16=bf16, microbatches=args.microbatches
+            )
     return steps
 
 
@@ -278,28 +290,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {name} | {peak / 2**30:.2f} | {peak / torch_fp32:.2f} |")
         return 0
 
-    steps = build_steps(torch, STEP_NAMES, args)
+    sliced = [f"torch {dtype} x{args.microbatches}" for dtype in ("float32", "bfloat16")]
+    steps = build_steps(torch, [*STEP_NAMES, *(sliced if args.microbatches > 1 else [])], args)
     start = time.perf_counter()
     figures = interleaved_rates(steps, args, config.batch_size)
     for name, rate in figures.items():
         print(f"{name:15s} {rate:8.1f} images/s", flush=True)
     print(f"({time.perf_counter() - start:.0f}s with compiling)")
 
-    torch_fp32, torch_bf16 = figures["torch float32"], figures["torch bfloat16"]
-    print()
-    print("| step | train images/s | / torch fp32 | / torch bf16 |")
-    print("|---|---:|---:|---:|")
-    print(
-        f"| PyTorch fp32 channels_last | {torch_fp32:.0f} | 1.00 | {torch_fp32 / torch_bf16:.2f} |"
-    )
-    print(f"| PyTorch bf16 autocast | {torch_bf16:.0f} | {torch_bf16 / torch_fp32:.2f} | 1.00 |")
-    for dtype in compute_dtypes():
-        rate = figures[f"ours {dtype}"]
-        print(
-            f"| ours (Flax, XLA) {dtype} | {rate:.0f} | {rate / torch_fp32:.2f} "
-            f"| {rate / torch_bf16:.2f} |"
-        )
+    print_ratios(figures, args.microbatches)
     return 0
+
+
+def print_ratios(figures: dict[str, float], microbatches: int) -> None:
+    """Markdown: each step's images/s over PyTorch's whole-batch steps' (and, with slices, over
+    PyTorch's steps in the same slices as ours)."""
+    torch_fp32, torch_bf16 = figures["torch float32"], figures["torch bfloat16"]
+    sliced = f" x{microbatches}" if microbatches > 1 else ""
+    bases = [("torch fp32", torch_fp32), ("torch bf16", torch_bf16)]
+    if sliced:
+        bases += [(f"torch fp32{sliced}", figures[f"torch float32{sliced}"])]
+        bases += [(f"torch bf16{sliced}", figures[f"torch bfloat16{sliced}"])]
+    rows = [("PyTorch fp32 channels_last", "torch float32")]
+    rows += [("PyTorch bf16 autocast", "torch bfloat16")]
+    if sliced:
+        rows += [(f"PyTorch fp32 channels_last, {microbatches} slices", f"torch float32{sliced}")]
+        rows += [(f"PyTorch bf16 autocast, {microbatches} slices", f"torch bfloat16{sliced}")]
+    ours = f", {microbatches} slices" if sliced else ""
+    rows += [(f"ours (Flax, XLA) {dtype}{ours}", f"ours {dtype}") for dtype in compute_dtypes()]
+    print()
+    print("| step | train images/s | " + " | ".join(f"/ {name}" for name, _ in bases) + " |")
+    print("|---|---:|" + "---:|" * len(bases))
+    for label, key in rows:
+        rate = figures[key]
+        ratios = " | ".join(f"{rate / base:.2f}" for _, base in bases)
+        print(f"| {label} | {rate:.0f} | {ratios} |")
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -322,7 +347,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="our step in this many slices of the batch, one after the other (the default "
-        "CIFAR-10 recipe uses 4); PyTorch's takes the batch whole",
+        "CIFAR-10 recipe uses 16); PyTorch's runs both whole and in the same slices",
     )
     parser.add_argument(
         "--memory",

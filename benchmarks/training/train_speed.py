@@ -95,12 +95,16 @@ def measure_train(state: train.TrainState, config: Config, batch: dict[str, np.n
 
 
 def measure_eval(state: train.TrainState, config: Config, images: np.ndarray, steps: int):
-    """Seconds per eval_step (with the config's flip TTA) on host batches, as evaluate_model."""
+    """Seconds per eval_step (with the config's test-time views) on host batches, as
+    evaluate_model."""
     flip_tta = bool(config.flip_tta and configs.uses_flip(config))
+    translate_tta = bool(config.translate_tta)
 
     def step() -> None:
         on_device = jax.device_put(images, state.data_sharding)
-        train.eval_step(state.model, on_device, flip_tta).block_until_ready()
+        models.eval_step(
+            state.model, on_device, flip_tta, translate_tta=translate_tta
+        ).block_until_ready()
 
     state.model.eval()
     try:
@@ -224,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"evaluate  {eval_rate:8.1f} images/s  "
         f"({statistics.median(eval_times) * 1e3:.0f} ms/step, "
-        f"flip TTA {'on' if flip_tta else 'off'}; {time.perf_counter() - start:.0f}s)",
+        f"flip TTA {'on' if flip_tta else 'off'}, translate TTA "
+        f"{'on' if config.translate_tta else 'off'}; {time.perf_counter() - start:.0f}s)",
         flush=True,
     )
 

@@ -361,11 +361,12 @@ AIRBENCH94_MUON_RECIPE: dict[str, Any] = dict(
 # recipe averaged 90.21% at 12 and 89.8-90.3% at its 8 (docs/benchmarks.md). Evaluated once,
 # at the end, with airbench's six views (tta_level 2): interim evaluations cost ~20 s each here
 # with their checkpoints (`--eval_every_epochs=1` shows them); the half hour has no room for
-# them. Each 1,024-image step runs as four slices of 256 (ghost batch norm): the step's
-# temporaries a quarter the size, and faster on a CPU (2.7 s a step against 3.5 s under
-# jemalloc). `python -m research.train --dataset=cifar10` on that CPU, alone, 2026-12-07:
-# 90.60% on the validation split in 25.8 min, the whole command, at a 2.5 GB peak resident
-# memory (one seed; docs/results.md).
+# them. Each 1,024-image step runs as sixteen slices of 64 (ghost batch norm), one after the
+# other, gradients summed: the step's temporaries a sixteenth the size, and faster on a CPU
+# (2.1-2.3 s a step against 2.6-2.7 s in four slices of 256 and 3.5 s whole, under jemalloc).
+# `python -m research.train --dataset=cifar10` on that CPU, alone, 2026-12-07: 90.52% on the
+# validation split in 21.8 min, the whole command, at a 2.5 GB peak resident memory (in slices
+# of 256: 90.60% in 25.8 min; one seed each; docs/results.md).
 CIFAR10_EPOCHS = 12.0
 CIFAR10_RECIPE: dict[str, Any] = dict(
     AIRBENCH94_RECIPE,
@@ -373,7 +374,7 @@ CIFAR10_RECIPE: dict[str, Any] = dict(
     warmup_epochs=0.23 * CIFAR10_EPOCHS,
     translate_tta=True,
     eval_every_epochs=CIFAR10_EPOCHS,
-    microbatches=4,  # slices of 256 images a step, one after the other
+    microbatches=16,  # slices of 64 images a step, one after the other
 )
 
 # The Fashion-MNIST recipe; the shipped models/fashion_mnist was trained with it:

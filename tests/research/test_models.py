@@ -154,7 +154,7 @@ def test_stem_init_is_the_variants_own():
 
 def test_cifar10_defaults_to_airbench94_at_12_epochs_evaluated_once_on_six_views():
     """The default CIFAR-10 run is airbench94's SGD recipe at 12 epochs (its warm-up still 23%
-    of the run), each step in four slices of 256 images, evaluated once, at the end, with the
+    of the run), each step in sixteen slices of 64 images, evaluated once, at the end, with the
     mirror and translate views."""
     config = configs.get_config("cifar10")
     assert config == configs.get_config("cifar10", recipe="cifar10")
@@ -164,7 +164,7 @@ def test_cifar10_defaults_to_airbench94_at_12_epochs_evaluated_once_on_six_views
         warmup_epochs=0.23 * 12,
         translate_tta=True,
         eval_every_epochs=12.0,
-        microbatches=4,
+        microbatches=16,
     )
     assert config.optimizer == "sgd" and config.lookahead_every == 5
 

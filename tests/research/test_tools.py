@@ -323,3 +323,19 @@ def test_training_command_names_the_recipe_a_config_is_closest_to():
     assert export_lib.training_command(record) == (
         "python -m research.train --dataset=cifar10 --recipe=airbench94 --epochs=20.0"
     )
+
+
+def test_train_speed_times_a_configs_train_and_evaluation_steps(capsys, monkeypatch, tmp_path):
+    """benchmarks.training.train_speed runs the loop's step and the evaluation's (with the
+    config's test-time views) on a config whose data is absent here: its shape from the spec."""
+    from benchmarks.training import train_speed
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # no mnist there: the pipeline is skipped
+    argv = ["--dataset=mnist", "--widths=8,16,16", "--stem_width=8", "--batch_size=16"]
+    argv += ["--translate_tta=True", "--data_dir", str(tmp_path)]
+    argv += ["--steps=1", "--predict_runs=1", "--pipeline_batches=1"]
+    assert train_speed.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "translate TTA on" in out
+    assert "pipeline  skipped" in out
+    assert "| mnist | airbench 8,16,16 | 16 |" in out
