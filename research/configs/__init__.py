@@ -356,14 +356,15 @@ AIRBENCH94_MUON_RECIPE: dict[str, Any] = dict(
 
 # The default for CIFAR-10 (`python -m research.train --dataset=cifar10`): airbench94's SGD
 # recipe at 14 epochs, what fits in 25 minutes on this project's 2-core CPU (12 until
-# 2026-12-07, when the step got faster; 2.0-2.4 s of stepping at 12 on one H200). On this split the recipes level off near 90.2% at 8-11 epochs; 12 of
-# this one averaged 90.58% over four seeds on the GPU (90.28-90.82%), where airbench94_muon's
-# recipe averaged 90.21% at 12 and 89.8-90.3% at its 8 (docs/benchmarks.md). Evaluated once,
-# at the end, with airbench's six views (tta_level 2): interim evaluations cost ~20 s each here
-# with their checkpoints (`--eval_every_epochs=1` shows them); the half hour has no room for
-# them. Each 1,024-image step runs as sixteen slices of 64 (ghost batch norm), one after the
-# other, gradients summed: the step's temporaries a sixteenth the size, and faster on a CPU
-# (2.1-2.3 s a step against 2.6-2.7 s in four slices of 256 and 3.5 s whole, under jemalloc).
+# 2026-12-07, when the step got faster; 2.0-2.4 s of stepping at 12 on one H200). On this split
+# the recipes level off near 90.2% at 8-11 epochs; 12 of this one averaged 90.58% over four
+# seeds on the GPU (90.28-90.82%), where airbench94_muon's recipe averaged 90.21% at 12 and
+# 89.8-90.3% at its 8 (docs/benchmarks.md). Evaluated once, at the end, with airbench's six
+# views (tta_level 2): interim evaluations cost ~20 s each here with their checkpoints
+# (`--eval_every_epochs=1` shows them); the 25 minutes have no room for them. Each 1,024-image
+# step runs as sixteen slices of 64 (ghost batch norm), one after the other, gradients summed:
+# the step's temporaries a sixteenth the size, and faster on a CPU (2.1-2.3 s a step against
+# 2.6-2.7 s in four slices of 256 and 3.5 s whole, under jemalloc).
 # `python -m research.train --dataset=cifar10` on that CPU, alone, 2026-12-07: 90.84% on the
 # validation split in 22.7 min, the whole command, at a 2.6 GB peak resident memory (12 epochs:
 # 90.52% in 21.8 min; 12 in slices of 256: 90.60% in 25.8 min; one seed each; docs/results.md).
