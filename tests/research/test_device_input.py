@@ -283,7 +283,7 @@ def test_training_from_idx_files_needs_no_tensorflow(idx_folder, tmp_path):
         "from research.train.__main__ import main\n"
         f"sys.exit(main(['--dataset=fashion_mnist', '--input=device', "
         f"'--data_source={idx_folder}', '--model=baseline', '--widths=4,8,16', "
-        f"'--batch_size=50', '--epochs=1', '--validation_per_class=5', "
+        f"'--batch_size=50', '--microbatches=1', '--epochs=1', '--validation_per_class=5', "
         f"'--workdir={tmp_path / 'run'}']))\n"
     )
     done = subprocess.run(

@@ -27,7 +27,8 @@ def _model(name: str, shape=(32, 32, 3), num_classes=10, **overrides):
     [
         ("cifar10", (32, 32, 3), {}, 1_971_640),  # airbench94 widths 64/256/256
         ("cifar10", (32, 32, 3), {"model": "airbench"}, 1_972_816),  # + norm scales, stem norm
-        ("fashion_mnist", (28, 28, 1), {}, 294_928),  # widths 32/64/128
+        ("fashion_mnist", (28, 28, 1), {}, 1_962_152),  # airbench94, an 8-channel grey stem
+        ("fashion_mnist", (28, 28, 1), {"recipe": "fashion_mnist_small"}, 294_928),  # 32/64/128
         ("tiny", (32, 32, 3), {}, 9_560),
         ("cifar10", (32, 32, 3), {"model": "baseline"}, 845_514),
     ],
@@ -167,6 +168,27 @@ def test_cifar10_defaults_to_airbench94_at_14_epochs_evaluated_once_on_six_views
         microbatches=16,
     )
     assert config.optimizer == "sgd" and config.lookahead_every == 5
+
+
+def test_fashion_mnist_defaults_to_the_cifar10_recipe_with_a_whitened_grey_stem():
+    """The default Fashion-MNIST run is the CIFAR-10 default's net and recipe at 20 epochs
+    (warm-up 23%, evaluated once), with an 8-channel stem: the four directions of a 2x2 grey
+    patch and their negatives, so that the whitening applies to one-channel images."""
+    config = configs.get_config("fashion_mnist")
+    assert config == configs.get_config("fashion_mnist", recipe="cifar10").replace(
+        stem_width=8, epochs=20.0, warmup_epochs=0.23 * 20, eval_every_epochs=20.0
+    )
+    grey = np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1)).astype(np.uint8)
+    model = _model("fashion_mnist", shape=(28, 28, 1))
+    before = np.asarray(model.stem.kernel[...]).copy()
+    assert models.init_stem_whitening(model, grey)
+    assert not np.allclose(before, np.asarray(model.stem.kernel[...]))
+    assert not models.init_stem_whitening(
+        _model("fashion_mnist", shape=(28, 28, 1), stem_width=24), grey
+    )
+    # The first recipe, behind the shipped Fashion-MNIST models, stays one flag away.
+    small = configs.get_config("fashion_mnist", recipe="fashion_mnist_small")
+    assert (small.model, small.widths, small.epochs) == ("airbench", (32, 64, 128), 16.0)
 
 
 def test_the_muon_recipe_is_in_mean_loss_units():
