@@ -204,6 +204,11 @@ def interleaved_rates(
 STEP_NAMES = ("ours float32", "ours bfloat16", "torch float32", "torch bfloat16")
 
 
+def sliced_step_name(dtype: str, microbatches: int) -> str:
+    """The name of PyTorch's `dtype` step run in `microbatches` slices, as ours runs."""
+    return f"torch {dtype} x{microbatches}"
+
+
 def build_steps(
     torch, names: Sequence[str], args: argparse.Namespace
 ) -> dict[str, Callable[[], None]]:
@@ -229,7 +234,7 @@ def build_steps(
     for name, bf16 in (("float32", False), ("bfloat16", True)):
         if f"torch {name}" in names:
             steps[f"torch {name}"] = make_torch_step(torch, net, config, batch, bf16=bf16)
-        sliced = f"torch {name} x{args.microbatches}"
+        sliced = sliced_step_name(name, args.microbatches)
         if sliced in names:
             steps[sliced] = make_torch_step(
                 torch, net, config, batch, bf16=bf16, microbatches=args.microbatches
@@ -290,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {name} | {peak / 2**30:.2f} | {peak / torch_fp32:.2f} |")
         return 0
 
-    sliced = [f"torch {dtype} x{args.microbatches}" for dtype in ("float32", "bfloat16")]
+    sliced = [sliced_step_name(dtype, args.microbatches) for dtype in ("float32", "bfloat16")]
     steps = build_steps(torch, [*STEP_NAMES, *(sliced if args.microbatches > 1 else [])], args)
     start = time.perf_counter()
     figures = interleaved_rates(steps, args, config.batch_size)
@@ -306,16 +311,16 @@ def print_ratios(figures: dict[str, float], microbatches: int) -> None:
     """Markdown: each step's images/s over PyTorch's whole-batch steps' (and, with slices, over
     PyTorch's steps in the same slices as ours)."""
     torch_fp32, torch_bf16 = figures["torch float32"], figures["torch bfloat16"]
-    sliced = f" x{microbatches}" if microbatches > 1 else ""
+    sliced = microbatches > 1
     bases = [("torch fp32", torch_fp32), ("torch bf16", torch_bf16)]
-    if sliced:
-        bases += [(f"torch fp32{sliced}", figures[f"torch float32{sliced}"])]
-        bases += [(f"torch bf16{sliced}", figures[f"torch bfloat16{sliced}"])]
     rows = [("PyTorch fp32 channels_last", "torch float32")]
     rows += [("PyTorch bf16 autocast", "torch bfloat16")]
     if sliced:
-        rows += [(f"PyTorch fp32 channels_last, {microbatches} slices", f"torch float32{sliced}")]
-        rows += [(f"PyTorch bf16 autocast, {microbatches} slices", f"torch bfloat16{sliced}")]
+        fp32, bf16 = (sliced_step_name(d, microbatches) for d in ("float32", "bfloat16"))
+        bases += [(f"torch fp32 x{microbatches}", figures[fp32])]
+        bases += [(f"torch bf16 x{microbatches}", figures[bf16])]
+        rows += [(f"PyTorch fp32 channels_last, {microbatches} slices", fp32)]
+        rows += [(f"PyTorch bf16 autocast, {microbatches} slices", bf16)]
     ours = f", {microbatches} slices" if sliced else ""
     rows += [(f"ours (Flax, XLA) {dtype}{ours}", f"ours {dtype}") for dtype in compute_dtypes()]
     print()

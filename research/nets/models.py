@@ -397,14 +397,21 @@ def whitening_kernel(images: np.ndarray, kernel_size: int, eps: float = 5e-4) ->
     return kernel.astype(np.float32)
 
 
+def whitening_width(channels: int, kernel_size: int = 2) -> int:
+    """The stem width that whitens `channels`-channel images: each direction of a k x k patch
+    and its negative (24 for colour images and a 2x2 stem, 8 for grey ones)."""
+    return 2 * kernel_size * kernel_size * channels
+
+
 def init_stem_whitening(model: nnx.Module, images: np.ndarray) -> bool:
-    """Sets an AirbenchNet's stem to whiten `images` (uint8 NHWC); False if not applicable."""
+    """Sets an AirbenchNet's stem to whiten `images` (uint8 NHWC); False if not applicable:
+    no stem, or a width other than `whitening_width` of the images' channels."""
     stem = getattr(model, "stem", None)
     if stem is None:
         return False
     k = stem.kernel_size[0]
     c = images.shape[-1]
-    if stem.kernel.shape != (k, k, c, 2 * k * k * c):
+    if stem.kernel.shape != (k, k, c, whitening_width(c, k)):
         return False
     normalized = (images.astype(np.float32) - np.asarray(model.mean)) / np.asarray(model.std)
     stem.kernel[...] = jnp.asarray(whitening_kernel(normalized, k))

@@ -90,6 +90,15 @@ def create_train_state(
         images = whitening_images()
         if models.init_stem_whitening(model, images):
             log.info("Stem initialised to whiten 2x2 patches of %d training images.", len(images))
+        elif config.whiten_bias_epochs is not None and getattr(model, "stem", None) is not None:
+            # The recipe freezes the stem's kernel: unwhitened, it stays random for the run.
+            log.warning(
+                "The %d-channel stem cannot whiten %d-channel images, so its kernel stays "
+                "random and, under this recipe, frozen; --stem_width=%d whitens them.",
+                config.stem_width,
+                images.shape[-1],
+                models.whitening_width(images.shape[-1], model.stem.kernel_size[0]),
+            )
     # After whitening: the average starts from the weights training starts from.
     lookahead = Lookahead(model, config.lookahead_every) if config.lookahead_every else None
     step = 0

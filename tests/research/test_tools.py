@@ -339,3 +339,19 @@ def test_train_speed_times_a_configs_train_and_evaluation_steps(capsys, monkeypa
     assert "translate TTA on" in out
     assert "pipeline  skipped" in out
     assert "| mnist | airbench 8,16,16 | 16 |" in out
+
+
+def test_the_peer_table_divides_each_step_by_pytorchs_whole_and_sliced_steps(capsys):
+    """benchmarks.training.torch_peer's table: with slices, each row's images/s over PyTorch's
+    whole-batch steps and over its steps in the same slices as ours."""
+    from benchmarks.training import torch_peer
+
+    figures = {"torch float32": 100.0, "torch bfloat16": 200.0}
+    figures[torch_peer.sliced_step_name("float32", 16)] = 50.0
+    figures[torch_peer.sliced_step_name("bfloat16", 16)] = 400.0
+    figures |= {f"ours {dtype}": 100.0 for dtype in torch_peer.compute_dtypes()}
+    torch_peer.print_ratios(figures, 16)
+    out = capsys.readouterr().out
+    assert "| / torch fp32 | / torch bf16 | / torch fp32 x16 | / torch bf16 x16 |" in out
+    assert "| PyTorch bf16 autocast, 16 slices | 400 | 4.00 | 2.00 | 8.00 | 1.00 |" in out
+    assert "| ours (Flax, XLA) float32, 16 slices | 100 | 1.00 | 0.50 | 2.00 | 0.25 |" in out

@@ -222,6 +222,28 @@ def test_create_train_state_starts_fresh_or_resumes_the_latest_checkpoint(traine
         resumed.checkpoints.close()
 
 
+def test_a_frozen_stem_that_cannot_whiten_the_images_is_reported(trained, caplog):
+    """Under a recipe that freezes the stem's kernel, a stem too narrow to whiten the images
+    (8 channels for colour) is not left random in silence: the log names the width that fits."""
+    config, workdir, _ = trained
+    record = model_dir.read_record(model_dir.find_checkpoints(workdir), 12)
+    shapes = dict(
+        num_classes=3, image_shape=(32, 32, 3), mean=record.mean, std=record.std,
+        steps_per_epoch=3,
+    )  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    assert config.stem_width == 8 and config.whiten_bias_epochs is not None
+    with caplog.at_level("WARNING", logger="research.train"):
+        train.create_train_state(config, None, whitening_images=lambda: images, **shapes)
+    assert "--stem_width=24" in caplog.text and "frozen" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="research.train"):
+        train.create_train_state(
+            config.replace(stem_width=24), None, whitening_images=lambda: images, **shapes
+        )
+    assert "stem" not in caplog.text
+
+
 def test_evaluate_model_uses_the_temperature_and_skips_padding(trained):
     """Loss is the mean negative log-probability at the temperature over unmasked rows;
     accuracy does not depend on the temperature."""
