@@ -192,11 +192,8 @@ def test_create_train_state_starts_fresh_or_resumes_the_latest_checkpoint(traine
     """Without a workdir: step 0, no checkpoints, the stem whitened on the given images.
     On a finished workdir: its latest step, optimizer and weights, and no whitening."""
     config, workdir, _ = trained
+    shapes = _state_kwargs(workdir)
     record = model_dir.read_record(model_dir.find_checkpoints(workdir), 12)
-    shapes = dict(
-        num_classes=3, image_shape=(32, 32, 3), mean=record.mean, std=record.std,
-        steps_per_epoch=3,
-    )  # fmt: skip
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     whitened = config.replace(stem_width=24)  # 2x2x3 patches: 12 eigenvectors and negatives
     fresh = train.create_train_state(whitened, None, whitening_images=lambda: images, **shapes)
@@ -226,11 +223,7 @@ def test_a_frozen_stem_that_cannot_whiten_the_images_is_reported(trained, caplog
     """Under a recipe that freezes the stem's kernel, a stem too narrow to whiten the images
     (8 channels for colour) is not left random in silence: the log names the width that fits."""
     config, workdir, _ = trained
-    record = model_dir.read_record(model_dir.find_checkpoints(workdir), 12)
-    shapes = dict(
-        num_classes=3, image_shape=(32, 32, 3), mean=record.mean, std=record.std,
-        steps_per_epoch=3,
-    )  # fmt: skip
+    shapes = _state_kwargs(workdir)
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     assert config.stem_width == 8 and config.whiten_bias_epochs is not None
     with caplog.at_level("WARNING", logger="research.train"):
