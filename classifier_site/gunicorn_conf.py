@@ -5,6 +5,12 @@ models (JAX must not be forked with live threads: never set preload_app). XLA is
 compute thread per worker (settings.CLASSIFIER_XLA_FLAGS) so that the workers share the cores;
 the request threads of a worker overlap image decoding and database writes with inference.
 
+When there are at least as many workers as cores (the default: one per core), each worker is
+pinned to a core of its own (GUNICORN_PIN_WORKERS: 'auto', '1' always, '0' never). Unpinned,
+XLA:CPU still runs a second thread beside each forward pass that mostly waits: one 32x32 image
+costs 4.4 ms of CPU for 2.6 ms of wall time, against 2.7 ms of both on one core, and a saturated
+server pays for that CPU (docs/benchmarks.md: 133 against 151 requests/s on 2 cores).
+
 A worker (re)start loads its models from JAX's persistent compilation cache
 (DJANGO_JAX_CACHE_DIR, filled by `manage.py warmup_models` before the server starts), so it is
 ready in seconds. Workers are not recycled by default (GUNICORN_MAX_REQUESTS=0). Set it to
@@ -31,3 +37,41 @@ graceful_timeout = 30
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
 max_requests_jitter = max_requests // 2
 accesslog = "-"
+
+# 'auto': pin when the workers fill the cores (they would share them anyway).
+PIN_WORKERS = os.environ.get("GUNICORN_PIN_WORKERS", "auto").lower()
+
+
+def usable_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def pins_workers(worker_count: int, cpus: list[int]) -> bool:
+    """Whether workers get a core each: GUNICORN_PIN_WORKERS, or (auto) when they fill the
+    cores."""
+    if PIN_WORKERS in ("0", "false", "no", "off"):
+        return False
+    if PIN_WORKERS in ("1", "true", "yes", "on"):
+        return True
+    return len(cpus) > 1 and worker_count >= len(cpus)
+
+
+def least_used_cpu(cpus: list[int], taken: list[int]) -> int:
+    """The core the fewest live workers are pinned to (the lowest such one): a worker that
+    replaces another takes the core that one left."""
+    return min(cpus, key=lambda cpu: (taken.count(cpu), cpu))
+
+
+def pre_fork(server, worker):
+    """In the arbiter: choose the new worker's core while the live ones' cores are known."""
+    cpus = usable_cpus()
+    worker.cpu = None
+    if pins_workers(server.num_workers, cpus):
+        live = [getattr(other, "cpu", None) for other in server.WORKERS.values()]
+        worker.cpu = least_used_cpu(cpus, [cpu for cpu in live if cpu is not None])
+
+
+def post_fork(server, worker):
+    """In the new worker, before it imports the app (and JAX starts its threads)."""
+    if getattr(worker, "cpu", None) is not None:
+        os.sched_setaffinity(0, {worker.cpu})

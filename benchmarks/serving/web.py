@@ -18,6 +18,7 @@ the server's /metrics gives the mean images per forward pass. Everything is boun
     python -m benchmarks.serving.web --batching on                     # one mode only
     python -m benchmarks.serving.web --nginx --batching off --also 2x8 3x4   # workers x threads
     python -m benchmarks.serving.web --nginx --batching off --also 2xasgi    # uvicorn's workers
+    python -m benchmarks.serving.web --nginx --batching off --also 2x4:unpinned  # no core each
 
 Targets: p50 at most 2x the bare classifier's for /api/predict and 1.5x for /api/classify, both
 images; >= 250 requests/s at 8 and 32 clients through nginx with zero errors; batching on
@@ -138,13 +139,14 @@ def measure_latency(
     client = Client(port)
     for _ in range(5):  # first requests of a fresh connection/thread
         client.predict(body, content_type, path)
-    results, bare_times = [], []
+    results, bare_times, bare_cpu = [], [], []
     for _ in range(count):
         results.append(client.predict(body, content_type, path))
         if bare is not None:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             bare()
             bare_times.append((time.perf_counter() - start) * 1000)
+            bare_cpu.append((time.process_time() - start_cpu) * 1000)  # all its threads
     client.close()
     times = [ms for status, ms in results if status == ok]
     return {
@@ -153,6 +155,7 @@ def measure_latency(
         "p50_ms": percentile(times, 50),
         "p95_ms": percentile(times, 95),
         "bare_p50_ms": percentile(bare_times, 50),
+        "bare_cpu_p50_ms": percentile(bare_cpu, 50),
     }
 
 
@@ -174,13 +177,13 @@ def measure_throughput(port: int, data: bytes, model: str, clients: int, seconds
             statuses.extend(status for status, _ in local)
             times.extend(ms for _, ms in local)
 
-    start = time.perf_counter()
+    start, busy_before = time.perf_counter(), machine_busy_seconds()
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed, busy = time.perf_counter() - start, machine_busy_seconds() - busy_before
     ok = sum(status == 201 for status in statuses)
     return {
         "clients": clients,
@@ -191,7 +194,21 @@ def measure_throughput(port: int, data: bytes, model: str, clients: int, seconds
         "p50_ms": percentile(times, 50),
         "p95_ms": percentile(times, 95),
         "p99_ms": percentile(times, 99),
+        # Every process's CPU time (the server's and these clients'), per answered request.
+        "cpu_ms_per_request": busy * 1000 / ok if ok else float("nan"),
     }
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds this machine has spent not idle since boot, all cores (Linux; nan
+    elsewhere)."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = ticks[3] + ticks[4]  # idle and waiting for I/O
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def bare_predictors(model_dir: Path, images: dict[str, bytes]) -> dict[str, Callable]:
@@ -244,6 +261,10 @@ def server_env(
         "GUNICORN_WORKERS": str(args.workers),
         "GUNICORN_THREADS": str(args.threads),
         "GUNICORN_WORKER_CLASS": getattr(args, "worker_class", "gthread"),
+        # --also 2x4:unpinned / :pinned; else as set in this environment (default auto).
+        **(
+            {"GUNICORN_PIN_WORKERS": args.pin_workers} if getattr(args, "pin_workers", None) else {}
+        ),
         # Every client comes from 127.0.0.1: the per-client rate would answer 429s.
         "DJANGO_API_THROTTLE_RATE": "10000000/min",
         "DJANGO_LIVE_THROTTLE_RATE": "10000000/min",  # /api/classify's own rate
@@ -403,8 +424,10 @@ def measure_mode(
 
 def measure_config(args: argparse.Namespace, image: bytes, config: str) -> dict:
     """Throughput only (batching off) with another `WORKERSxTHREADS` of gunicorn, or
-    `WORKERSxasgi`: that many uvicorn workers running classifier_site.asgi."""
-    workers, kind = config.lower().split("x")
+    `WORKERSxasgi`: that many uvicorn workers running classifier_site.asgi; a `:unpinned` or
+    `:pinned` suffix sets GUNICORN_PIN_WORKERS (a core per worker) for that run."""
+    shape, _, pinning = config.lower().partition(":")
+    workers, kind = shape.split("x")
     asgi = kind == "asgi"
     other = argparse.Namespace(
         **{
@@ -412,6 +435,7 @@ def measure_config(args: argparse.Namespace, image: bytes, config: str) -> dict:
             "workers": int(workers),
             "threads": args.threads if asgi else int(kind),
             "worker_class": "asgi" if asgi else "gthread",
+            "pin_workers": {"pinned": "1", "unpinned": "0"}.get(pinning),
         }
     )
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
@@ -430,14 +454,21 @@ def measure_config(args: argparse.Namespace, image: bytes, config: str) -> dict:
 
 
 def gunicorn_config(text: str) -> str:
-    """argparse type of --also: WORKERSxTHREADS (both positive) or WORKERSxasgi."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(
-        (part.isdigit() and int(part) > 0) or (index == 1 and part == "asgi")
-        for index, part in enumerate(parts)
+    """argparse type of --also: WORKERSxTHREADS (both positive) or WORKERSxasgi, optionally
+    followed by :pinned or :unpinned."""
+    shape, colon, pinning = text.lower().partition(":")
+    parts = shape.split("x")
+    if (
+        len(parts) != 2
+        or not all(
+            (part.isdigit() and int(part) > 0) or (index == 1 and part == "asgi")
+            for index, part in enumerate(parts)
+        )
+        or (colon and pinning not in ("pinned", "unpinned"))
     ):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not WORKERSxTHREADS or WORKERSxasgi (e.g. 3x4, 2xasgi)"
+            f"{text!r} is not WORKERSxTHREADS or WORKERSxasgi, with :pinned or :unpinned or "
+            "nothing after it (e.g. 3x4, 2xasgi, 2x4:unpinned)"
         )
     return text.lower()
 
@@ -470,8 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=[],
         metavar="WxT",
         help="other gunicorn workers x threads (or WORKERSxasgi: uvicorn's workers, the asgi "
-        "extra) to measure throughput with (batching off), after the main runs, in the same "
-        "command",
+        "extra), each optionally :pinned or :unpinned (a core per worker or not), to measure "
+        "throughput with (batching off), after the main runs, in the same command",
     )
     parser.add_argument("--show-scrape", action="store_true", help="print the batcher's metrics")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -516,7 +547,7 @@ SHOWN = (
 def print_report(results: dict, *, show_scrape: bool = False) -> None:
     print(f"{results['server']}, {results['cpus']} CPUs")
     print(f"{'batching':<9}{'endpoint':<9}{'image':<11}{'p50 ms':>8}{'p95 ms':>8}{'errors':>7}"
-          f"{'bare p50':>10}{'overhead':>10}{'target':>8}")  # fmt: skip
+          f"{'bare p50':>10}{'bare CPU':>10}{'overhead':>10}{'target':>8}")  # fmt: skip
     for run in results["runs"]:
         mode = "on" if run["batching"] else "off"
         for key, row in run["latency"].items():
@@ -525,11 +556,12 @@ def print_report(results: dict, *, show_scrape: bool = False) -> None:
             target = OVERHEAD_TARGETS[endpoint]
             print(
                 f"{mode:<9}{endpoint:<9}{image:<11}{row['p50_ms']:>8.1f}{row['p95_ms']:>8.1f}"
-                f"{row['errors']:>7}{bare:>10.2f}{row['p50_ms'] / bare:>9.2f}x{target:>7.1f}x"
+                f"{row['errors']:>7}{bare:>10.2f}{row.get('bare_cpu_p50_ms', float('nan')):>10.2f}"
+                f"{row['p50_ms'] / bare:>9.2f}x{target:>7.1f}x"
             )
     print()
     print(f"{'batching':<9}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}{'vs off':>8}{'img/pass':>10}")  # fmt: skip
+          f"{'errors':>8}{'vs off':>8}{'img/pass':>10}{'CPU ms/req':>12}")  # fmt: skip
     off = {
         t["clients"]: t for run in results["runs"] if not run["batching"] for t in run["throughput"]
     }
@@ -545,7 +577,7 @@ def print_report(results: dict, *, show_scrape: bool = False) -> None:
             print(
                 f"{mode:<9}{t['clients']:>8}{t['requests_per_s']:>9.1f}{t['p50_ms']:>9.1f}"
                 f"{t['p95_ms']:>9.1f}{t['p99_ms']:>9.1f}{t['errors']:>8}{ratio:>8}"
-                f"{t['images_per_pass']:>10.2f}"
+                f"{t['images_per_pass']:>10.2f}{t.get('cpu_ms_per_request', float('nan')):>12.2f}"
             )
     if results.get("configs"):
         print_configs(results, off)
@@ -558,8 +590,8 @@ def print_report(results: dict, *, show_scrape: bool = False) -> None:
 def print_configs(results: dict, off: dict[int, dict]) -> None:
     """Throughput with the other workers x threads (--also), against the main runs' (off)."""
     print()
-    print(f"{'gunicorn':<10}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}{'vs ' + results['main_config']:>9}")  # fmt: skip
+    print(f"{'gunicorn':<14}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}{'vs ' + results['main_config']:>9}{'CPU ms/req':>12}")  # fmt: skip
     main_rows = [(results["main_config"], t) for t in off.values()]
     other_rows = [(c["config"], t) for c in results["configs"] for t in c["throughput"]]
     for config, t in main_rows + other_rows:
@@ -570,8 +602,9 @@ def print_configs(results: dict, off: dict[int, dict]) -> None:
             else ""
         )
         print(
-            f"{config:<10}{t['clients']:>8}{t['requests_per_s']:>9.1f}{t['p50_ms']:>9.1f}"
+            f"{config:<14}{t['clients']:>8}{t['requests_per_s']:>9.1f}{t['p50_ms']:>9.1f}"
             f"{t['p95_ms']:>9.1f}{t['p99_ms']:>9.1f}{t['errors']:>8}{ratio:>9}"
+            f"{t.get('cpu_ms_per_request', float('nan')):>12.2f}"
         )
 
 

@@ -238,6 +238,63 @@ def test_gunicorn_serves_wsgi_threads_by_default_and_uvicorn_asgi_when_asked():
     ]
 
 
+def _gunicorn_conf(monkeypatch, pin: str | None = None) -> dict:
+    """classifier_site/gunicorn_conf.py's names, read with GUNICORN_PIN_WORKERS=pin."""
+    import runpy
+
+    if pin is None:
+        monkeypatch.delenv("GUNICORN_PIN_WORKERS", raising=False)
+    else:
+        monkeypatch.setenv("GUNICORN_PIN_WORKERS", pin)
+    return runpy.run_path(str(ROOT / "classifier_site" / "gunicorn_conf.py"))
+
+
+class _Worker:
+    """What the pinning hooks read and write on a gunicorn worker."""
+
+
+class _Arbiter:
+    def __init__(self, num_workers: int, live: list[_Worker]):
+        self.num_workers = num_workers
+        self.WORKERS = {1000 + index: worker for index, worker in enumerate(live)}
+
+
+@pytest.mark.no_models
+def test_workers_that_fill_the_cores_are_pinned_one_core_each(monkeypatch):
+    """By default each worker gets a core of its own once the workers fill the cores; a
+    worker that replaces another takes the core the other left; GUNICORN_PIN_WORKERS forces
+    either way."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    pinned: list[set[int]] = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: pinned.append(set(cpus)))
+    conf = _gunicorn_conf(monkeypatch)
+
+    workers: list[_Worker] = []
+    for _ in range(2):
+        worker = _Worker()
+        conf["pre_fork"](_Arbiter(2, workers), worker)
+        conf["post_fork"](_Arbiter(2, workers), worker)
+        workers.append(worker)
+    assert pinned == [{0}, {1}]
+
+    replacement = _Worker()  # the worker on core 0 died; its replacement forks
+    conf["pre_fork"](_Arbiter(2, workers[1:]), replacement)
+    assert replacement.cpu == 0
+
+    assert conf["pins_workers"](1, [0, 1]) is False  # one worker: XLA may use both cores
+    assert conf["pins_workers"](4, [0]) is False  # one core: nothing to choose
+    assert conf["pins_workers"](3, [0, 1]) is True  # more workers than cores share them evenly
+    assert conf["least_used_cpu"]([0, 1], [0, 1, 1]) == 0
+    assert _gunicorn_conf(monkeypatch, "0")["pins_workers"](2, [0, 1]) is False
+    assert _gunicorn_conf(monkeypatch, "1")["pins_workers"](1, [0, 1]) is True
+
+    unpinned = _Worker()
+    off = _gunicorn_conf(monkeypatch, "0")
+    off["pre_fork"](_Arbiter(2, []), unpinned)
+    off["post_fork"](_Arbiter(2, []), unpinned)
+    assert unpinned.cpu is None and len(pinned) == 2  # nothing set
+
+
 @pytest.mark.no_models
 def test_the_web_benchmark_takes_workers_by_threads_or_by_asgi():
     import argparse
@@ -246,9 +303,25 @@ def test_the_web_benchmark_takes_workers_by_threads_or_by_asgi():
 
     assert web.gunicorn_config("3X4") == "3x4"
     assert web.gunicorn_config("2xASGI") == "2xasgi"
-    for bad in ("asgix2", "0x4", "2x0", "2xuvicorn", "2"):
+    assert web.gunicorn_config("2x4:Unpinned") == "2x4:unpinned"
+    for bad in ("asgix2", "0x4", "2x0", "2xuvicorn", "2", "2x4:", "2x4:pin"):
         with pytest.raises(argparse.ArgumentTypeError):
             web.gunicorn_config(bad)
+
+
+@pytest.mark.no_models
+def test_the_web_benchmark_counts_the_cpu_time_the_machine_spends():
+    """The CPU per request that benchmarks.serving.web reports comes from the machine's busy
+    time: a third of a second of spinning here shows in it."""
+    import time
+
+    from benchmarks.serving import web
+
+    before = web.machine_busy_seconds()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert web.machine_busy_seconds() - before >= 0.2
 
 
 @pytest.mark.no_models
