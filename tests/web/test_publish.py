@@ -3,6 +3,7 @@ and the swap in uploads.classifiers (one whole model per request; a failed warm-
 nothing; rollback)."""
 
 import io
+import os
 import shutil
 import threading
 import time
@@ -215,6 +216,31 @@ def test_a_rollback_to_a_version_this_worker_compiled_swaps_it_in_without_warmin
     call_command("publish_model", "--rollback", "cifar10")
     _wait_until_serving(first)
     assert warmed == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_worker_pinned_to_one_core_warms_a_new_version_on_every_core(
+    polling, monkeypatch, model_dirs, second_version
+):
+    """The swap's warm-up thread may run on any core even when the worker (here: the thread
+    that asks for the model) is pinned to one, so it never waits, holding the GIL, for the
+    core that the requests saturate."""
+    every_core = os.sched_getaffinity(0)
+    seen: list[set[int]] = []
+    warmup = Classifier.warmup
+
+    def recording_warmup(self):
+        seen.append(os.sched_getaffinity(0))
+        warmup(self)
+
+    monkeypatch.setattr(Classifier, "warmup", recording_warmup)
+    os.sched_setaffinity(0, {min(every_core)})  # this thread only, as post_fork pins a worker
+    try:
+        call_command("publish_model", str(second_version), "--name", "cifar10")
+        _wait_until_serving(ServedModel.objects.get(active=True).version)
+    finally:
+        os.sched_setaffinity(0, every_core)
+    assert seen == [every_core]
 
 
 def test_publishing_refuses_a_directory_without_a_model_and_a_reused_version(
