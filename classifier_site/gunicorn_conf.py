@@ -5,11 +5,12 @@ models (JAX must not be forked with live threads: never set preload_app). XLA is
 compute thread per worker (settings.CLASSIFIER_XLA_FLAGS) so that the workers share the cores;
 the request threads of a worker overlap image decoding and database writes with inference.
 
-When there are at least as many workers as cores (the default: one per core), each worker is
-pinned to a core of its own (GUNICORN_PIN_WORKERS: 'auto', '1' always, '0' never). Unpinned,
+When the workers fill the cores evenly (the default: one per core), each worker is pinned to a
+core of its own (GUNICORN_PIN_WORKERS: 'auto', '1' always, '0' never; Linux only). Unpinned,
 XLA:CPU still runs a second thread beside each forward pass that mostly waits: one 32x32 image
 costs 4.4 ms of CPU for 2.6 ms of wall time, against 2.7 ms of both on one core, and a saturated
-server pays for that CPU (docs/benchmarks.md: 133 against 151 requests/s on 2 cores).
+server pays for that CPU (docs/benchmarks.md: 150-153 against 125 requests/s on 2 cores). A
+worker started pinned stays pinned (also after `kill -TTOU` leaves fewer workers than cores).
 
 A worker (re)start loads its models from JAX's persistent compilation cache
 (DJANGO_JAX_CACHE_DIR, filled by `manage.py warmup_models` before the server starts), so it is
@@ -20,6 +21,9 @@ does not keep them apart under even load (measured: both restarted within 3 s ev
 """
 
 import os
+import sys
+
+from classifier_site import UNPINNED_CPUS_ENV
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "classifier_site.settings.production")
 
@@ -38,22 +42,32 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
 max_requests_jitter = max_requests // 2
 accesslog = "-"
 
-# 'auto': pin when the workers fill the cores (they would share them anyway).
+# 'auto': pin when the workers fill the cores evenly (they would share them anyway).
 PIN_WORKERS = os.environ.get("GUNICORN_PIN_WORKERS", "auto").lower()
+_PIN_CHOICES = {"auto": None, "1": True, "true": True, "on": True, "0": False, "false": False}
+if PIN_WORKERS not in _PIN_CHOICES:
+    print(
+        f"GUNICORN_PIN_WORKERS={PIN_WORKERS!r} is not auto, 1 or 0: using auto",
+        file=sys.stderr,
+    )
 
 
 def usable_cpus() -> list[int]:
+    """The cores this process may run on ([] where the platform cannot pin: not Linux)."""
+    if not hasattr(os, "sched_getaffinity") or not hasattr(os, "sched_setaffinity"):
+        return []
     return sorted(os.sched_getaffinity(0))
 
 
 def pins_workers(worker_count: int, cpus: list[int]) -> bool:
-    """Whether workers get a core each: GUNICORN_PIN_WORKERS, or (auto) when they fill the
-    cores."""
-    if PIN_WORKERS in ("0", "false", "no", "off"):
+    """Whether workers get a core each: as GUNICORN_PIN_WORKERS says, or (auto) when there
+    are several cores and the workers fill them evenly (3 workers on 2 cores would not)."""
+    if len(cpus) < 1:
         return False
-    if PIN_WORKERS in ("1", "true", "yes", "on"):
-        return True
-    return len(cpus) > 1 and worker_count >= len(cpus)
+    choice = _PIN_CHOICES.get(PIN_WORKERS)
+    if choice is not None:
+        return choice
+    return len(cpus) > 1 and worker_count > 0 and worker_count % len(cpus) == 0
 
 
 def least_used_cpu(cpus: list[int], taken: list[int]) -> int:
@@ -64,14 +78,25 @@ def least_used_cpu(cpus: list[int], taken: list[int]) -> int:
 
 def pre_fork(server, worker):
     """In the arbiter: choose the new worker's core while the live ones' cores are known."""
-    cpus = usable_cpus()
     worker.cpu = None
+    if PIN_WORKERS in ("0", "false", "off"):
+        return
+    cpus = usable_cpus()
     if pins_workers(server.num_workers, cpus):
         live = [getattr(other, "cpu", None) for other in server.WORKERS.values()]
         worker.cpu = least_used_cpu(cpus, [cpu for cpu in live if cpu is not None])
 
 
 def post_fork(server, worker):
-    """In the new worker, before it imports the app (and JAX starts its threads)."""
-    if getattr(worker, "cpu", None) is not None:
-        os.sched_setaffinity(0, {worker.cpu})
+    """In the new worker, before it imports the app (and JAX starts its threads). A core that
+    cannot be had (taken offline meanwhile) leaves the worker unpinned, not stopped."""
+    cpu = getattr(worker, "cpu", None)
+    if cpu is None:
+        return
+    before = usable_cpus()
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as err:
+        server.log.warning("Worker %s not pinned to core %s: %s", worker.pid, cpu, err)
+        return
+    os.environ[UNPINNED_CPUS_ENV] = ",".join(map(str, before))

@@ -28,6 +28,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError
 
+from classifier_site import UNPINNED_CPUS_ENV
 from research.configs import dataset_title
 from research.serving import model_dir  # JAX-free: reads model directories without loading a model
 from research.serving.batching import BATCH_BUCKETS, Batcher, run_in_buckets
@@ -290,12 +291,15 @@ SWAP_NICENESS = 10
 
 
 def _run_on_any_cpu() -> None:
-    """Let this thread (and the threads it starts) run on every core, even in a worker pinned
-    to one (classifier_site/gunicorn_conf.py): a low-priority warm-up confined to the core its
-    worker's requests saturate keeps the GIL while it waits for the CPU, and they wait with it
-    (publish p99 1.6-2.2x the steady phase's, against 1.3x when it may use the other core)."""
-    with contextlib.suppress(AttributeError, OSError):  # Linux: one thread's affinity
-        os.sched_setaffinity(threading.get_native_id(), range(os.cpu_count() or 1))
+    """In a worker pinned to one core (classifier_site/gunicorn_conf.py), let this thread run
+    on every core the worker could use before, as the threads it starts will: a low-priority
+    warm-up confined to the core that the worker's requests saturate keeps the GIL while it
+    waits for the CPU, and they wait with it (publish p99 1.9-2.2x the steady phase's confined,
+    1.6-1.8x widened; docs/benchmarks.md). Elsewhere nothing changes."""
+    cpus = os.environ.get(UNPINNED_CPUS_ENV, "")
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # Linux: one thread's cores
+        if cpus:
+            os.sched_setaffinity(threading.get_native_id(), {int(cpu) for cpu in cpus.split(",")})
 
 
 def _swap(name: str, directory: Path) -> None:

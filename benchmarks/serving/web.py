@@ -200,15 +200,21 @@ def measure_throughput(port: int, data: bytes, model: str, clients: int, seconds
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds this machine has spent not idle since boot, all cores (Linux; nan
-    elsewhere)."""
+    """CPU seconds this machine has spent busy since boot, all cores (Linux; nan elsewhere)."""
     try:
         with open("/proc/stat") as stat:
-            ticks = [int(value) for value in stat.readline().split()[1:]]
+            return busy_seconds(stat.readline(), os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError):
         return float("nan")
-    idle = ticks[3] + ticks[4]  # idle and waiting for I/O
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds(cpu_line: str, ticks_per_second: int) -> float:
+    """The busy seconds in /proc/stat's first line ('cpu user nice system idle iowait irq
+    softirq steal ...'): user, nice, system, irq and softirq. Idle, waiting for I/O and the
+    time a hypervisor gave to other machines (steal) are not this machine's work."""
+    ticks = [int(value) for value in cpu_line.split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = ticks
+    return (user + nice + system + irq + softirq) / ticks_per_second
 
 
 def bare_predictors(model_dir: Path, images: dict[str, bytes]) -> dict[str, Callable]:

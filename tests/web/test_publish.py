@@ -16,6 +16,7 @@ from django.urls import reverse
 from flax import nnx
 from PIL import Image
 
+from classifier_site import UNPINNED_CPUS_ENV
 from research import configs
 from research.nets import models
 from research.serving.classifier import Classifier
@@ -218,14 +219,18 @@ def test_a_rollback_to_a_version_this_worker_compiled_swaps_it_in_without_warmin
     assert warmed == []
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and two cores",
+)
 def test_a_worker_pinned_to_one_core_warms_a_new_version_on_every_core(
     polling, monkeypatch, model_dirs, second_version
 ):
-    """The swap's warm-up thread may run on any core even when the worker (here: the thread
-    that asks for the model) is pinned to one, so it never waits, holding the GIL, for the
-    core that the requests saturate."""
+    """The swap's warm-up thread may run on every core the worker had before it was pinned
+    (here: the thread that asks for the model is pinned to one), so it never waits, holding
+    the GIL, for the core that the requests saturate."""
     every_core = os.sched_getaffinity(0)
+    monkeypatch.setenv(UNPINNED_CPUS_ENV, ",".join(map(str, sorted(every_core))))
     seen: list[set[int]] = []
     warmup = Classifier.warmup
 
