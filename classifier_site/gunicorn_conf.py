@@ -9,7 +9,7 @@ When the workers fill the cores evenly (the default: one per core), each worker 
 core of its own (GUNICORN_PIN_WORKERS: 'auto', '1' always, '0' never; Linux only). Unpinned,
 XLA:CPU still runs a second thread beside each forward pass that mostly waits: one 32x32 image
 costs 4.4 ms of CPU for 2.6 ms of wall time, against 2.7 ms of both on one core, and a saturated
-server pays for that CPU (docs/benchmarks.md: 150-153 against 125 requests/s on 2 cores). A
+server pays for that CPU (docs/benchmarks.md: 1.16-1.28x the requests/s on 2 cores). A
 worker started pinned stays pinned (also after `kill -TTOU` leaves fewer workers than cores).
 
 A worker (re)start loads its models from JAX's persistent compilation cache
