@@ -44,7 +44,11 @@ accesslog = "-"
 
 # 'auto': pin when the workers fill the cores evenly (they would share them anyway).
 PIN_WORKERS = os.environ.get("GUNICORN_PIN_WORKERS", "auto").lower()
-_PIN_CHOICES = {"auto": None, "1": True, "true": True, "on": True, "0": False, "false": False}
+_PIN_CHOICES = {
+    "auto": None,
+    **dict.fromkeys(("1", "true", "on"), True),
+    **dict.fromkeys(("0", "false", "off"), False),
+}
 if PIN_WORKERS not in _PIN_CHOICES:
     print(
         f"GUNICORN_PIN_WORKERS={PIN_WORKERS!r} is not auto, 1 or 0: using auto",
@@ -79,8 +83,6 @@ def least_used_cpu(cpus: list[int], taken: list[int]) -> int:
 def pre_fork(server, worker):
     """In the arbiter: choose the new worker's core while the live ones' cores are known."""
     worker.cpu = None
-    if PIN_WORKERS in ("0", "false", "off"):
-        return
     cpus = usable_cpus()
     if pins_workers(server.num_workers, cpus):
         live = [getattr(other, "cpu", None) for other in server.WORKERS.values()]

@@ -294,8 +294,8 @@ def _run_on_any_cpu() -> None:
     """In a worker pinned to one core (classifier_site/gunicorn_conf.py), let this thread run
     on every core the worker could use before, as the threads it starts will: a low-priority
     warm-up confined to the core that the worker's requests saturate keeps the GIL while it
-    waits for the CPU, and they wait with it (publish p99 1.9-2.2x the steady phase's confined,
-    1.6-1.8x widened; docs/benchmarks.md). Elsewhere nothing changes."""
+    waits for the CPU, and they wait with it (docs/benchmarks.md, "A core per worker").
+    Elsewhere nothing changes."""
     cpus = os.environ.get(UNPINNED_CPUS_ENV, "")
     with contextlib.suppress(AttributeError, OSError, ValueError):  # Linux: one thread's cores
         if cpus:
